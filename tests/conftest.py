@@ -1,0 +1,9 @@
+"""Test configuration: simulated CPU devices for multi-device tests, quiet TensorFlow."""
+
+import os
+
+# 8 simulated CPU devices so the data-parallel code paths run on this machine. Must be set before JAX
+# initialises its backends, which is why it lives here and not in a fixture.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
