@@ -14,9 +14,9 @@ Similarity is the inner product; REMAP descriptors are unit vectors, so it equal
   compact signature; PCA-whitened descriptors put the most significant dimensions first.
 
 A saved index is a folder with ``index.json`` (format, method, options, sizes), ``ids.npy`` and either
-``database.npy`` (exact; memory-mapped on load) or ``scann/`` (ScaNN's own serialisation). ``save`` writes to a
-temporary sibling folder and renames it into place at the end, so an interrupted save never leaves a folder
-that loads.
+``database.npy`` (exact; memory-mapped on load) or ``scann/`` (ScaNN's own serialisation). ``save`` writes
+to a temporary sibling folder and renames it into place at the end, so an interrupted save never leaves a
+folder that loads.
 
     index = Index.build(descriptors, ids=names, method="scann", pq_bytes=64, leaves=1000, reorder=200)
     ids, scores = index.search(queries, k=100)      # (Q, 100) ids of the database, (Q, 100) float32
@@ -61,7 +61,7 @@ class IndexFormatError(ValueError):
     """A folder given to ``Index.load`` is not a complete remap-jax index."""
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # input checks
 
 
@@ -80,7 +80,7 @@ def _as_matrix(name: str, x, dim: int | None = None) -> np.ndarray:
 
 
 def _check_finite(name: str, x: np.ndarray, rows_per_step: int = 65536) -> None:
-    """Raises ValueError naming the first row with a NaN or infinite entry; scans in slices (bounded memory)."""
+    """Raises ValueError naming the first row with a NaN or infinite entry (scanned in slices)."""
     for start in range(0, x.shape[0], rows_per_step):
         ok = np.isfinite(x[start : start + rows_per_step]).all(axis=1)
         if not ok.all():
@@ -100,7 +100,7 @@ def _as_ids(ids, n: int) -> np.ndarray:
         raise ValueError(f"ids: expected shape ({n},) (one per descriptor), got shape {ids.shape}")
     if ids.dtype == object:
         ids = ids.astype(str)
-    if not (ids.dtype.kind in "iuU"):
+    if ids.dtype.kind not in "iuU":
         raise ValueError(f"ids: expected integers or strings, got dtype {ids.dtype}")
     uniq, counts = np.unique(ids, return_counts=True)
     if len(uniq) != n:
@@ -110,7 +110,7 @@ def _as_ids(ids, n: int) -> np.ndarray:
 
 
 def truncate_and_normalize(x: np.ndarray, dim: int | None, eps: float = 1e-12) -> np.ndarray:
-    """Keeps the first ``dim`` columns of (N, D) ``x`` and L2-normalises the rows; ``dim=None`` returns ``x``."""
+    """Keeps the first ``dim`` columns of (N, D) ``x``, L2-normalised; ``dim=None`` returns ``x`` as is."""
     if dim is None:
         return x
     t = np.array(x[:, :dim], dtype=np.float32, copy=True)
@@ -123,7 +123,8 @@ def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> 
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ValueError(
-            f"Index.build: unknown option(s) {unknown} for method={method!r}; expected some of {sorted(defaults)}"
+            f"Index.build: unknown option(s) {unknown} for method={method!r}; "
+            f"expected some of {sorted(defaults)}"
         )
     opts = {**defaults, **options}
     td = opts["truncate_dim"]
@@ -152,7 +153,9 @@ def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> 
         lts = opts["leaves_to_search"]
         lts = max(1, leaves // 20) if lts is None else int(lts)
         if not 1 <= lts <= leaves:
-            raise ValueError(f"leaves_to_search: expected 1 <= leaves_to_search <= leaves={leaves}, got {lts}")
+            raise ValueError(
+                f"leaves_to_search: expected 1 <= leaves_to_search <= leaves={leaves}, got {lts}"
+            )
         opts["leaves"], opts["leaves_to_search"] = leaves, lts
     else:
         opts["leaves"], opts["leaves_to_search"] = None, None
@@ -168,7 +171,7 @@ def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> 
     return opts
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # exact search (JAX)
 
 
@@ -176,7 +179,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exact_step_fn(k: int):
     """Jitted merge of one database chunk into a running top-k; compiled once per (k, shapes)."""
     import jax
@@ -229,7 +232,8 @@ def exact_search(
     q_pad[:nq] = queries
     q_batches = [jax.device_put(q_pad[s : s + qb]) for s in range(0, len(q_pad), qb)]
     best = [
-        (jax.numpy.full((qb, k), -np.inf, np.float32), jax.numpy.full((qb, k), -1, np.int32)) for _ in q_batches
+        (jax.numpy.full((qb, k), -np.inf, np.float32), jax.numpy.full((qb, k), -1, np.int32))
+        for _ in q_batches
     ]
     starts = range(0, n, rows)
     if progress:
@@ -245,13 +249,16 @@ def exact_search(
             part = buf
         chunk = jax.device_put(np.asarray(part, dtype=np.float32))
         n_valid = min(rows, n - start)
-        best = [step(bs, bp, qbat, chunk, np.int32(start), np.int32(n_valid)) for (bs, bp), qbat in zip(best, q_batches)]
+        best = [
+            step(bs, bp, qbat, chunk, np.int32(start), np.int32(n_valid))
+            for (bs, bp), qbat in zip(best, q_batches, strict=True)
+        ]
     scores = np.concatenate([np.asarray(bs) for bs, _ in best])[:nq]
     positions = np.concatenate([np.asarray(bp) for _, bp in best])[:nq].astype(np.int64)
     return positions, scores
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # ScaNN
 
 
@@ -308,7 +315,7 @@ def _code_bytes(opts: dict[str, Any], d: int) -> int:
     return math.ceil(d / math.ceil(d / opts["pq_bytes"]))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # the index
 
 
@@ -330,7 +337,7 @@ class Index:
     _database: np.ndarray | None = field(default=None, repr=False)  # exact: (N, D') float32
     _searcher: Any = field(default=None, repr=False)  # scann: ScannSearcher
 
-    # ---- construction ---------------------------------------------------------------------------------------
+    # ---- construction
 
     @classmethod
     def build(cls, descriptors, ids: Sequence | np.ndarray | None = None, method: str = "exact", **options):
@@ -363,7 +370,7 @@ class Index:
             return cls(method, dim, ids, opts, _database=db)
         return cls(method, dim, ids, opts, _searcher=_build_scann(db, opts))
 
-    # ---- properties -----------------------------------------------------------------------------------------
+    # ---- properties
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -397,7 +404,7 @@ class Index:
             total += self.search_dim * {"float32": 4, "bfloat16": 2, "int8": 1}[self.options["reorder_dtype"]]
         return total
 
-    # ---- search ---------------------------------------------------------------------------------------------
+    # ---- search
 
     def search(self, queries, k: int, **search_options) -> tuple[np.ndarray, np.ndarray]:
         """Top-k database ids per query by decreasing inner product.
@@ -442,7 +449,9 @@ class Index:
         leaves = self.options["leaves"]
         lts = self.options["leaves_to_search"] if leaves_to_search is None else int(leaves_to_search)
         if leaves and not 1 <= lts <= leaves:
-            raise ValueError(f"leaves_to_search: expected 1 <= leaves_to_search <= leaves={leaves}, got {lts}")
+            raise ValueError(
+                f"leaves_to_search: expected 1 <= leaves_to_search <= leaves={leaves}, got {lts}"
+            )
         ro = self.options["reorder"] if reorder is None else int(reorder)
         if ro and not self.options["reorder"]:
             raise ValueError("reorder: this index was built without re-scoring vectors (reorder=0)")
@@ -461,7 +470,7 @@ class Index:
         )
         return np.asarray(idx, dtype=np.int64), np.asarray(dist, dtype=np.float32)
 
-    # ---- persistence ----------------------------------------------------------------------------------------
+    # ---- persistence
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -513,15 +522,15 @@ class Index:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> Index:
-        """Loads an index written by ``save``. ``mmap``: memory-map an exact database instead of reading it."""
+        """Loads an index written by ``save``; ``mmap`` memory-maps an exact database (no full read)."""
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
             raise IndexFormatError(f"index directory {directory}: not found or not a folder")
         meta_path = os.path.join(directory, "index.json")
         if not os.path.isfile(meta_path):
             raise IndexFormatError(
-                f"index directory {directory}: not a remap-jax index (no index.json); expected a folder written "
-                "by Index.save or `remap-index build`"
+                f"index directory {directory}: not a remap-jax index (no index.json); expected a folder "
+                "written by Index.save or `remap-index build`"
             )
         try:
             with open(meta_path) as f:
@@ -536,13 +545,18 @@ class Index:
                 f"{meta.get('method')!r}; expected version {FORMAT_VERSION} and one of {METHODS}"
             )
         method, n = meta["method"], int(meta["num_vectors"])
-        needed = ["ids.npy", "database.npy" if method == "exact" else os.path.join("scann", "scann_assets.pbtxt")]
+        needed = [
+            "ids.npy",
+            "database.npy" if method == "exact" else os.path.join("scann", "scann_assets.pbtxt"),
+        ]
         missing = [p for p in needed if not os.path.exists(os.path.join(directory, p))]
         if missing:
             raise IndexFormatError(f"index directory {directory}: incomplete index, missing {missing}")
         ids = np.load(os.path.join(directory, "ids.npy"), allow_pickle=False)
         if ids.shape != (n,):
-            raise IndexFormatError(f"index directory {directory}: ids.npy has shape {ids.shape}, expected ({n},)")
+            raise IndexFormatError(
+                f"index directory {directory}: ids.npy has shape {ids.shape}, expected ({n},)"
+            )
         opts = meta["options"]
         if method == "exact":
             db = np.load(os.path.join(directory, "database.npy"), mmap_mode="r" if mmap else None)
@@ -575,7 +589,9 @@ def _check_k(k, n: int) -> int:
 def _check_search_options(given: dict, allowed: set, method: str) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise ValueError(f"search: unknown option(s) {unknown} for method={method!r}; expected some of {sorted(allowed)}")
+        raise ValueError(
+            f"search: unknown option(s) {unknown} for method={method!r}; expected some of {sorted(allowed)}"
+        )
 
 
 def _replace_dir(tmp: str, directory: str) -> None:

@@ -28,7 +28,7 @@ def _brute(db, q, k):
 
 def _recall(found, truth):
     k = truth.shape[1]
-    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(found, truth)]))
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(found, truth, strict=True)]))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +244,9 @@ def test_build_errors(data):
 def test_search_errors(data, method):
     db, q = data
     ix = Index.build(db[:50], method=method, **({"pq_bytes": 4} if method == "scann" else {}))
-    with pytest.raises(ValueError, match=r"queries: expected dimension 32 \(the index's\), got shape \(45, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"queries: expected dimension 32 \(the index's\), got shape \(45, 16\)"
+    ):
         ix.search(q[:, :16], 5)
     bad = q.copy()
     bad[2, 0] = np.nan
