@@ -124,33 +124,48 @@ def compute_map(ranks, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 5, 10
       skipped queries; mpr (len(kappas),) mean precision@k; prs (num_queries, len(kappas)) with NaN rows for
       skipped queries.
     """
-    gnd = list(gnd)
-    ranks = _check_ranks(ranks, len(gnd))
+    return _compute_maps(ranks, [list(gnd)], kappas)[0]
+
+
+def _compute_maps(ranks, gnds: Sequence[Sequence[Mapping]], kappas: Sequence[int]):
+    """:func:`compute_map` for several ground truths over the same ranking, sharing the rank lookups."""
+    nq = len(gnds[0])
+    ranks = _check_ranks(ranks, nq)
     kappas = np.asarray(kappas, dtype=np.int64).reshape(-1)
     if kappas.size and kappas.min() < 1:
         raise ValueError(f"kappas: expected k >= 1, got {kappas.tolist()}")
-    nq = len(gnd)
-    oks, junks = [], []
-    for q, g in enumerate(gnd):
-        if "ok" not in g:
-            raise ValueError(f"gnd[{q}]: expected keys 'ok' (and optionally 'junk'), got {list(g)}")
-        oks.append(_as_index_array(g["ok"], "ok", q))
-        junks.append(_as_index_array(g.get("junk"), "junk", q))
-    max_index = max((int(a.max()) for a in oks + junks if a.size), default=0)
+    parsed = []  # per setup: list of (ok, junk) per query
+    max_index = 0
+    for gnd in gnds:
+        setup = []
+        for q, g in enumerate(gnd):
+            if "ok" not in g:
+                raise ValueError(f"gnd[{q}]: expected keys 'ok' (and optionally 'junk'), got {list(g)}")
+            ok = np.unique(_as_index_array(g["ok"], "ok", q))
+            junk = np.setdiff1d(_as_index_array(g.get("junk"), "junk", q), ok)
+            max_index = max(max_index, int(ok.max(initial=0)), int(junk.max(initial=0)))
+            setup.append((ok, junk))
+        parsed.append(setup)
     lookup = _RankLookup(ranks, max_index) if nq else None
 
-    aps = np.full(nq, np.nan)
-    prs = np.full((nq, kappas.size), np.nan)
+    aps = np.full((len(gnds), nq), np.nan)
+    prs = np.full((len(gnds), nq, kappas.size), np.nan)
     for q in range(nq):
-        ok = np.unique(oks[q])
-        if ok.size == 0:
-            continue  # no positives: skipped in the means
-        junk = np.setdiff1d(junks[q], ok)
-        aps[q], prs[q] = _score_query(lookup.positions(q, ok), lookup.positions(q, junk), ok.size, kappas)
-    valid = ~np.isnan(aps)
-    if not valid.any():
-        return 0.0, aps, np.zeros(kappas.size), prs
-    return float(aps[valid].mean()), aps, prs[valid].mean(axis=0), prs
+        for s, setup in enumerate(parsed):
+            ok, junk = setup[q]
+            if ok.size == 0:
+                continue  # no positives: skipped in the means
+            aps[s, q], prs[s, q] = _score_query(
+                lookup.positions(q, ok), lookup.positions(q, junk), ok.size, kappas
+            )
+    results = []
+    for s in range(len(gnds)):
+        valid = ~np.isnan(aps[s])
+        if not valid.any():
+            results.append((0.0, aps[s], np.zeros(kappas.size), prs[s]))
+        else:
+            results.append((float(aps[s][valid].mean()), aps[s], prs[s][valid].mean(axis=0), prs[s]))
+    return results
 
 
 def revisited_setups(gnd: Sequence[Mapping]) -> dict[str, list[dict]]:
@@ -177,8 +192,9 @@ def evaluate_revisited(ranks, gnd: Sequence[Mapping], kappas: Sequence[int] = (1
       for skipped queries, "num_queries": queries scored}}``.
     """
     results = {}
-    for name, setup_gnd in revisited_setups(gnd).items():
-        m, aps, mpr, _ = compute_map(ranks, setup_gnd, kappas)
+    setups = revisited_setups(gnd)
+    scored = _compute_maps(ranks, list(setups.values()), kappas)
+    for name, (m, aps, mpr, _) in zip(setups, scored, strict=True):
         entry = {"mAP": 100.0 * m}
         for k, p in zip(kappas, mpr, strict=True):
             entry[f"mP@{int(k)}"] = 100.0 * float(p)
