@@ -1,0 +1,191 @@
+"""`remap-index`: build, search and describe retrieval indexes from descriptor files.
+
+Descriptor files are the ``.npz`` files ``remap-extract`` writes: ``descriptors`` (N, D) float32, ``ids`` (N,)
+str, ``failed`` (M,) str (images that could not be described; ignored here).
+
+    remap-index build --features db.npz --out idx/ [--pq-bytes 64] [--leaves 1000] [--reorder 200]
+    remap-index search --index idx/ --queries q.npz --k 100 --out ranks.npz
+    remap-index info --index idx/
+
+``ranks.npz`` holds ``ids`` (Q, k) database ids, ``positions`` (Q, k) int64 row numbers in the database
+file, ``scores`` (Q, k) float32 similarities, best first, and ``query_ids`` (Q,).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+class CommandError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def read_features(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads (descriptors (N, D) float32, ids (N,) or None) from a ``remap-extract`` .npz file."""
+    if not os.path.isfile(path):
+        raise CommandError(f"{path}: no such file; expected a .npz written by remap-extract")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "descriptors" not in f.files:
+                raise CommandError(
+                    f"{path}: no 'descriptors' array (found {sorted(f.files)}); expected a .npz written by "
+                    "remap-extract with keys descriptors, ids, failed"
+                )
+            desc = f["descriptors"]
+            ids = f["ids"] if "ids" in f.files else None
+    except (OSError, ValueError) as e:
+        if isinstance(e, CommandError):
+            raise
+        raise CommandError(f"{path}: not a readable .npz file ({e})") from e
+    if desc.ndim != 2:
+        raise CommandError(f"{path}: 'descriptors' expected rank 2 (N, D), got shape {desc.shape}")
+    if ids is not None and ids.shape != (desc.shape[0],):
+        raise CommandError(
+            f"{path}: 'ids' has shape {ids.shape}, expected ({desc.shape[0]},) like descriptors"
+        )
+    return desc, ids
+
+
+def _save_npz_atomic(path: str, **arrays) -> None:
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ranks-", suffix=".npz", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _build(args) -> None:
+    from remap_jax.index import Index
+
+    desc, ids = read_features(args.features)
+    scann_flags = {
+        "pq_bytes": args.pq_bytes,
+        "leaves": args.leaves,
+        "leaves_to_search": args.leaves_to_search,
+        "reorder": args.reorder,
+        "reorder_dtype": args.reorder_dtype,
+        "anisotropic_threshold": args.anisotropic,
+        "threads": args.threads,
+    }
+    given = {k: v for k, v in scann_flags.items() if v is not None}
+    method = args.method or ("scann" if given else "exact")
+    if method == "exact" and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise CommandError(f"--method exact: {flags} only apply to --method scann")
+    options = dict(given)
+    if args.truncate_dim is not None:
+        options["truncate_dim"] = args.truncate_dim
+    print(f"building {method} index over {desc.shape[0]} x {desc.shape[1]} descriptors from {args.features}")
+    t0 = time.perf_counter()
+    index = Index.build(desc, ids=ids, method=method, **options)
+    build_s = time.perf_counter() - t0
+    index.save(args.out)
+    print(
+        f"built in {build_s:.1f} s ({len(index) / max(build_s, 1e-9):.0f} vectors/s); "
+        f"{index.code_bytes} code bytes, {index.memory_bytes_per_vector} bytes/vector in memory; "
+        f"saved to {args.out}"
+    )
+
+
+def _search(args) -> None:
+    from remap_jax.index import Index
+
+    index = Index.load(args.index)
+    queries, query_ids = read_features(args.queries)
+    if query_ids is None:
+        query_ids = np.arange(queries.shape[0], dtype=np.int64)
+    options = {}
+    if args.leaves_to_search is not None:
+        options["leaves_to_search"] = args.leaves_to_search
+    if args.reorder is not None:
+        options["reorder"] = args.reorder
+    if index.method == "exact":
+        options["progress"] = True
+    t0 = time.perf_counter()
+    positions, scores = index.search_positions(queries, args.k, **options)
+    search_s = time.perf_counter() - t0
+    _save_npz_atomic(
+        args.out, ids=index.ids[positions], positions=positions, scores=scores, query_ids=query_ids
+    )
+    print(
+        f"searched {queries.shape[0]} queries (k={args.k}) in {search_s:.2f} s "
+        f"({queries.shape[0] / max(search_s, 1e-9):.1f} queries/s); wrote {args.out}"
+    )
+
+
+def _info(args) -> None:
+    from remap_jax.index import Index, IndexFormatError
+
+    path = os.path.join(args.index, "index.json")
+    Index.load(args.index)  # validates the folder completely
+    try:
+        with open(path) as f:
+            print(json.dumps(json.load(f), indent=2))
+    except OSError as e:  # pragma: no cover - load() above already read it
+        raise IndexFormatError(str(e)) from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remap-index", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build an index from a descriptor .npz and save it to a folder")
+    b.add_argument("--features", required=True, help=".npz from remap-extract (descriptors, ids)")
+    b.add_argument("--out", required=True, help="index folder to write (replaced atomically if an index)")
+    b.add_argument(
+        "--method",
+        choices=("exact", "scann"),
+        help="default: scann when any ScaNN flag is given, else exact",
+    )
+    b.add_argument("--pq-bytes", type=int, help="PQ code bytes per vector (sub-vectors x 256 centroids)")
+    b.add_argument("--leaves", type=int, help="k-means tree partitions (large databases); default none")
+    b.add_argument("--leaves-to-search", type=int, help="partitions searched per query (default leaves/20)")
+    b.add_argument("--reorder", type=int, help="re-score this many PQ candidates exactly (stores vectors)")
+    b.add_argument(
+        "--reorder-dtype", choices=("float32", "bfloat16", "int8"), help="stored re-scoring vectors"
+    )
+    b.add_argument("--anisotropic", type=float, help="anisotropic quantisation threshold (e.g. 0.2)")
+    b.add_argument("--truncate-dim", type=int, help="keep the first d dimensions, re-normalised")
+    b.add_argument("--threads", type=int, help="ScaNN threads (default all cores)")
+    b.set_defaults(func=_build)
+
+    s = sub.add_parser("search", help="search an index with query descriptors, write ranks .npz")
+    s.add_argument("--index", required=True, help="index folder from `remap-index build`")
+    s.add_argument("--queries", required=True, help=".npz from remap-extract (descriptors, ids)")
+    s.add_argument("--k", type=int, default=100, help="neighbours per query (default 100)")
+    s.add_argument("--out", required=True, help="output .npz: ids, positions, scores, query_ids")
+    s.add_argument("--leaves-to-search", type=int, help="scann: override the partitions searched")
+    s.add_argument("--reorder", type=int, help="scann: override the number of re-scored candidates")
+    s.set_defaults(func=_search)
+
+    i = sub.add_parser("info", help="print an index's metadata")
+    i.add_argument("--index", required=True)
+    i.set_defaults(func=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CommandError, ValueError, FileExistsError) as e:
+        print(f"remap-index {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Tests for the remap-index command (build / search / info) on small descriptor files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from remap_jax.index_cli import main
+
+
+def _write_features(path, descriptors, ids=None, failed=()):
+    arrays = {"descriptors": descriptors.astype(np.float32), "failed": np.array(list(failed), dtype=str)}
+    if ids is not None:
+        arrays["ids"] = np.asarray(ids, dtype=str)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    rng = np.random.default_rng(0)
+    db = rng.standard_normal((600, 16))
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = db[:12] + 0.05 * rng.standard_normal((12, 16))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db_ids = [f"db/{i:04d}.jpg" for i in range(600)]
+    q_ids = [f"q/{i:02d}.jpg" for i in range(12)]
+    return {
+        "db": db.astype(np.float32),
+        "q": q.astype(np.float32),
+        "db_ids": np.array(db_ids),
+        "db_path": _write_features(root / "db.npz", db, db_ids, failed=["db/broken.jpg"]),
+        "q_path": _write_features(root / "q.npz", q, q_ids),
+        "q_ids": np.array(q_ids),
+    }
+
+
+def test_build_and_search_exact(files, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["build", "--features", files["db_path"], "--out", str(out)]) == 0
+    assert "exact index over 600 x 16" in capsys.readouterr().out
+    ranks = tmp_path / "r" / "ranks.npz"
+    code = main(
+        ["search", "--index", str(out), "--queries", files["q_path"], "--k", "20", "--out", str(ranks)]
+    )
+    assert code == 0
+    assert "queries/s" in capsys.readouterr().out
+    r = np.load(ranks)
+    assert sorted(r.files) == ["ids", "positions", "query_ids", "scores"]
+    sims = files["q"] @ files["db"].T
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(r["positions"], expected)
+    np.testing.assert_array_equal(r["ids"], files["db_ids"][expected])
+    np.testing.assert_array_equal(r["query_ids"], files["q_ids"])
+    np.testing.assert_allclose(r["scores"], np.take_along_axis(sims, expected, 1), rtol=1e-5, atol=1e-6)
+    assert sorted(os.listdir(tmp_path / "r")) == ["ranks.npz"]  # no temporary file left
+
+
+def test_build_scann_with_pq_and_leaves_then_info(files, tmp_path, capsys):
+    out = tmp_path / "idx"
+    args = ["build", "--features", files["db_path"], "--out", str(out), "--pq-bytes", "4", "--leaves", "8"]
+    assert main(args + ["--leaves-to-search", "8", "--reorder", "600"]) == 0
+    assert "scann index" in capsys.readouterr().out
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["method"] == "scann" and meta["code_bytes"] == 4 and meta["options"]["leaves"] == 8
+    assert main(["info", "--index", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["num_vectors"] == 600
+    ranks = tmp_path / "ranks.npz"
+    assert (
+        main(["search", "--index", str(out), "--queries", files["q_path"], "--k", "5", "--out", str(ranks)])
+        == 0
+    )
+    r = np.load(ranks)
+    sims = files["q"] @ files["db"].T
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    # every partition searched and every candidate re-scored: the exact top 5
+    assert all(set(a) == set(b) for a, b in zip(r["positions"], expected, strict=True))
+
+
+def test_truncate_dim_flag(files, tmp_path):
+    out = tmp_path / "idx"
+    assert main(["build", "--features", files["db_path"], "--out", str(out), "--truncate-dim", "8"]) == 0
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["search_dim"] == 8 and meta["dim"] == 16 and meta["memory_bytes_per_vector"] == 32
+
+
+def test_errors_are_clear_messages(files, tmp_path, capsys):
+    missing = str(tmp_path / "nope.npz")
+    assert main(["build", "--features", missing, "--out", str(tmp_path / "i")]) == 2
+    assert "nope.npz: no such file" in capsys.readouterr().err
+    np.savez(tmp_path / "wrong.npz", vectors=np.zeros((3, 4)))
+    assert main(["build", "--features", str(tmp_path / "wrong.npz"), "--out", str(tmp_path / "i")]) == 2
+    assert "no 'descriptors' array (found ['vectors'])" in capsys.readouterr().err
+    bad = files["db"].copy()
+    bad[5, 1] = np.nan
+    nan_path = _write_features(tmp_path / "nan.npz", bad)
+    assert main(["build", "--features", nan_path, "--out", str(tmp_path / "i")]) == 2
+    assert "row 5 contains NaN" in capsys.readouterr().err
+    args = ["build", "--features", files["db_path"], "--out", str(tmp_path / "i"), "--method", "exact"]
+    assert main(args + ["--pq-bytes", "8"]) == 2
+    assert "--pq-bytes only apply to --method scann" in capsys.readouterr().err
+    (tmp_path / "notindex").mkdir()
+    search = ["search", "--index", str(tmp_path / "notindex"), "--queries", files["q_path"]]
+    assert main(search + ["--out", str(tmp_path / "r.npz")]) == 2
+    assert "not a remap-jax index" in capsys.readouterr().err
+    assert main(["build", "--features", files["db_path"], "--out", str(tmp_path / "idx")]) == 0
+    search = ["search", "--index", str(tmp_path / "idx"), "--queries", files["q_path"], "--k", "601"]
+    assert main(search + ["--out", str(tmp_path / "r.npz")]) == 2
+    assert "k: expected 1 <= k <= 600" in capsys.readouterr().err
+    wrong_dim = _write_features(tmp_path / "q8.npz", files["q"][:, :8])
+    search = ["search", "--index", str(tmp_path / "idx"), "--queries", wrong_dim]
+    assert main(search + ["--out", str(tmp_path / "r.npz")]) == 2
+    assert "expected dimension 16" in capsys.readouterr().err
+    assert not (tmp_path / "r.npz").exists()
+
+
+def test_module_runs_as_a_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "remap_jax.index_cli", "build", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--pq-bytes" in out.stdout and "--leaves" in out.stdout
