@@ -47,7 +47,7 @@ def _numerical_rank(vals: np.ndarray, rtol: float) -> int:
     return int(np.sum(vals > rtol * max(vals[0], np.finfo(np.float64).tiny)))
 
 
-def pca_whitening(descriptors: np.ndarray, dim: int | None = None, power: float = 1.0,
+def pca_whitening(descriptors: np.ndarray, dim: int | None = None, power: float = 1.0, ridge: float = 0.0,
                   rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
     """PCA-whitening learned from training descriptors, with optional eigenvalue shrinkage.
 
@@ -61,6 +61,10 @@ def pca_whitening(descriptors: np.ndarray, dim: int | None = None, power: float 
       descriptors: (N, D) training descriptors (usually L2-normalised).
       dim: output dimension d (default D). Must not exceed the covariance rank (at most N - 1).
       power: shrinkage exponent in [0, 1].
+      ridge: regularisation: every eigenvalue gets `ridge * mean(lambda)` added before the inverse square
+        root. 0 (default) is exact whitening and requires dim <= rank; > 0 makes every dim well defined
+        (directions unseen in training are scaled by at most (ridge * mean(lambda))^(-power/2)) and tempers
+        the amplification of the noisiest, low-variance directions.
       rtol: eigenvalues below rtol * lambda_max count as zero when checking the rank.
 
     Returns:
@@ -69,10 +73,16 @@ def pca_whitening(descriptors: np.ndarray, dim: int | None = None, power: float 
     x = _check_descriptors(descriptors)
     if not 0.0 <= power <= 1.0:
         raise ValueError(f"power: expected a value in [0, 1], got {power}")
+    if ridge < 0:
+        raise ValueError(f"ridge: expected >= 0, got {ridge}")
     m = x.mean(axis=0)
     xc = x - m
     vals, vecs = _sorted_eigh(xc.T @ xc / x.shape[0])
-    dim = _check_dim(dim, _numerical_rank(vals, rtol), x.shape[1], "the descriptors' covariance")
+    if ridge > 0:
+        dim = _check_dim(dim, x.shape[1], x.shape[1], "the regularised covariance")
+        vals = np.maximum(vals, 0.0) + ridge * max(vals.mean(), np.finfo(np.float64).tiny)
+    else:
+        dim = _check_dim(dim, _numerical_rank(vals, rtol), x.shape[1], "the descriptors' covariance")
     w = vecs[:, :dim].T * (vals[:dim] ** (-power / 2))[:, None]
     return w.astype(np.float32), (-w @ m).astype(np.float32)
 
@@ -91,7 +101,7 @@ def _cholesky_with_jitter(s: np.ndarray) -> np.ndarray:
 
 
 def learned_whitening(descriptors: np.ndarray, qidx: np.ndarray, pidx: np.ndarray, dim: int | None = None,
-                      rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+                      ridge: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Learned whitening "Lw" from matching pairs (Radenovic, Tolias, Chum, ECCV 2016 / TPAMI 2018).
 
     Step 1 whitens the intra-class (matching-pair) variation: with the difference covariance
@@ -103,16 +113,18 @@ def learned_whitening(descriptors: np.ndarray, qidx: np.ndarray, pidx: np.ndarra
     in decreasing order of variance. Keeping the first d rows keeps the directions along which non-matching
     descriptors spread most relative to matching noise.
 
-    Properties of the result (checked in the tests): the projected matching-pair differences have second
-    moment identity (for any d); the projected training descriptors have a diagonal covariance with
-    decreasing variances.
+    Properties of the result (checked in the tests): with ridge = 0 the projected matching-pair differences
+    have second moment identity (for any d); the projected training descriptors have a diagonal covariance
+    with decreasing variances.
 
     Args:
       descriptors: (N, D) training descriptors.
       qidx, pidx: (P,) indices of the two images of each matching pair.
-      dim: output dimension d (default D). Needs D <= P for a well-defined step 1 (jitter is added on the
-        diagonal otherwise, as cirtorch does).
-      rtol: eigenvalues below rtol * lambda_max count as zero when checking the rank.
+      dim: output dimension d (default D). Step 2 is a rotation, so any d <= D is defined.
+      ridge: S gets `ridge * trace(S) / D` added on the diagonal. With fewer matching pairs than
+        dimensions (P < D) S is singular: with ridge = 0 a tiny jitter is added (as cirtorch does) and
+        the directions in which the few matching pairs happen not to differ are amplified enormously, which
+        over-fits; a ridge of 1e-3..1e-1 keeps that amplification bounded.
 
     Returns:
       (W (d, D), b (d,)) float32 with W = P[:d], b = -W m.
@@ -129,12 +141,16 @@ def learned_whitening(descriptors: np.ndarray, qidx: np.ndarray, pidx: np.ndarra
         if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= x.shape[0]:
             raise ValueError(f"{name}: expected integer indices in [0, {x.shape[0]}), got dtype {idx.dtype} "
                              f"range [{idx.min()}, {idx.max()}]")
+    if ridge < 0:
+        raise ValueError(f"ridge: expected >= 0, got {ridge}")
+    dim = _check_dim(dim, x.shape[1], x.shape[1], "the descriptors")
     m = x[qidx].mean(axis=0)
     diff = x[qidx] - x[pidx]
-    p1 = np.linalg.inv(_cholesky_with_jitter(diff.T @ diff / diff.shape[0]))
+    s = diff.T @ diff / diff.shape[0]
+    s += ridge * max(np.trace(s) / s.shape[0], np.finfo(np.float64).tiny) * np.eye(s.shape[0])
+    p1 = np.linalg.inv(_cholesky_with_jitter(s))
     z = (x - m) @ p1.T
-    vals, vecs = _sorted_eigh(z.T @ z / x.shape[0])
-    dim = _check_dim(dim, _numerical_rank(vals, rtol), x.shape[1], "the whitened descriptors' covariance")
+    _, vecs = _sorted_eigh(z.T @ z / x.shape[0])
     w = vecs[:, :dim].T @ p1
     return w.astype(np.float32), (-w @ m).astype(np.float32)
 

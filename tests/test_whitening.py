@@ -127,10 +127,28 @@ def test_learned_whitening_input_errors():
         whitening.learned_whitening(x, qidx[:1], pidx[:1])
 
 
-def test_learned_whitening_with_fewer_pairs_than_dimensions_uses_jitter():
+def test_learned_whitening_with_fewer_pairs_than_dimensions():
     x, qidx, pidx, _ = _pairs_data()
-    w, b = whitening.learned_whitening(x, qidx[:4], pidx[:4], dim=3)  # S has rank 4 < 10
+    w, b = whitening.learned_whitening(x, qidx[:4], pidx[:4], dim=3)  # S has rank 4 < 10: jitter
     assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
+    w_jitter, _ = whitening.learned_whitening(x, qidx[:4], pidx[:4])
+    w_ridge, _ = whitening.learned_whitening(x, qidx[:4], pidx[:4], ridge=0.01)
+    # The ridge bounds the gain of directions the few pairs never varied in.
+    assert np.linalg.norm(w_ridge, 2) < 1e-2 * np.linalg.norm(w_jitter, 2)
+    with pytest.raises(ValueError, match="ridge"):
+        whitening.learned_whitening(x, qidx, pidx, ridge=-1.0)
+
+
+def test_pca_whitening_ridge_allows_rank_deficient_data():
+    x = _correlated(n=5, d=12)
+    w, b = whitening.pca_whitening(x, ridge=0.1)  # 12 > rank 4, fine with a ridge
+    assert w.shape == (12, 12) and np.all(np.isfinite(w))
+    y = x @ w.T.astype(np.float64) + b
+    var = np.diag(_cov(y))
+    assert np.all(var[:4] > 0.5) and np.all(var[:4] < 1.0)  # shrunk slightly below 1 by the ridge
+    np.testing.assert_allclose(var[4:], 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="ridge"):
+        whitening.pca_whitening(x, ridge=-1.0)
 
 
 def test_apply_whitening_matches_head_convention():

@@ -1,0 +1,200 @@
+"""Tests for train.init_head: pair selection, cached region description, KL + whitening fit, outputs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from remap_jax.regions import rmac_regions
+from train import init_head
+
+LAYERS = ("layer4.1", "layer4.2")
+FEATURE_SHAPE = (3, 4)
+REGIONS = rmac_regions(*FEATURE_SHAPE, levels=2)  # R = 5 on a 3x4 map
+R = REGIONS.shape[0]
+C = 8
+
+
+class FakeTrainingSet:
+    """20 landmarks x 4 images; the image's pixel values encode its index."""
+
+    def __init__(self, landmarks=20, per_landmark=4):
+        self.labels = np.repeat(np.arange(landmarks), per_landmark)
+        self.num_images = self.labels.size
+        q, p = [], []
+        for lm in range(landmarks):
+            members = np.flatnonzero(self.labels == lm)
+            q += [members[0]] * (per_landmark - 1)
+            p += list(members[1:])
+        self.qidx, self.pidx = np.array(q), np.array(p)
+
+    def read(self, i):
+        return np.full((6, 8, 3), i, np.uint8)
+
+
+class FakeRegionFn:
+    """Region descriptors where region 0 of layer 4.1 and region 3 of layer 4.2 identify the landmark."""
+
+    def __init__(self, labels, informative=((0,), (3,)), seed=0):
+        rng = np.random.default_rng(seed)
+        self.labels = labels
+        self.protos = rng.normal(size=(len(LAYERS), labels.max() + 1, R, C))
+        self.noise = rng.normal(size=(len(LAYERS), labels.size, R, C))
+        self.informative = informative
+        self.calls = 0
+        self.batch_sizes = set()
+
+    def __call__(self, batch):
+        self.calls += 1
+        self.batch_sizes.add(batch.shape[0])
+        idx = batch[:, 0, 0, 0].astype(int)
+        out = {}
+        for li, layer in enumerate(LAYERS):
+            d = self.noise[li, idx].copy()
+            for r in self.informative[li]:
+                d[:, r] = self.protos[li, self.labels[idx], r] + 0.2 * self.noise[li, idx, r]
+            out[layer] = d / np.linalg.norm(d, axis=-1, keepdims=True)
+        return out
+
+
+def _describe(tmp_path, fn, train_set, images, key="k"):
+    return init_head.describe_regions(fn, train_set.read, images, LAYERS, batch_size=4,
+                                      cache_dir=str(tmp_path / "cache"), cache_chunk=10, cache_key=key,
+                                      progress=False)
+
+
+def test_select_pairs_compact_and_valid():
+    ts = FakeTrainingSet()
+    images, pos, neg = init_head.select_pairs(ts.labels, ts.qidx, ts.pidx, num_positive=30,
+                                              negatives_per_positive=2.0, seed=0)
+    assert pos.shape == (30, 2) and neg.shape == (60, 2)
+    assert np.all(np.diff(images) > 0)
+    assert np.all(ts.labels[images[pos[:, 0]]] == ts.labels[images[pos[:, 1]]])
+    assert np.all(ts.labels[images[neg[:, 0]]] != ts.labels[images[neg[:, 1]]])
+    assert set(np.unique(pos)) == set(range(len(images)))  # every described image is in a matching pair
+    all_images, all_pos, _ = init_head.select_pairs(ts.labels, ts.qidx, ts.pidx, 0, 1.0, seed=0)
+    assert len(all_pos) == len(ts.qidx) and len(all_images) == ts.num_images
+    with pytest.raises(ValueError, match="non-empty qidx/pidx"):
+        init_head.select_pairs(ts.labels, np.array([], int), np.array([], int), 0, 1.0, 0)
+
+
+def test_describe_regions_caches_and_resumes(tmp_path):
+    ts = FakeTrainingSet()
+    images = np.arange(0, 80, 3)  # 27 images: 3 chunks of 10, 10, 7; batches of 4 padded
+    fn = FakeRegionFn(ts.labels)
+    first = _describe(tmp_path, fn, ts, images)
+    assert first["layer4.1"].shape == (27, R, C) and first["layer4.1"].dtype == np.float32
+    assert fn.batch_sizes == {4}  # static batch shape, last batch padded
+    direct = fn(np.stack([ts.read(i) for i in images]))
+    np.testing.assert_allclose(first["layer4.2"], direct["layer4.2"], rtol=1e-6)
+    assert sorted(os.listdir(tmp_path / "cache")) == ["chunk_00000.npz", "chunk_00001.npz", "chunk_00002.npz"]
+
+    # Resume: nothing recomputed.
+    fn2 = FakeRegionFn(ts.labels)
+    again = _describe(tmp_path, fn2, ts, images)
+    assert fn2.calls == 0
+    np.testing.assert_array_equal(again["layer4.1"], first["layer4.1"])
+
+    # An interrupted run: a lost chunk is recomputed, the others are read back.
+    os.remove(tmp_path / "cache" / "chunk_00001.npz")
+    fn3 = FakeRegionFn(ts.labels)
+    resumed = _describe(tmp_path, fn3, ts, images)
+    assert fn3.calls == 3  # 10 images in batches of 4
+    np.testing.assert_allclose(resumed["layer4.1"], first["layer4.1"], rtol=1e-6)
+
+    # Another network / setting (cache key) or other images: recomputed, never mixed up.
+    fn4 = FakeRegionFn(ts.labels)
+    _describe(tmp_path, fn4, ts, images, key="other")
+    assert fn4.calls == 8
+    fn5 = FakeRegionFn(ts.labels)
+    _describe(tmp_path, fn5, ts, images + 1, key="other")
+    assert fn5.calls == 8
+
+
+def test_describe_regions_rejects_missing_layer(tmp_path):
+    ts = FakeTrainingSet()
+    with pytest.raises(ValueError, match="expected 'layer4.2'"):
+        init_head.describe_regions(lambda b: {"layer4.1": np.zeros((len(b), R, C))}, ts.read,
+                                   np.arange(4), LAYERS, batch_size=2, progress=False)
+
+
+def _fit(tmp_path, **overrides):
+    ts = FakeTrainingSet()
+    images, pos, neg = init_head.select_pairs(ts.labels, ts.qidx, ts.pidx, 0, 2.0, seed=0)
+    desc = _describe(tmp_path, FakeRegionFn(ts.labels), ts, images)
+    options = init_head.default_init_config()
+    options.whitening_ridge = 0.0
+    options.update(overrides)
+    return desc, pos, init_head.compute_head_init(desc, pos, neg, LAYERS, REGIONS, FEATURE_SHAPE,
+                                                  out_dim=6, options=options)
+
+
+@pytest.mark.parametrize("estimator", ["histogram", "kde"])
+def test_compute_head_init_weights_informative_regions(tmp_path, estimator):
+    _, _, init = _fit(tmp_path, estimator=estimator, bins=16)
+    assert init.alpha.shape == (2, R) and init.kl.shape == (2, R)
+    np.testing.assert_allclose(init.alpha.mean(), 1.0, rtol=1e-5)
+    others = [r for r in range(R) if r != 0]
+    assert init.alpha[0, 0] > 3 * init.alpha[0, others].max()
+    others = [r for r in range(R) if r != 3]
+    assert init.alpha[1, 3] > 3 * init.alpha[1, others].max()
+    assert init.w.shape == (6, 2 * C) and init.b.shape == (6,)
+    assert set(init.alpha_init) == set(LAYERS)
+
+
+def test_compute_head_init_whitening_is_fit_on_alpha_pooled_descriptors(tmp_path):
+    desc, pos, init = _fit(tmp_path, whitening="lw")
+    x = init_head.pool_descriptors(desc, init.alpha, LAYERS).astype(np.float64)
+    diff = (x[pos[:, 0]] - x[pos[:, 1]]) @ init.w.T.astype(np.float64)
+    np.testing.assert_allclose(diff.T @ diff / len(pos), np.eye(6), atol=2e-3)  # the Lw property
+    _, _, pca = _fit(tmp_path, whitening="pca")
+    y = x @ pca.w.T.astype(np.float64) + pca.b
+    np.testing.assert_allclose(np.cov(y.T, bias=True), np.eye(6), atol=2e-3)
+    _, _, none = _fit(tmp_path, whitening="none")
+    assert none.w is None and none.whitening_init is None
+    with pytest.raises(ValueError, match="whitening"):
+        _fit(tmp_path, whitening="zca")
+
+
+def test_compute_head_init_explains_rank_problems(tmp_path):
+    ts = FakeTrainingSet()
+    images, pos, neg = init_head.select_pairs(ts.labels, ts.qidx, ts.pidx, 0, 1.0, seed=0)
+    desc = {k: np.tile(v, (1, 1, 20)) for k, v in _describe(tmp_path, FakeRegionFn(ts.labels), ts,
+                                                            images).items()}  # C=160, D=320 > 80 images
+    options = init_head.default_init_config()
+    options.whitening = "pca"
+    options.whitening_ridge = 0.0
+    with pytest.raises(ValueError, match="config.model.out_dim"):
+        init_head.compute_head_init(desc, pos, neg, LAYERS, REGIONS, FEATURE_SHAPE, options=options)
+    options.whitening_ridge = 1e-3  # the default: defined at full dimension
+    init = init_head.compute_head_init(desc, pos, neg, LAYERS, REGIONS, FEATURE_SHAPE, options=options)
+    assert init.w.shape == (320, 320) and np.all(np.isfinite(init.w))
+
+
+def test_outputs_round_trip_and_png(tmp_path):
+    _, _, init = _fit(tmp_path)
+    summary = {"note": "test"}
+    paths = init_head.write_outputs(str(tmp_path / "work"), init, summary)
+    loaded = init_head.load_head_init(paths["head_init.npz"])
+    assert loaded.layers == LAYERS and loaded.feature_shape == FEATURE_SHAPE
+    np.testing.assert_array_equal(loaded.alpha, init.alpha)
+    np.testing.assert_array_equal(loaded.w, init.w)
+    np.testing.assert_array_equal(loaded.regions, init.regions)
+    with Image.open(paths["region_weights.png"]) as png:
+        assert png.size[0] > 200 and png.size[1] > 200
+    assert json.load(open(paths["init_head.json"])) == summary
+    with pytest.raises(FileNotFoundError, match="train.init_head"):
+        init_head.load_head_init(str(tmp_path / "missing.npz"))
+
+
+def test_init_options_reject_unknown_keys():
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"init_head": {"bins": 64}})
+    assert init_head._init_options(config).bins == 64
+    assert init_head._init_options(ml_collections.ConfigDict({"seed": 0})).bins == 32
+    config = ml_collections.ConfigDict({"init_head": {"binz": 64}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        init_head._init_options(config)
