@@ -9,6 +9,8 @@ Defaults follow the REMAP / cnnimageretrieval recipe for fine-tuning a pretraine
 
 import ml_collections
 
+from train.init_head import default_init_config
+
 
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -41,6 +43,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # head initialisation written by `python -m train.init_head` (KL alpha per layer + whitening (W, b)).
     # "" = alpha ones (R-MAC) and identity whitening.
     c.head_init = ""
+    # options of `python -m train.init_head` (pairs, KL estimator, whitening method); see
+    # train.init_head.default_init_config for every field.
+    c.init_head = default_init_config()
 
     # ---- tuples and hard-negative mining
     c.num_negatives = 5  # negatives per (query, positive) tuple
