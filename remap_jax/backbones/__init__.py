@@ -1,0 +1,130 @@
+"""CNN backbones with layer access (taps) and pretrained-weight import from torchvision / timm checkpoints.
+
+    backbone = create_backbone("resnet50")
+    variables = load_pretrained("resnet50", "resnet50.safetensors")   # or init_backbone(...)
+    maps = backbone.apply(variables, images, taps=("layer4.1", "layer4.2"))  # {tap: (B, h, w, C)}
+
+Images are (B, H, W, 3) float, RGB, ImageNet mean/std normalised (the convention of the imported weights).
+BatchNorm is frozen: running statistics live in the `batch_stats` collection and are never updated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from remap_jax.backbones.resnet import ResNet, resnet_tap_names
+from remap_jax.backbones.vgg import VGG, vgg_tap_names
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture. `kind` is "resnet" or "vgg"."""
+
+    kind: str
+    block: str = "bottleneck"
+    stage_sizes: tuple[int, ...] = ()
+    groups: int = 1
+    width_per_group: int = 64
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "resnet18": ArchSpec("resnet", "basic", (2, 2, 2, 2)),
+    "resnet34": ArchSpec("resnet", "basic", (3, 4, 6, 3)),
+    "resnet50": ArchSpec("resnet", "bottleneck", (3, 4, 6, 3)),
+    "resnet101": ArchSpec("resnet", "bottleneck", (3, 4, 23, 3)),
+    "resnet152": ArchSpec("resnet", "bottleneck", (3, 8, 36, 3)),
+    "resnext101_32x8d": ArchSpec("resnet", "bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8),
+    "resnext101_64x4d": ArchSpec("resnet", "bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4),
+    "vgg16": ArchSpec("vgg"),
+}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    if arch not in ARCHS:
+        raise ValueError(f"arch: unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+def create_backbone(arch: str, dtype: Any = jnp.float32, fold_bn: bool = False) -> nn.Module:
+    """The Flax module for `arch`. `dtype` is the compute dtype (float32 or bfloat16); params stay float32.
+
+    `fold_bn=True` folds the frozen BatchNorm into the convolutions at call time (same variables, faster).
+    """
+    spec = arch_spec(arch)
+    if spec.kind == "vgg":
+        return VGG(fold_bn=fold_bn, dtype=dtype)
+    return ResNet(
+        spec.block, spec.stage_sizes, spec.groups, spec.width_per_group, fold_bn=fold_bn, dtype=dtype
+    )
+
+
+def valid_taps(arch: str) -> tuple[str, ...]:
+    """Every tap name of `arch`, in computation order."""
+    spec = arch_spec(arch)
+    return vgg_tap_names() if spec.kind == "vgg" else resnet_tap_names(spec.stage_sizes)
+
+
+def default_taps(arch: str) -> tuple[str, ...]:
+    """The two deepest blocks (REMAP's "layer 1+2"): `layer4.{n-2}`, `layer4.{n-1}`; VGG16: conv5_2, conv5_3."""
+    spec = arch_spec(arch)
+    if spec.kind == "vgg":
+        return ("conv5_2", "conv5_3")
+    n = spec.stage_sizes[-1]
+    return (f"layer4.{n - 2}", f"layer4.{n - 1}")
+
+
+def deepest_tap(arch: str) -> str:
+    """The last tap; applying with it creates/uses every parameter of the backbone."""
+    return "layer4" if arch_spec(arch).kind == "resnet" else "pool5"
+
+
+def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3), dtype: Any = jnp.float32) -> dict:
+    """Randomly initialised variables {"params": ..., "batch_stats": ...} (He-normal convs, identity BN)."""
+    module = create_backbone(arch, dtype=dtype)
+    init = jax.jit(functools.partial(module.init, taps=(deepest_tap(arch),)))
+    return dict(init(key, jnp.zeros(input_shape, jnp.float32)))
+
+
+@functools.lru_cache(maxsize=None)
+def variable_shapes(arch: str) -> dict:
+    """Shape tree (jax.ShapeDtypeStruct leaves) of `arch`'s variables, computed without allocating them."""
+    module = create_backbone(arch)
+    init = functools.partial(module.init, taps=(deepest_tap(arch),))
+    shapes = jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    return dict(shapes)
+
+
+from remap_jax.backbones.weights import (  # noqa: E402  (weights needs the helpers above)
+    WeightImportError,
+    from_torch_state_dict,
+    load_pretrained,
+    read_state_dict,
+    to_torch_state_dict,
+    torch_state_dict_shapes,
+)
+
+__all__ = [
+    "ARCHS",
+    "ArchSpec",
+    "VGG",
+    "ResNet",
+    "WeightImportError",
+    "arch_spec",
+    "create_backbone",
+    "default_taps",
+    "deepest_tap",
+    "from_torch_state_dict",
+    "init_backbone",
+    "load_pretrained",
+    "read_state_dict",
+    "to_torch_state_dict",
+    "torch_state_dict_shapes",
+    "valid_taps",
+    "variable_shapes",
+]

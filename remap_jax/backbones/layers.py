@@ -1,0 +1,125 @@
+"""Building blocks shared by the backbones: torchvision-compatible convolutions and frozen BatchNorm.
+
+Every module here works on NHWC arrays. Parameters are float32; computation runs in `dtype` (float32 or
+bfloat16). Module and parameter names are chosen so that a torchvision state-dict key maps onto a Flax path
+mechanically (see `remap_jax.backbones.weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BN_EPS = 1e-5  # torchvision's BatchNorm2d default
+# He (fan-out) normal init, torchvision's choice for ResNet convolutions.
+_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class FrozenBatchNorm(nn.Module):
+    """BatchNorm that always normalises with its running statistics and never updates them.
+
+    Params: `scale` (C,) and `bias` (C,) in `params` (trainable, as in retrieval fine-tuning);
+    `mean` (C,) and `var` (C,) in the `batch_stats` collection (read-only).
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+    eps: float = BN_EPS
+
+    def setup(self):
+        self.scale = self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,), jnp.float32)
+        self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,), jnp.float32)
+
+    def affine(self) -> tuple[jax.Array, jax.Array]:
+        """Returns (multiplier, offset), both (C,) float32, with y = x * multiplier + offset."""
+        mult = self.scale * jax.lax.rsqrt(self.var.value + self.eps)
+        return mult, self.bias - self.mean.value * mult
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mult, offset = self.affine()
+        return (x * mult.astype(self.dtype) + offset.astype(self.dtype)).astype(self.dtype)
+
+
+class ConvBN(nn.Module):
+    """Bias-free convolution followed by frozen BatchNorm (torchvision's conv + bn pair), optional ReLU.
+
+    With `fold_bn=True` the BatchNorm affine transform is folded into the convolution kernel and a bias at
+    call time: the variables are identical to the unfolded module, only one pass over the activation is
+    saved. Parameter names: `conv/kernel` (kh, kw, in/groups, out) and `bn/{scale,bias}`, stats `bn/{mean,var}`.
+    """
+
+    features: int
+    kernel: int
+    stride: int = 1
+    groups: int = 1
+    relu: bool = True
+    fold_bn: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, intermediates: bool = False) -> jax.Array | dict[str, jax.Array]:
+        """x: (B, H, W, Cin) -> (B, H', W', features).
+
+        With `intermediates=True` returns {"conv": pre-BN, "bn": post-BN, "relu": post-ReLU} (computed unfolded
+        whatever `fold_bn` says, since the pre-BN map does not exist in the folded computation).
+        """
+        pad = self.kernel // 2
+        x = x.astype(self.dtype)
+        bn = FrozenBatchNorm(self.features, dtype=self.dtype, name="bn")
+        shape = (self.kernel, self.kernel, x.shape[-1] // self.groups, self.features)
+        kernel = _ConvKernel(shape, name="conv")()
+        if self.fold_bn and not intermediates:
+            mult, offset = bn.affine()
+            y = _conv(x, (kernel * mult).astype(self.dtype), self.stride, pad, self.groups)
+            y = y + offset.astype(self.dtype)
+            return nn.relu(y) if self.relu else y
+        c = _conv(x, kernel.astype(self.dtype), self.stride, pad, self.groups)
+        b = bn(c)
+        y = nn.relu(b) if self.relu else b
+        return {"conv": c, "bn": b, "relu": y} if intermediates else y
+
+
+class _ConvKernel(nn.Module):
+    """Holds a conv kernel (kh, kw, in/groups, out) under the name `kernel`, like nn.Conv does."""
+
+    shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return self.param("kernel", _KERNEL_INIT, self.shape, jnp.float32)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x.astype(kernel.dtype),
+        kernel,
+        window_strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def max_pool_torch(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
+    """`torch.nn.MaxPool2d(window, stride, pad)` on NHWC: padding counts as -inf, floor output size."""
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+
+
+def check_taps(images: jax.Array, taps: Sequence[str], order: dict[str, int]) -> set[str]:
+    """Validates images (B, H, W, 3) and tap names against `order` (name -> position); returns the tap set."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected shape (B, H, W, 3), got {tuple(images.shape)}")
+    if isinstance(taps, str):
+        taps = (taps,)
+    if not taps:
+        raise ValueError("taps: expected at least one tap name, got none")
+    unknown = [t for t in taps if t not in order]
+    if unknown:
+        raise ValueError(f"taps: unknown tap name(s) {unknown}; valid names are: {', '.join(order)}")
+    return set(taps)
