@@ -71,7 +71,7 @@ def valid_taps(arch: str) -> tuple[str, ...]:
 
 
 def default_taps(arch: str) -> tuple[str, ...]:
-    """The two deepest blocks (REMAP's "layer 1+2"): `layer4.{n-2}`, `layer4.{n-1}`; VGG16: conv5_2, conv5_3."""
+    """The two deepest blocks (REMAP's "layer 1+2"): `layer4.{n-2}`, `layer4.{n-1}`; VGG16: conv5_2/3."""
     spec = arch_spec(arch)
     if spec.kind == "vgg":
         return ("conv5_2", "conv5_3")
@@ -91,7 +91,7 @@ def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3), dtype
     return dict(init(key, jnp.zeros(input_shape, jnp.float32)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def variable_shapes(arch: str) -> dict:
     """Shape tree (jax.ShapeDtypeStruct leaves) of `arch`'s variables, computed without allocating them."""
     module = create_backbone(arch)

@@ -51,7 +51,8 @@ class ConvBN(nn.Module):
 
     With `fold_bn=True` the BatchNorm affine transform is folded into the convolution kernel and a bias at
     call time: the variables are identical to the unfolded module, only one pass over the activation is
-    saved. Parameter names: `conv/kernel` (kh, kw, in/groups, out) and `bn/{scale,bias}`, stats `bn/{mean,var}`.
+    saved. Parameter names: `conv/kernel` (kh, kw, in/groups, out) and `bn/{scale,bias}`,
+    stats `bn/{mean,var}`.
     """
 
     features: int
@@ -66,8 +67,8 @@ class ConvBN(nn.Module):
     def __call__(self, x: jax.Array, intermediates: bool = False) -> jax.Array | dict[str, jax.Array]:
         """x: (B, H, W, Cin) -> (B, H', W', features).
 
-        With `intermediates=True` returns {"conv": pre-BN, "bn": post-BN, "relu": post-ReLU} (computed unfolded
-        whatever `fold_bn` says, since the pre-BN map does not exist in the folded computation).
+        With `intermediates=True` returns {"conv": pre-BN, "bn": post-BN, "relu": post-ReLU} (computed
+        unfolded whatever `fold_bn` says, since the pre-BN map does not exist in the folded computation).
         """
         pad = self.kernel // 2
         x = x.astype(self.dtype)

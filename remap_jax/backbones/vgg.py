@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 from remap_jax.backbones.layers import check_taps, max_pool_torch
 
-# Channels per block; "M" = 2x2 max-pool. torchvision's `features` Sequential interleaves a ReLU after every conv.
+# Conv channels per block; each block ends in a 2x2 max-pool. torchvision's `features` Sequential
+# interleaves a ReLU after every conv.
 VGG16_CFG = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 

@@ -85,7 +85,7 @@ def torch_state_dict_shapes(arch: str) -> dict[str, tuple[int, ...]]:
 
 
 def to_torch_state_dict(arch: str, variables: Mapping) -> dict[str, np.ndarray]:
-    """Backbone variables -> torchvision-named float32 numpy arrays (the inverse of `from_torch_state_dict`)."""
+    """Backbone variables -> torchvision-named float32 numpy arrays (inverse of `from_torch_state_dict`)."""
     out = {}
     for key, (collection, path, _) in _layout(arch).items():
         value = np.asarray(_get(variables[collection], path))
@@ -170,7 +170,7 @@ def from_torch_state_dict(arch: str, state: Mapping[str, np.ndarray], source: st
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a flat {name: array} from `.safetensors`, `.npz` or a torch pickle (`.pth`, `.pt`, `.bin`, `.tar`)."""
+    """Reads a flat {name: array} from `.safetensors`, `.npz` or a torch pickle (`.pth`, `.pt`, ...)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights: no such file {path!r}")
@@ -194,8 +194,8 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         import torch  # noqa: F401  (optional; only needed for .pth files)
     except ImportError as e:
         raise WeightImportError(
-            f"weights: {path!r} is a PyTorch pickle and torch is not installed. Convert it once where torch is "
-            "available:\n  python -c \"import torch, safetensors.torch as st; sd = torch.load('IN.pth', "
+            f"weights: {path!r} is a PyTorch pickle and torch is not installed. Convert it once where torch "
+            "is available:\n  python -c \"import torch, safetensors.torch as st; sd = torch.load('IN.pth', "
             "map_location='cpu'); st.save_file({k: v.float().contiguous() for k, v in sd.items()}, "
             "'OUT.safetensors')\"\nthen pass OUT.safetensors (no torch needed)."
         ) from e
