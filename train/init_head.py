@@ -10,9 +10,10 @@ gives the per-(layer, region) alphas (`remap_jax.kl`); (4) the alpha-weighted de
 as `REMAPHead` pools them, train the whitening (`remap_jax.whitening`, Lw by default, or PCA).
 
 Writes into the workdir:
-  head_init.npz        layers, alpha (L, R), kl (L, R) raw KL in nats, W (d, D), b (d,), regions (R, 4),
-                       feature_shape (h, w): what `config.head_init` points the trainer at
-                       (`load_head_init(path)` reads it back).
+  head_init.npz        alpha/<layer> (R,), whitening_W (d, D), whitening_b (d,), and for the record layers,
+                       kl (L, R) raw KL in nats, regions (R, 4), feature_shape (h, w): what
+                       `config.head_init` points the trainer at (`train.train.load_head_init` reads it;
+                       `load_head_init(path)` here reads everything back).
   head_params.msgpack  the head's parameter tree ({"stream_<layer>": {"alpha"}, "whiten": {"kernel",
                        "bias"}}) in flax msgpack, ready to drop into `variables["params"]["head"]`.
   region_weights.png   the alphas laid out on the feature-map grid, one row per layer, one column per scale.
@@ -264,11 +265,17 @@ def head_param_tree(init: HeadInit) -> dict:
 
 
 def save_head_init(path: str, init: HeadInit) -> None:
-    """Write `init` as an .npz (atomically)."""
-    arrays = dict(layers=np.array(init.layers), alpha=init.alpha, kl=init.kl, regions=init.regions,
+    """Write `init` as an .npz (atomically) in the layout `train.train.load_head_init` reads.
+
+    Keys: `alpha/<layer>` (R,) per layer, `whitening_W` (d, D) and `whitening_b` (d,) when whitening was
+    fitted, plus `layers`, `kl` (L, R) raw KL in nats, `regions` (R, 4) and `feature_shape` (2,) for the
+    record and the heatmap.
+    """
+    arrays = {f"alpha/{layer}": a for layer, a in init.alpha_init.items()}
+    arrays.update(layers=np.array(init.layers), kl=init.kl, regions=init.regions,
                   feature_shape=np.array(init.feature_shape))
     if init.w is not None:
-        arrays.update(W=init.w, b=init.b)
+        arrays.update(whitening_W=init.w, whitening_b=init.b)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
@@ -280,12 +287,15 @@ def load_head_init(path: str) -> HeadInit:
         raise FileNotFoundError(f"head_init: {path} does not exist; write it with "
                                 "`python -m train.init_head --config=... --workdir=DIR` (DIR/head_init.npz)")
     with np.load(path, allow_pickle=False) as f:
-        missing = {"layers", "alpha", "kl", "regions", "feature_shape"} - set(f.files)
+        missing = {"layers", "kl", "regions", "feature_shape"} - set(f.files)
         if missing:
             raise ValueError(f"head_init: {path} lacks {sorted(missing)}; is it a train.init_head output?")
-        has_w = "W" in f.files
-        return HeadInit(tuple(str(s) for s in f["layers"]), f["alpha"], f["kl"], f["W"] if has_w else None,
-                        f["b"] if has_w else None, f["regions"], tuple(int(v) for v in f["feature_shape"]))
+        layers = tuple(str(s) for s in f["layers"])
+        alpha = np.stack([f[f"alpha/{layer}"] for layer in layers])
+        has_w = "whitening_W" in f.files
+        return HeadInit(layers, alpha, f["kl"], f["whitening_W"] if has_w else None,
+                        f["whitening_b"] if has_w else None, f["regions"],
+                        tuple(int(v) for v in f["feature_shape"]))
 
 
 def save_region_weight_png(path: str, init: HeadInit, title: str = "KL region weights (alpha)") -> None:
@@ -375,52 +385,52 @@ def _cache_key(config: ml_collections.ConfigDict) -> str:
 
 
 def make_region_fn(config: ml_collections.ConfigDict, batch_size: int):
-    """The off-the-shelf network as a jitted uint8 batch -> layer -> (B, R, C) function.
+    """The off-the-shelf network as a jitted uint8 batch -> layer -> (B, R, C) region-descriptor function.
 
-    Returns (region_fn, feature_shape (h, w) of the deepest tap, regions (R, 4)).
-    The backbone is the pretrained one when `config.model.pretrained` is set, else randomly initialised
-    from `config.seed` (the same initialisation the trainer uses).
+    The backbone is exactly the one `train.main` starts from: built and initialised by the trainer's
+    `build_model` / `init_variables` with `jax.random.key(config.seed)`, with the pretrained weights of
+    `config.model.pretrained` when set (random otherwise). Images are normalised on device like the trainer
+    does, and batches are sharded over all devices along a 'data' mesh axis.
+
+    Returns (region_fn, batch_size rounded up to a multiple of the device count, feature_shape (h, w) of
+    the deepest tap, regions (R, 4)).
     """
     import jax
     import jax.numpy as jnp
 
     from remap_jax import heads
-    from remap_jax.backbones import create_backbone, init_backbone, load_pretrained
-    from remap_jax.data.images import normalize
     from remap_jax.regions import rmac_regions
+    from train import train as trainer
 
     m = config.model
     taps = tuple(m.taps)
-    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
-    backbone = create_backbone(m.arch, dtype=dtype)
-    height, width = config.image_size
-    if m.pretrained:
-        variables = load_pretrained(m.arch, m.pretrained)
-    else:
-        variables = init_backbone(m.arch, jax.random.PRNGKey(config.seed), (1, height, width, 3))
+    plain = config.copy_and_resolve_references()
+    plain.head_init = ""  # the head is not used here; a head_init path may not exist yet
+    model = trainer.build_model(plain)
+    variables = trainer.init_variables(model, plain, jax.random.key(config.seed))
+    backbone_vars = {col: tree["backbone"] for col, tree in variables.items() if "backbone" in tree}
+    backbone = model.backbone
 
-    def describe(variables, images):
-        feats = backbone.apply(variables, images, taps=taps)
+    def describe(backbone_vars, images_uint8):
+        feats = backbone.apply(backbone_vars, trainer.normalize_on_device(images_uint8), taps=taps)
         feats = {k: v.astype(jnp.float32) for k, v in feats.items()}
         return heads.region_descriptors(feats, taps, levels=m.levels, include_global=m.include_global)
 
-    devices = jax.devices()
-    if batch_size % len(devices):
-        batch_size += len(devices) - batch_size % len(devices)
-    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    mesh = trainer.make_mesh()
+    batch_size = trainer.pad_to_multiple(batch_size, mesh.size)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    variables = jax.device_put(variables, replicated)
-    describe_jit = jax.jit(describe, out_shardings=replicated)
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    backbone_vars = jax.device_put(backbone_vars, replicated)
+    describe_jit = jax.jit(describe, in_shardings=(replicated, data), out_shardings=replicated)
 
-    shapes = jax.eval_shape(lambda x: backbone.apply(variables, x, taps=taps),
+    height, width = config.image_size
+    shapes = jax.eval_shape(lambda x: backbone.apply(backbone_vars, x, taps=taps),
                             jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
     fh, fw = shapes[taps[-1]].shape[1:3]
     regions = rmac_regions(fh, fw, levels=m.levels, include_global=m.include_global)
 
     def region_fn(batch_uint8: np.ndarray):
-        images = jax.device_put(np.asarray(normalize(batch_uint8), np.float32), data_sharding)
-        return jax.device_get(describe_jit(variables, images))
+        return jax.device_get(describe_jit(backbone_vars, jax.device_put(batch_uint8, data)))
 
     return region_fn, batch_size, (int(fh), int(fw)), regions
 

@@ -1,0 +1,200 @@
+"""Evidence for the entropy-guided pooling: off-the-shelf mAP with alpha = 1 (R-MAC) vs alpha = KL weights.
+
+Everything else is held fixed: the same backbone (the one `train.main` starts from: `config.model.pretrained`
+when set, otherwise randomly initialised from `config.seed`), the same taps, regions, images and training
+pairs; for each whitening method the whitening is learned by the same procedure on the same training images,
+from the descriptors pooled with the alpha under test (that is what `train.init_head` does). Rows: whitening
+none / PCA / Lw; columns: revisited-protocol mAP (Easy / Medium / Hard) of the test set for alpha = 1 and
+alpha = KL (histogram and, unless --quick, KDE estimator), and the difference.
+
+    python benchmarks/kl_ablation.py --quick                   # demo dataset, fewer pairs, histogram only
+    python benchmarks/kl_ablation.py                           # demo dataset, both estimators
+    python benchmarks/kl_ablation.py --config=train/configs/NAME.py --workdir=DIR   # real data if present
+    ... --json results.json
+
+Descriptors are computed once per image (region descriptors, cached in --workdir like train.init_head does),
+then pooled per variant with `train.init_head.pool_descriptors`, which the tests check equals `REMAPHead`.
+Test images are described at `config.test_image_size` when its region grid has the same number of regions as
+the training size, else at `config.image_size` (alphas are per region index); the output says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from remap_jax import evaluate, whitening  # noqa: E402
+from remap_jax.regions import num_regions  # noqa: E402
+from train import init_head  # noqa: E402
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("ablation_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def describe_list(region_fn, batch_size, images: list[np.ndarray], size, layers) -> dict[str, np.ndarray]:
+    """Region descriptors of in-memory images, resized to `size` (landscape) or its transpose (portrait)."""
+    from remap_jax.data.images import resize_to
+
+    h, w = size
+    out: dict[str, np.ndarray] = {}
+    portrait = np.array([img.shape[0] > img.shape[1] for img in images])
+    for flag, shape in ((False, (h, w)), (True, (w, h))):
+        idx = np.flatnonzero(portrait == flag)
+        if len(idx) == 0:
+            continue
+        def read(i, shape=shape):
+            return resize_to(images[i], shape)
+
+        desc = init_head.describe_regions(region_fn[shape], read, idx, layers, batch_size, progress=True)
+        for layer, v in desc.items():
+            out.setdefault(layer, np.zeros((len(images),) + v.shape[1:], np.float32))[idx] = v
+    return out
+
+
+def pooled(region_desc, alpha, layers):
+    return init_head.pool_descriptors(region_desc, alpha, layers)
+
+
+def l2(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-6)
+
+
+def fit_whitening(method: str, x: np.ndarray, positives: np.ndarray, out_dim: int, ridge: float):
+    dim = out_dim or x.shape[1]
+    if method == "pca":
+        return whitening.pca_whitening(x, dim=dim, ridge=ridge)
+    if method == "lw":
+        return whitening.learned_whitening(x, positives[:, 0], positives[:, 1], dim=dim, ridge=ridge)
+    return None
+
+
+def score(qvecs, dbvecs, gnd) -> dict:
+    ranks = evaluate.rank_database(qvecs, dbvecs)
+    if gnd and "easy" in gnd[0]:
+        res = evaluate.evaluate_revisited(ranks, gnd)
+        return {k: round(float(res[k]["mAP"]), 2) for k in ("easy", "medium", "hard")}
+    m = evaluate.compute_map(ranks, gnd)[0]
+    return {"mAP": round(100.0 * float(m), 2)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="train/configs/demo.py")
+    parser.add_argument("--workdir", default="/tmp/remap_kl_ablation")
+    parser.add_argument("--quick", action="store_true", help="fewer pairs, histogram estimator only")
+    parser.add_argument("--json", default="", help="write the rows to this file")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from remap_jax.data import load_test_set, load_training_set
+    from remap_jax.data.images import resize_to
+
+    config = load_config(args.config)
+    options = config.init_head
+    if args.quick:
+        options.num_positive_pairs = min(options.num_positive_pairs, 400)
+    estimators = ("histogram",) if args.quick else ("histogram", "kde")
+    layers = tuple(config.model.taps)
+    t0 = time.perf_counter()
+
+    # Training pairs -> region descriptors (cached) -> KL alphas.
+    train_set = load_training_set(config.dataset, data_dir=config.data_dir or None)
+    images, pos, neg = init_head.select_pairs(train_set.labels, train_set.qidx, train_set.pidx,
+                                              options.num_positive_pairs, options.negatives_per_positive,
+                                              config.seed)
+    region_fn, batch_size, feature_shape, regions = init_head.make_region_fn(config,
+                                                                             config.describe_batch_size)
+    size = tuple(config.image_size)
+    train_desc = init_head.describe_regions(
+        region_fn, lambda i: resize_to(train_set.read(i), size), images, layers, batch_size,
+        cache_dir=os.path.join(args.workdir, "region_cache"), cache_chunk=options.cache_chunk,
+        cache_key=init_head._cache_key(config), cache_dtype=options.cache_dtype)
+    alphas = {"1 (R-MAC)": np.ones((len(layers), regions.shape[0]), np.float32)}
+    for est in estimators:
+        o = options.copy_and_resolve_references()
+        o.estimator = est
+        o.whitening = "none"
+        init = init_head.compute_head_init(train_desc, pos, neg, layers, regions, feature_shape, options=o)
+        alphas[f"KL ({est})"] = init.alpha
+    print(f"KL alphas (histogram), mean 1 over {regions.shape[0]} regions x {len(layers)} layers: min "
+          f"{alphas['KL (histogram)'].min():.3f} max {alphas['KL (histogram)'].max():.3f}")
+
+    # Test set, described at a size whose region grid matches the alphas.
+    test_set = load_test_set(config.test_dataset, data_dir=config.data_dir or None)
+    test_size = tuple(config.test_image_size)
+    stride_h, stride_w = size[0] / feature_shape[0], size[1] / feature_shape[1]
+    test_map = (int(round(test_size[0] / stride_h)), int(round(test_size[1] / stride_w)))
+    if num_regions(*test_map, levels=config.model.levels,
+                   include_global=config.model.include_global) != regions.shape[0]:
+        print(f"note: test size {test_size} gives a different region count than {size}; describing the test "
+              f"set at {size}")
+        test_size = size
+    fns = {}
+    for shape in {test_size, test_size[::-1]}:
+        c = config.copy_and_resolve_references()
+        c.image_size = shape
+        if shape == size:
+            fns[shape] = region_fn
+        else:
+            fns[shape] = init_head.make_region_fn(c, batch_size)[0]
+    queries = [test_set.read_query(i) for i in range(test_set.num_queries)]
+    database = [test_set.read_index(i) for i in range(test_set.num_index)]
+    q_desc = describe_list(fns, batch_size, queries, test_size, layers)
+    db_desc = describe_list(fns, batch_size, database, test_size, layers)
+    t1 = time.perf_counter()
+
+    rows = []
+    for method in ("none", "pca", "lw"):
+        for name, alpha in alphas.items():
+            x = pooled(train_desc, alpha, layers)
+            wb = fit_whitening(method, x, pos, config.model.out_dim, options.whitening_ridge)
+            q, db = pooled(q_desc, alpha, layers), pooled(db_desc, alpha, layers)
+            if wb is None:
+                q, db = l2(q), l2(db)
+            else:
+                q, db = whitening.apply_whitening(q, *wb), whitening.apply_whitening(db, *wb)
+            rows.append({"whitening": method, "alpha": name, **score(q, db, test_set.gnd)})
+    t2 = time.perf_counter()
+
+    keys = [k for k in rows[0] if k not in ("whitening", "alpha")]
+    base = {r["whitening"]: r for r in rows if r["alpha"].startswith("1")}
+    print()
+    print(f"alpha = 1 vs alpha = KL, off-the-shelf {config.model.arch} "
+          f"({config.model.pretrained or f'random init, seed {config.seed}'}), taps {', '.join(layers)}, "
+          f"{regions.shape[0]} regions, {len(pos)} matching / {len(neg)} non-matching training pairs over "
+          f"{len(images)} images of {config.dataset!r}; test {config.test_dataset!r} at {test_size}")
+    print(f"| whitening | alpha | {' | '.join(k + ' mAP' for k in keys)} | "
+          f"{' | '.join('vs alpha=1 ' + k for k in keys)} |")
+    print("|" + "---|" * (2 + 2 * len(keys)))
+    for r in rows:
+        diffs = [f"{r[k] - base[r['whitening']][k]:+.2f}" for k in keys]
+        print(f"| {r['whitening']} | {r['alpha']} | {' | '.join(f'{r[k]:.2f}' for k in keys)} | "
+              f"{' | '.join(diffs)} |")
+    machine = f"{platform.machine()} {os.cpu_count()} cpus, {jax.devices()[0].platform} x{len(jax.devices())}"
+    print(f"\n{machine}; describe {t1 - t0:.1f} s, pool + whiten + rank {t2 - t1:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "machine": machine, "config": args.config, "quick": args.quick,
+                       "num_positive_pairs": int(len(pos)), "num_negative_pairs": int(len(neg)),
+                       "num_images": int(len(images)), "test_size": list(test_size),
+                       "backbone": config.model.pretrained or f"random init (seed {config.seed})"},
+                      f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
