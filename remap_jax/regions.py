@@ -93,7 +93,8 @@ def rmac_regions(
     return _rmac_regions_cached(height, width, levels, float(overlap), bool(include_global))
 
 
-def num_regions(height: int, width: int, levels: int = 4, overlap: float = 0.4,
-                include_global: bool = False) -> int:
+def num_regions(
+    height: int, width: int, levels: int = 4, overlap: float = 0.4, include_global: bool = False
+) -> int:
     """Number of regions R that `rmac_regions` gives for these arguments."""
     return int(rmac_regions(height, width, levels, overlap, include_global).shape[0])

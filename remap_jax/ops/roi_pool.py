@@ -37,7 +37,9 @@ def validate_regions(regions, height: int, width: int) -> np.ndarray:
     """
     regions = np.asarray(regions)
     if regions.ndim != 2 or regions.shape[1] != 4 or regions.shape[0] == 0:
-        raise ValueError(f"regions: expected a non-empty (R, 4) array of [y0, x0, h, w], got shape {regions.shape}")
+        raise ValueError(
+            f"regions: expected a non-empty (R, 4) array of [y0, x0, h, w], got shape {regions.shape}"
+        )
     if not np.issubdtype(regions.dtype, np.integer):
         raise ValueError(f"regions: expected integer cell coordinates, got dtype {regions.dtype}")
     regions = regions.astype(np.int64)
@@ -47,7 +49,8 @@ def validate_regions(regions, height: int, width: int) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"regions: region {i} = {regions[i].tolist()} ([y0, x0, h, w]) is empty or lies outside the "
-            f"{height}x{width} feature map; expected 0 <= y0, y0 + h <= {height}, 0 <= x0, x0 + w <= {width}, "
+            f"{height}x{width} feature map; expected 0 <= y0, y0 + h <= {height}, "
+            f"0 <= x0, x0 + w <= {width}, "
             "h, w >= 1"
         )
     return regions
@@ -94,8 +97,10 @@ def _grouped_segment_max(x: jnp.ndarray, axis: int, segments: Sequence[Sequence[
 
 def _sliced_segment_max(x: jnp.ndarray, axis: int, segments: Sequence[Sequence[int]]) -> jnp.ndarray:
     """Like `_grouped_segment_max`, as elementwise maxima of static slices (one loop fusion in XLA)."""
+
     def pick(i):
         return jax.lax.index_in_dim(x, i, axis, keepdims=False)
+
     outs = [functools.reduce(jnp.maximum, [pick(i) for i in s]) for s in segments]
     return jnp.stack(outs, axis=axis)
 
@@ -161,6 +166,7 @@ def roi_max_pool(features: jnp.ndarray, regions) -> jnp.ndarray:
     b, n_rc = strips.shape[0], strips.shape[1]
     flat = strips.reshape(b, n_rc * n_strips, strips.shape[-1])
     segments = [
-        [r * n_strips + col_of[civ] for r in range(*row_pos[riv])] for riv, civ in zip(row_iv, col_iv, strict=True)
+        [r * n_strips + col_of[civ] for r in range(*row_pos[riv])]
+        for riv, civ in zip(row_iv, col_iv, strict=True)
     ]
     return _sliced_segment_max(flat, 1, segments).astype(features.dtype)
