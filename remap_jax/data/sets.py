@@ -1,0 +1,261 @@
+"""Random-access views of the built datasets: :class:`TrainingSet` and :class:`TestSet`.
+
+``load_training_set("sfm120k" | "gldv2_clean[/tars_N]" | "synthetic_landmarks[/tiny]")`` and
+``load_test_set("roxford5k" | "rparis6k" | "synthetic_landmarks[/tiny]", distractors="revisitop1m[/tars_N]")``
+build the TFDS dataset on first use (array_record files under ``data_dir``, default
+``~/tensorflow_datasets``), then read records by index through ``builder.as_data_source``. Images are
+decoded with :func:`remap_jax.data.images.load_rgb` as stored (no EXIF rotation: the benchmark boxes
+refer to the stored pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from remap_jax.data.images import load_rgb
+
+TRAINING_SETS = ("sfm120k", "gldv2_clean", "synthetic_landmarks")
+TEST_SETS = ("roxford5k", "rparis6k", "synthetic_landmarks")
+DISTRACTOR_SETS = ("revisitop1m",)
+
+
+def _base_name(name: str) -> str:
+    return name.split("/", 1)[0].split(":", 1)[0]
+
+
+def get_builder(name: str, data_dir: str | None = None, synthetic_config=None):
+    """The TFDS builder for ``name`` (``"dataset"`` or ``"dataset/config"``), array_record file format.
+
+    ``synthetic_config``: a :class:`remap_jax.data.synthetic.SyntheticConfig` for a custom-sized
+    synthetic_landmarks (its config name is derived from the values, so different settings never collide).
+    """
+    import tensorflow_datasets as tfds
+
+    from remap_jax.data import builders
+
+    if synthetic_config is not None:
+        if _base_name(name) != "synthetic_landmarks":
+            raise ValueError(f"synthetic_config: only valid for synthetic_landmarks, got dataset {name!r}")
+        digest = hashlib.sha1(
+            json.dumps(dataclasses.asdict(synthetic_config), sort_keys=True).encode()
+        ).hexdigest()[:10]
+        config = builders.SyntheticLandmarksConfig(name=f"custom_{digest}", synthetic=synthetic_config)
+        return builders.SyntheticLandmarks(data_dir=data_dir, config=config, file_format="array_record")
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+
+
+def prepare(builder, manual_dir: str | None = None):
+    """Builds the dataset files if they are not there yet (download or manual_dir, see the builders)."""
+    import tensorflow_datasets as tfds
+
+    if not builder.is_prepared():
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+        builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def _source(builder, split: str):
+    import tensorflow_datasets as tfds
+
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"split: {builder.info.full_name} has splits {list(builder.info.splits)}, not {split!r}"
+        )
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    return builder.as_data_source(split, decoders=decoders)
+
+
+def _read(source, i: int, what: str, field: str = "image") -> np.ndarray:
+    n = len(source)
+    if not -n <= int(i) < n:
+        raise IndexError(f"{what}: index {i} out of range for {n} images")
+    record = source[int(i)]
+    return load_rgb(record[field], exif_transpose=False)
+
+
+@dataclasses.dataclass
+class TrainingSet:
+    """Training images with landmark/cluster labels and query/positive pairs.
+
+    Attributes:
+      name: dataset name.
+      labels: (N,) int64 landmark or 3D-cluster id per image.
+      qidx, pidx: (P,) int64 query and positive image indices (pairs of the same landmark).
+      val: the validation split in the same form, or None.
+    """
+
+    name: str
+    labels: np.ndarray
+    qidx: np.ndarray
+    pidx: np.ndarray
+    reader: Callable[[int], np.ndarray] = dataclasses.field(repr=False)
+    val: TrainingSet | None = None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def read(self, i: int) -> np.ndarray:
+        """Image i as uint8 (H, W, 3)."""
+        return self.reader(i)
+
+
+@dataclasses.dataclass
+class TestSet:
+    """A retrieval benchmark: queries, an index (optionally with distractors) and revisited ground truth.
+
+    ``gnd[q]`` has ``easy``, ``hard``, ``junk`` (int64 index positions) and ``bbx`` (x0, y0, x1, y1) of
+    query q in its original image. Distractors are appended after the index images, so gnd positions are
+    unchanged.
+    """
+
+    name: str
+    gnd: list[dict]
+    query_reader: Callable[[int], np.ndarray] = dataclasses.field(repr=False)
+    index_readers: list[tuple[int, Callable[[int], np.ndarray]]] = dataclasses.field(repr=False)
+    original_query_reader: Callable[[int], np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    num_distractors: int = 0
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.gnd)
+
+    @property
+    def num_index(self) -> int:
+        return sum(n for n, _ in self.index_readers)
+
+    def read_query(self, i: int, crop: bool = True) -> np.ndarray:
+        """Query i as uint8 (H, W, 3), cropped to its box (``crop=False``: the whole original image)."""
+        if not 0 <= int(i) < self.num_queries:
+            raise IndexError(f"query: index {i} out of range for {self.num_queries} queries")
+        if crop or self.original_query_reader is None:
+            return self.query_reader(i)
+        return self.original_query_reader(i)
+
+    def read_index(self, i: int) -> np.ndarray:
+        """Database image i as uint8 (H, W, 3); positions >= the benchmark's index size are distractors."""
+        i = int(i)
+        if not 0 <= i < self.num_index:
+            raise IndexError(f"index: position {i} out of range for {self.num_index} database images")
+        for n, reader in self.index_readers:
+            if i < n:
+                return reader(i)
+            i -= n
+        raise AssertionError("unreachable")
+
+    def with_distractors(self, num: int, reader: Callable[[int], np.ndarray], name: str = "") -> TestSet:
+        """A copy whose index has ``num`` more images (read by ``reader``) appended as distractors."""
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}+{name}" if name else self.name,
+            index_readers=list(self.index_readers) + [(int(num), reader)],
+            num_distractors=self.num_distractors + int(num),
+        )
+
+
+def _metadata_split(builder, split: str) -> dict:
+    meta = builder.info.metadata
+    if meta is None or split not in meta:
+        raise ValueError(
+            f"{builder.info.full_name}: expected labels and pairs for split {split!r} in its metadata "
+            f"(rebuild the dataset), found keys {list(meta or {})}"
+        )
+    return meta[split]
+
+
+def _training_split(builder, name: str, split: str) -> TrainingSet:
+    meta = _metadata_split(builder, split)
+    source = _source(builder, split)
+    labels = np.asarray(meta["labels"], np.int64)
+    if len(source) != labels.shape[0]:
+        raise ValueError(
+            f"{name}/{split}: {len(source)} records but {labels.shape[0]} labels in the metadata"
+        )
+    return TrainingSet(
+        name=f"{name}/{split}",
+        labels=labels,
+        qidx=np.asarray(meta["qidx"], np.int64),
+        pidx=np.asarray(meta["pidx"], np.int64),
+        reader=lambda i: _read(source, i, f"{name}/{split}"),
+    )
+
+
+def load_training_set(
+    name: str, data_dir: str | None = None, manual_dir: str | None = None, synthetic_config=None
+) -> TrainingSet:
+    """Loads (building on first use) a training set: sfm120k, gldv2_clean[/config] or synthetic_landmarks.
+
+    Returns the ``train`` split with ``.val`` set to the validation split when the dataset has one.
+    """
+    if _base_name(name) not in TRAINING_SETS:
+        raise ValueError(f"name: expected one of {TRAINING_SETS} (optionally /config), got {name!r}")
+    builder = prepare(get_builder(name, data_dir, synthetic_config), manual_dir)
+    train = _training_split(builder, name, "train")
+    if "val" in builder.info.splits:
+        train.val = _training_split(builder, name, "val")
+    return train
+
+
+def _gnd_from_metadata(builder) -> list[dict]:
+    meta = builder.info.metadata
+    if meta is None or "gnd" not in meta:
+        raise ValueError(
+            f"{builder.info.full_name}: expected ground truth 'gnd' in its metadata (rebuild the dataset)"
+        )
+    return [
+        {
+            "easy": np.asarray(g["easy"], np.int64),
+            "hard": np.asarray(g["hard"], np.int64),
+            "junk": np.asarray(g["junk"], np.int64),
+            "bbx": np.asarray(g["bbx"], np.float64),
+        }
+        for g in meta["gnd"]
+    ]
+
+
+def load_test_set(
+    name: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    distractors: str | None = None,
+    synthetic_config=None,
+) -> TestSet:
+    """Loads (building on first use) a test set: roxford5k, rparis6k or synthetic_landmarks[/config].
+
+    ``distractors="revisitop1m"`` (or ``"revisitop1m/tars_1"`` ...) appends the 1M distractors to the index.
+    """
+    if _base_name(name) not in TEST_SETS:
+        raise ValueError(f"name: expected one of {TEST_SETS} (optionally /config), got {name!r}")
+    builder = prepare(get_builder(name, data_dir, synthetic_config), manual_dir)
+    gnd = _gnd_from_metadata(builder)
+    queries = _source(builder, "query")
+    index = _source(builder, "index")
+    if len(queries) != len(gnd):
+        raise ValueError(f"{name}: {len(queries)} query records but {len(gnd)} ground-truth entries")
+    test = TestSet(
+        name=name,
+        gnd=gnd,
+        query_reader=lambda i: _read(queries, i, f"{name}/query"),
+        index_readers=[(len(index), lambda i: _read(index, i, f"{name}/index"))],
+        original_query_reader=lambda i: _read(queries, i, f"{name}/query", field="original_image"),
+    )
+    if distractors:
+        if _base_name(distractors) not in DISTRACTOR_SETS:
+            raise ValueError(f"distractors: expected one of {DISTRACTOR_SETS}, got {distractors!r}")
+        dbuilder = prepare(get_builder(distractors, data_dir), manual_dir)
+        dsource = _source(dbuilder, "index")
+        test = test.with_distractors(len(dsource), lambda i: _read(dsource, i, distractors), distractors)
+    return test
+
+
+def read_many(read: Callable[[int], np.ndarray], indices: Sequence[int]) -> list[np.ndarray]:
+    """Reads several images with one reader (convenience for describe functions)."""
+    return [read(int(i)) for i in indices]

@@ -1,0 +1,387 @@
+"""The ``synthetic_landmarks`` demo dataset: real photographs bundled with scikit-image are the "landmarks",
+and every image is a synthetic view of one of them (random homography, crop, scale, rotation, photometric
+change, occlusion) or a distractor.
+
+Pure numpy generation, deterministic by seed, offline (only the photos that ship inside the scikit-image
+wheel are used). The TFDS builder in :mod:`remap_jax.data.builders` stores what :func:`generate` returns.
+
+Ground truth follows the revisited Oxford form: the difficulty of an index image for a query of the same
+landmark comes from the *visibility* of the landmark's canonical view in it (the fraction of canonical-view
+points that land inside the image and are not occluded): ``easy`` >= ``easy_visibility``, ``junk`` <
+``junk_visibility``, ``hard`` in between (strong rotation or heavy photometric change also makes an
+otherwise easy view hard). Train, validation and test landmarks are disjoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from remap_jax.data.images import resize_long_side
+
+# Photos bundled in the scikit-image wheel (no pooch download), one landmark each. "cat" is the same picture
+# as "chelsea" and is left out; "motorcycle" is the left image of `stereo_motorcycle`.
+LANDMARK_PHOTOS = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "retina",
+    "rocket",
+    "motorcycle",
+    "page",
+    "text",
+    "cell",
+)
+# Textures and silhouettes: backgrounds behind the landmarks, occluders, and distractor images.
+BACKGROUND_PHOTOS = ("brick", "grass", "gravel", "checkerboard", "horse")
+
+EASY, HARD, JUNK = "easy", "hard", "junk"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Size and composition of the demo dataset. All counts are per landmark unless named otherwise."""
+
+    seed: int = 0
+    image_size: int = 192  # long side of every stored image, pixels
+    canonical_size: int = 256  # long side the landmark photos are resized to before warping
+    num_test_landmarks: int = 6
+    num_val_landmarks: int = 2
+    train_views_per_landmark: int = 40
+    val_views_per_landmark: int = 20
+    queries_per_landmark: int = 5
+    index_views_per_landmark: int = 30
+    num_distractors: int = 120
+    easy_visibility: float = 0.5
+    junk_visibility: float = 0.15
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        n = len(LANDMARK_PHOTOS)
+        if self.num_test_landmarks < 1 or self.num_val_landmarks < 0:
+            raise ValueError(
+                f"num_test_landmarks, num_val_landmarks: expected >= 1 and >= 0, got "
+                f"{self.num_test_landmarks}, {self.num_val_landmarks}"
+            )
+        if self.num_test_landmarks + self.num_val_landmarks > n - 2:
+            raise ValueError(
+                f"num_test_landmarks + num_val_landmarks: expected <= {n - 2} (there are {n} landmark photos "
+                f"and training needs at least 2), got {self.num_test_landmarks + self.num_val_landmarks}"
+            )
+        if self.image_size < 32 or self.canonical_size < 32:
+            raise ValueError(
+                "image_size, canonical_size: expected >= 32 pixels, got "
+                f"{self.image_size}, {self.canonical_size}"
+            )
+        for field in ("train_views_per_landmark", "queries_per_landmark", "index_views_per_landmark"):
+            if getattr(self, field) < 2 and field != "queries_per_landmark":
+                raise ValueError(f"{field}: expected >= 2, got {getattr(self, field)}")
+        if self.queries_per_landmark < 1:
+            raise ValueError(f"queries_per_landmark: expected >= 1, got {self.queries_per_landmark}")
+        if not 0.0 < self.junk_visibility < self.easy_visibility <= 1.0:
+            raise ValueError(
+                "junk_visibility, easy_visibility: expected 0 < junk < easy <= 1, got "
+                f"{self.junk_visibility}, {self.easy_visibility}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------- photos
+
+
+def _to_rgb_uint8(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == bool:
+        x = x.astype(np.uint8) * 255
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=-1)
+    if x.shape[-1] == 4:  # composite RGBA on white
+        alpha = x[..., 3:4].astype(np.float32) / 255.0
+        x = np.round(x[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(x.astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=64)
+def load_photo(name: str, long_side: int) -> np.ndarray:
+    """A bundled scikit-image photo as uint8 (H, W, 3) with the given long side."""
+    import skimage.data
+
+    if name == "motorcycle":
+        raw = skimage.data.stereo_motorcycle()[0]
+    elif name in LANDMARK_PHOTOS or name in BACKGROUND_PHOTOS:
+        raw = getattr(skimage.data, name)()
+    else:
+        raise ValueError(f"name: expected one of {LANDMARK_PHOTOS + BACKGROUND_PHOTOS}, got {name!r}")
+    out = resize_long_side(_to_rgb_uint8(raw), long_side, resample="bilinear")
+    out.setflags(write=False)
+    return out
+
+
+def split_landmarks(config: SyntheticConfig) -> dict[str, tuple[int, ...]]:
+    """Disjoint landmark ids (indices into LANDMARK_PHOTOS) for test, val and train, chosen by seed."""
+    perm = np.random.default_rng([config.seed, 0]).permutation(len(LANDMARK_PHOTOS))
+    nt, nv = config.num_test_landmarks, config.num_val_landmarks
+    return {
+        "test": tuple(sorted(int(i) for i in perm[:nt])),
+        "val": tuple(sorted(int(i) for i in perm[nt : nt + nv])),
+        "train": tuple(sorted(int(i) for i in perm[nt + nv :])),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+# Sampling ranges per target difficulty: magnification (1 = the canonical view fits the frame), centre
+# offset as a fraction of the canonical size, rotation (degrees), perspective strength, occluders.
+_VIEW_PARAMS = {
+    "query": dict(mag=(0.55, 0.8), offset=0.08, rot=5.0, persp=0.1, occluders=0, photometric=0.3),
+    EASY: dict(mag=(0.7, 1.5), offset=0.2, rot=12.0, persp=0.25, occluders=1, photometric=0.6),
+    HARD: dict(mag=(1.6, 2.6), offset=0.45, rot=35.0, persp=0.5, occluders=3, photometric=1.0),
+    JUNK: dict(mag=(2.5, 4.0), offset=0.9, rot=50.0, persp=0.5, occluders=3, photometric=1.0),
+}
+
+
+def _view_shape(rng: np.random.Generator, long_side: int) -> tuple[int, int]:
+    short = int(round(long_side * 0.75))
+    return (short, long_side) if rng.random() < 0.75 else (long_side, short)
+
+
+def _homography(rng, src_shape, out_shape, params) -> tuple[np.ndarray, float]:
+    """3x3 matrix mapping canonical (x, y, 1) to output (x, y, w) pixel coordinates."""
+    hc, wc = src_shape
+    ho, wo = out_shape
+    mag = rng.uniform(*params["mag"])
+    scale = mag * min(wo / wc, ho / hc)
+    centre = np.array([wc / 2, hc / 2]) + rng.uniform(-1, 1, 2) * params["offset"] * np.array([wc, hc]) / 2
+    theta = np.deg2rad(rng.uniform(-params["rot"], params["rot"]))
+    persp = rng.uniform(-1, 1, 2) * params["persp"] / max(wc, hc)
+    to_origin = np.array([[1, 0, -centre[0]], [0, 1, -centre[1]], [0, 0, 1]], dtype=np.float64)
+    tilt = np.array([[1, 0, 0], [0, 1, 0], [persp[0], persp[1], 1]], dtype=np.float64)
+    c, s = np.cos(theta), np.sin(theta)
+    rot_scale = np.array([[c * scale, -s * scale, 0], [s * scale, c * scale, 0], [0, 0, 1]])
+    to_frame = np.array([[1, 0, wo / 2], [0, 1, ho / 2], [0, 0, 1]], dtype=np.float64)
+    # tilt is applied around the chosen centre so the view stays centred on it
+    return to_frame @ rot_scale @ tilt @ to_origin, float(np.rad2deg(abs(theta)))
+
+
+def _apply(h: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    pts = np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=1) @ h.T
+    w = pts[:, 2:3]
+    w = np.where(np.abs(w) < 1e-9, 1e-9, w)
+    return pts[:, :2] / w
+
+
+def _warp(src: np.ndarray, h: np.ndarray, out_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Warps a uint8 image by the homography; returns float image in [0, 1] and the coverage mask."""
+    from skimage.transform import ProjectiveTransform, warp
+
+    inverse = ProjectiveTransform(matrix=np.linalg.inv(h))
+    rgba = np.concatenate([src.astype(np.float32) / 255.0, np.ones(src.shape[:2] + (1,), np.float32)], -1)
+    out = warp(rgba, inverse, output_shape=out_shape, order=1, mode="constant", cval=0.0)
+    return out[..., :3], out[..., 3]
+
+
+def _background(rng, out_shape, canonical_size) -> np.ndarray:
+    """A random crop of a texture photo, or a smooth colour gradient, as float (H, W, 3) in [0, 1]."""
+    ho, wo = out_shape
+    if rng.random() < 0.7:
+        tex = load_photo(BACKGROUND_PHOTOS[rng.integers(len(BACKGROUND_PHOTOS))], canonical_size)
+        y = rng.integers(0, max(1, tex.shape[0] - ho // 2))
+        x = rng.integers(0, max(1, tex.shape[1] - wo // 2))
+        crop = tex[y : y + ho // 2, x : x + wo // 2]
+        from skimage.transform import resize
+
+        img = resize(crop.astype(np.float32) / 255.0, (ho, wo), order=1, anti_aliasing=False)
+        return img * rng.uniform(0.4, 1.0, 3)  # tinted
+    c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    t = np.linspace(0, 1, wo)[None, :, None] * np.ones((ho, 1, 1))
+    return c0 * (1 - t) + c1 * t
+
+
+def _occlude(rng, img, max_count, canonical_size) -> np.ndarray:
+    """Draws up to max_count rectangles/ellipses; returns the boolean occlusion mask (H, W)."""
+    ho, wo = img.shape[:2]
+    mask = np.zeros((ho, wo), bool)
+    yy, xx = np.mgrid[0:ho, 0:wo]
+    for _ in range(rng.integers(0, max_count + 1)):
+        hh, ww = rng.uniform(0.1, 0.45) * ho, rng.uniform(0.1, 0.45) * wo
+        cy, cx = rng.uniform(0, ho), rng.uniform(0, wo)
+        if rng.random() < 0.5:
+            m = (np.abs(yy - cy) < hh / 2) & (np.abs(xx - cx) < ww / 2)
+        else:
+            m = ((yy - cy) / (hh / 2)) ** 2 + ((xx - cx) / (ww / 2)) ** 2 < 1.0
+        fill = _background(rng, (ho, wo), canonical_size) if rng.random() < 0.5 else rng.uniform(0, 1, 3)
+        img[m] = fill[m] if np.ndim(fill) == 3 else fill
+        mask |= m
+    return mask
+
+
+def _photometric(rng, img, strength) -> tuple[np.ndarray, bool]:
+    """Brightness, contrast, gamma, colour cast, blur and noise; returns (image, whether it is strong)."""
+    from scipy.ndimage import gaussian_filter
+
+    gain = 1.0 + rng.uniform(-0.35, 0.35) * strength
+    contrast = 1.0 + rng.uniform(-0.5, 0.4) * strength
+    gamma = np.exp(rng.uniform(-0.5, 0.5) * strength)
+    cast = 1.0 + rng.uniform(-0.15, 0.15, 3) * strength
+    mean = img.mean()
+    img = ((img - mean) * contrast + mean) * gain * cast
+    img = np.clip(img, 0, 1) ** gamma
+    sigma = rng.uniform(0, 1.5) * strength
+    if sigma > 0.3:
+        img = gaussian_filter(img, sigma=(sigma, sigma, 0))
+    img = img + rng.normal(0, 0.03 * strength * rng.random(), img.shape)
+    strong = abs(gain - 1) > 0.25 or contrast < 0.7 or abs(np.log(gamma)) > 0.35 or sigma > 1.2
+    return np.clip(img, 0, 1), bool(strong)
+
+
+def _visibility(h, src_shape, out_shape, occluded: np.ndarray) -> float:
+    """Fraction of a 24x24 grid over the canonical view that lands inside the frame and is not occluded."""
+    hc, wc = src_shape
+    ho, wo = out_shape
+    gy, gx = np.meshgrid((np.arange(24) + 0.5) * hc / 24, (np.arange(24) + 0.5) * wc / 24, indexing="ij")
+    pts = _apply(h, np.stack([gx.ravel(), gy.ravel()], axis=1))
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] < wo) & (pts[:, 1] >= 0) & (pts[:, 1] < ho)
+    xi = np.clip(pts[:, 0].astype(int), 0, wo - 1)
+    yi = np.clip(pts[:, 1].astype(int), 0, ho - 1)
+    visible = inside & ~occluded[yi, xi]
+    return float(visible.mean())
+
+
+@dataclasses.dataclass
+class View:
+    """One generated image and what is known about it."""
+
+    image: np.ndarray  # uint8 (H, W, 3)
+    landmark: int  # index into LANDMARK_PHOTOS, -1 for distractors
+    visibility: float  # fraction of the canonical view visible, 0 for distractors
+    difficulty: str  # easy / hard / junk ("" for distractors)
+    bbox: tuple[float, float, float, float]  # (x0, y0, x1, y1) of the landmark in the image
+
+
+def render_view(rng: np.random.Generator, landmark: int, kind: str, config: SyntheticConfig) -> View:
+    """Renders a view of a landmark; kind is "query", "easy", "hard" or "junk" (the target difficulty; the
+    stored difficulty is measured from the rendered view)."""
+    params = _VIEW_PARAMS[kind]
+    src = load_photo(LANDMARK_PHOTOS[landmark], config.canonical_size)
+    out_shape = _view_shape(rng, config.image_size)
+    h, rot = _homography(rng, src.shape[:2], out_shape, params)
+    fg, cover = _warp(src, h, out_shape)
+    bg = _background(rng, out_shape, config.canonical_size)
+    img = fg + bg * (1.0 - cover[..., None])
+    occluded = _occlude(rng, img, params["occluders"], config.canonical_size)
+    img, strong = _photometric(rng, img, params["photometric"])
+    vis = _visibility(h, src.shape[:2], out_shape, occluded)
+    if vis >= config.easy_visibility and rot <= 25.0 and not strong:
+        difficulty = EASY
+    elif vis >= config.junk_visibility:
+        difficulty = HARD
+    else:
+        difficulty = JUNK
+    hc, wc = src.shape[:2]
+    corners = _apply(h, np.array([[0, 0], [wc, 0], [wc, hc], [0, hc]], dtype=np.float64))
+    x0, y0 = np.clip(corners.min(axis=0), 0, [out_shape[1], out_shape[0]])
+    x1, y1 = np.clip(corners.max(axis=0), 0, [out_shape[1], out_shape[0]])
+    image = np.round(img * 255.0).astype(np.uint8)
+    return View(image, landmark, vis, difficulty, (float(x0), float(y0), float(x1), float(y1)))
+
+
+def render_distractor(rng: np.random.Generator, config: SyntheticConfig) -> View:
+    """A view of no landmark: a warped texture / gradient with random shapes and photometric change."""
+    out_shape = _view_shape(rng, config.image_size)
+    img = _background(rng, out_shape, config.canonical_size)
+    _occlude(rng, img, 4, config.canonical_size)
+    img, _ = _photometric(rng, img, 1.0)
+    return View(np.round(img * 255.0).astype(np.uint8), -1, 0.0, "", (0.0, 0.0, 0.0, 0.0))
+
+
+def _target_kinds(rng, n: int, junk: bool) -> list[str]:
+    weights = np.array([0.45, 0.35, 0.2]) if junk else np.array([0.55, 0.45, 0.0])
+    counts = np.floor(weights * n).astype(int)
+    counts[0] += n - counts.sum()
+    kinds = [EASY] * counts[0] + [HARD] * counts[1] + [JUNK] * counts[2]
+    return [kinds[i] for i in rng.permutation(n)]
+
+
+def _views_for(config, split_code: int, landmarks, per_landmark: int, junk: bool) -> list[View]:
+    views = []
+    for lm in landmarks:
+        kinds = _target_kinds(np.random.default_rng([config.seed, split_code, lm]), per_landmark, junk)
+        for i, kind in enumerate(kinds):
+            rng = np.random.default_rng([config.seed, split_code, lm, i + 1])
+            views.append(render_view(rng, lm, kind, config))
+    return views
+
+
+def positive_pairs(labels: np.ndarray, usable: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query/positive pairs like SfM-120k: every usable image is a query once, paired with a random other
+    usable image of the same landmark. Returns (qidx, pidx) int64 arrays."""
+    rng = np.random.default_rng(seed)
+    qidx, pidx = [], []
+    for lm in np.unique(labels):
+        members = np.flatnonzero((labels == lm) & usable)
+        if members.size < 2:
+            continue
+        for q in members:
+            others = members[members != q]
+            qidx.append(q)
+            pidx.append(others[rng.integers(others.size)])
+    return np.asarray(qidx, np.int64), np.asarray(pidx, np.int64)
+
+
+def generate(config: SyntheticConfig = SyntheticConfig(), progress: bool = False) -> dict:
+    """Generates the whole dataset in memory.
+
+    Returns:
+      ``{"train": TrainSplit, "val": TrainSplit, "index": [View], "query": [View], "gnd": [dict]}`` where a
+      TrainSplit is ``{"views": [View], "qidx": (P,), "pidx": (P,)}``; ``gnd[q]`` has ``easy``, ``hard``,
+      ``junk`` (index positions) and ``bbx`` (x0, y0, x1, y1) for query q.
+    """
+    from tqdm import tqdm
+
+    lms = split_landmarks(config)
+    out = {}
+    for code, split in ((1, "train"), (2, "val")):
+        per = config.train_views_per_landmark if split == "train" else config.val_views_per_landmark
+        views = _views_for(config, code, lms[split], per, junk=False) if lms[split] and per else []
+        labels = np.array([v.landmark for v in views], np.int64)
+        usable = np.array([v.difficulty != JUNK for v in views], bool)
+        qidx, pidx = positive_pairs(labels, usable, seed=config.seed * 1000 + code)
+        out[split] = {"views": views, "qidx": qidx, "pidx": pidx}
+
+    index = _views_for(config, 3, lms["test"], config.index_views_per_landmark, junk=True)
+    it = range(config.num_distractors)
+    for i in tqdm(it, desc="distractors", disable=not progress):
+        index.append(render_distractor(np.random.default_rng([config.seed, 4, i]), config))
+    order = np.random.default_rng([config.seed, 5]).permutation(len(index))
+    index = [index[i] for i in order]
+    out["index"] = index
+
+    queries, gnd = [], []
+    index_labels = np.array([v.landmark for v in index])
+    index_difficulty = np.array([v.difficulty for v in index])
+    for lm in lms["test"]:
+        for i in range(config.queries_per_landmark):
+            view = render_view(np.random.default_rng([config.seed, 6, lm, i]), lm, "query", config)
+            queries.append(view)
+            same = index_labels == lm
+            gnd.append(
+                {
+                    "easy": np.flatnonzero(same & (index_difficulty == EASY)),
+                    "hard": np.flatnonzero(same & (index_difficulty == HARD)),
+                    "junk": np.flatnonzero(same & (index_difficulty == JUNK)),
+                    "bbx": np.asarray(view.bbox, np.float64),
+                }
+            )
+    out["query"] = queries
+    out["gnd"] = gnd
+    out["landmarks"] = lms
+    return out
