@@ -198,3 +198,39 @@ def test_init_options_reject_unknown_keys():
     config = ml_collections.ConfigDict({"init_head": {"binz": 64}})
     with pytest.raises(ValueError, match="unknown keys"):
         init_head._init_options(config)
+
+
+def _features(seed=0, batch=3, shape=(3, 4), channels=(8, 6)):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    return {layer: jnp.asarray(np.maximum(rng.normal(size=(batch, *shape, c)), 0), jnp.float32)
+            for layer, c in zip(LAYERS, channels, strict=True)}
+
+
+def test_pool_descriptors_and_param_tree_match_remap_head():
+    import jax
+
+    from remap_jax import heads
+    from remap_jax.whitening import apply_whitening
+
+    feats = _features()
+    regions = heads.region_descriptors(feats, LAYERS, levels=2)
+    assert all(np.shape(regions[layer])[1] == R for layer in LAYERS)
+    rng = np.random.default_rng(1)
+    alpha = rng.uniform(0.1, 2.0, size=(2, R)).astype(np.float32)
+    w = rng.normal(size=(5, 14)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    init = init_head.HeadInit(LAYERS, alpha, alpha, w, b, REGIONS, FEATURE_SHAPE)
+    head = heads.REMAPHead(layers=LAYERS, levels=2, out_dim=5, alpha_init=init.alpha_init,
+                           whitening_init=init.whitening_init)
+    variables = head.init(jax.random.key(0), feats)
+    expected = apply_whitening(init_head.pool_descriptors({k: np.asarray(v) for k, v in regions.items()},
+                                                          alpha, LAYERS), w, b)
+    np.testing.assert_allclose(np.asarray(head.apply(variables, feats)), expected, rtol=1e-4, atol=1e-5)
+    # head_params.msgpack holds exactly the head's parameter tree.
+    tree = init_head.head_param_tree(init)
+    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(params)
+    for got, want in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -195,11 +195,12 @@ def describe_regions(region_fn: RegionFn, read_image: Callable[[int], np.ndarray
 
 
 def pool_descriptors(region_descriptors: Mapping[str, np.ndarray], alpha: np.ndarray,
-                     layers: Sequence[str], eps: float = 1e-6) -> np.ndarray:
-    """The whitening layer's input, from region descriptors, as `REMAPHead` computes it.
+                     layers: Sequence[str]) -> np.ndarray:
+    """The whitening layer's input, from region descriptors, exactly as `REMAPHead` computes it.
 
-    Per layer: the alpha-weighted sum of the (L2-normalised) region vectors, L2-normalised; the layers'
-    vectors are concatenated in `layers` order.
+    Per layer: the sum of the (L2-normalised) region vectors weighted by max(alpha, 0); the layers' vectors
+    are concatenated in `layers` order without further normalisation (the head L2-normalises only after
+    whitening), so the alphas' scale also sets the relative weight of the layers.
 
     Args:
       region_descriptors: layer -> (N, R, C_l).
@@ -208,12 +209,9 @@ def pool_descriptors(region_descriptors: Mapping[str, np.ndarray], alpha: np.nda
     Returns:
       (N, sum C_l) float32.
     """
-    alpha = np.asarray(alpha, np.float32)
-    pooled = []
-    for i, layer in enumerate(layers):
-        v = np.einsum("nrc,r->nc", np.asarray(region_descriptors[layer], np.float32), alpha[i])
-        pooled.append(v / (np.linalg.norm(v, axis=1, keepdims=True) + eps))
-    return np.concatenate(pooled, axis=1)
+    alpha = np.maximum(np.asarray(alpha, np.float32), 0.0)
+    return np.concatenate([np.einsum("nrc,r->nc", np.asarray(region_descriptors[layer], np.float32), alpha[i])
+                           for i, layer in enumerate(layers)], axis=1)
 
 
 def compute_head_init(region_descriptors: Mapping[str, np.ndarray], positives: np.ndarray,
