@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from remap_jax.backbones.resnet import ResNet, resnet_tap_names
 from remap_jax.backbones.vgg import VGG, vgg_tap_names
@@ -85,10 +86,35 @@ def deepest_tap(arch: str) -> str:
 
 
 def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3), dtype: Any = jnp.float32) -> dict:
-    """Randomly initialised variables {"params": ..., "batch_stats": ...} (He-normal convs, identity BN)."""
-    module = create_backbone(arch, dtype=dtype)
-    init = jax.jit(functools.partial(module.init, taps=(deepest_tap(arch),)))
-    return dict(init(key, jnp.zeros(input_shape, jnp.float32)))
+    """Randomly initialised variables {"params": ..., "batch_stats": ...}, all float32.
+
+    Conv kernels are He-normal (fan-out, torchvision's choice), biases zero, BatchNorm the identity
+    (scale 1, bias 0, mean 0, var 1). Drawn from one `jax.random.normal` call split into the leaves, which is
+    much cheaper to compile than tracing the network's initialiser. Parameter shapes do not depend on
+    `input_shape` (checked for rank and channels only) nor on `dtype` (kept for interface symmetry).
+    """
+    if len(input_shape) != 4 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape: expected (B, H, W, 3), got {tuple(input_shape)}")
+    shapes = variable_shapes(arch)
+    leaves, treedef = jax.tree.flatten_with_path(shapes)
+    kernels = [(path, leaf) for path, leaf in leaves if path[-1].key == "kernel"]
+    total = sum(int(np.prod(leaf.shape)) for _, leaf in kernels)
+    noise = np.asarray(jax.random.normal(key, (total,), jnp.float32))
+    values, offset = [], 0
+    for path, leaf in leaves:
+        name = path[-1].key
+        if name == "kernel":
+            size = int(np.prod(leaf.shape))
+            fan_out = int(np.prod(leaf.shape[:2])) * leaf.shape[-1]
+            std = np.float32(np.sqrt(2.0 / fan_out))
+            values.append(noise[offset : offset + size].reshape(leaf.shape) * std)
+            offset += size
+        elif name in ("scale", "var"):
+            values.append(np.ones(leaf.shape, np.float32))
+        else:
+            values.append(np.zeros(leaf.shape, np.float32))
+    variables = jax.tree.unflatten(treedef, [jnp.asarray(v) for v in values])
+    return {k: dict(v) for k, v in variables.items()}
 
 
 @functools.cache
