@@ -655,7 +655,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
       summary dict: final step, last loss, best validation mAP and test results before/after (if evaluated).
     """
     validate_config(config)
-    if config.distributed:
+    if config.distributed and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0

@@ -1,0 +1,67 @@
+r"""Train a retrieval model: `python -m train.main --config=train/configs/NAME.py --workdir=DIR`.
+
+Override any config field on the command line, e.g. `--config.num_epochs=3 --config.model.dtype=bfloat16`.
+A wrong key or type fails while the flags are parsed and a wrong value fails in `validate_config`, both
+before any compute. Rerunning the same command with the same workdir resumes from the latest checkpoint.
+
+Multi-host (TPU pods, multi-node GPU): run the same command on every host with `--config.distributed=True`
+(or with JAX_COORDINATOR_ADDRESS set); `jax.distributed.initialize()` then joins the hosts and the mesh spans
+every device of every host.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, exports and results.")
+config_flags.DEFINE_config_file("config", None, "Training configuration file (train/configs/NAME.py).",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    from train import train  # heavy imports (jax, optax, orbax) only after the flags parsed
+
+    try:
+        train.validate_config(config)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    import jax
+
+    multi_host = config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if multi_host and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+    logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+          f"{jax.process_count()} process(es); workdir {FLAGS.workdir}", flush=True)
+    try:
+        train.train_and_evaluate(config, FLAGS.workdir)
+    except train.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def parse_flags(argv):
+    """absl flag parsing; a config override naming a field that does not exist exits with a one-line error."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
+              file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError) as e:  # ml_collections: unknown key in a locked config
+        detail = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        print(f"FATAL config error: no such config field: {detail}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
