@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from remap_jax.data.images import resize_long_side
+from remap_jax.data.images import load_rgb, resize_long_side
 
 # Photos bundled in the scikit-image wheel (no pooch download), one landmark each. "cat" is the same picture
 # as "chelsea" and is left out; "motorcycle" is the left image of `stereo_motorcycle`.
@@ -116,7 +116,8 @@ def load_photo(name: str, long_side: int) -> np.ndarray:
     import skimage.data
 
     if name == "motorcycle":
-        raw = skimage.data.stereo_motorcycle()[0]
+        # stereo_motorcycle() also loads a disparity .npz; read just the left photo from the data folder.
+        raw = load_rgb(f"{skimage.data.data_dir}/motorcycle_left.png")
     elif name in LANDMARK_PHOTOS or name in BACKGROUND_PHOTOS:
         raw = getattr(skimage.data, name)()
     else:

@@ -1,0 +1,262 @@
+"""TFDS builder tests (tfds.testing.DatasetBuilderTestCase) on tiny fake data that the tests write in the
+real file formats: JPEG tars, revisitop gnd pickles, the SfM-120k db pickle, the GLDv2 csv."""
+
+import io
+import pickle
+import tarfile
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from remap_jax.data import builders
+from remap_jax.data.images import encode_jpeg
+
+
+def _jpeg(seed: int, size=(20, 28)) -> bytes:
+    rng = np.random.default_rng(seed)
+    return encode_jpeg(rng.integers(0, 256, size=size + (3,), dtype=np.uint8))
+
+
+def _write_tar(path: Path, members: dict[str, bytes]):
+    mode = "w:gz" if path.name.endswith(".gz") or path.name.endswith(".tgz") else "w"
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _revisited_gnd(imlist, qimlist, query_bbx):
+    gnd = []
+    for q, _ in enumerate(qimlist):
+        gnd.append(
+            {
+                "bbx": query_bbx[q],
+                "easy": np.array([q + 2], np.int64),
+                "hard": [q + 3],
+                "junk": np.array([], np.int64),
+            }
+        )
+    return {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
+
+
+def write_fake_roxford(root: Path):
+    imlist = [f"all_souls_{i:06d}" for i in range(6)]
+    _write_tar(root / "oxbuild_images-v1.tgz", {f"{n}.jpg": _jpeg(i) for i, n in enumerate(imlist)})
+    gnd = _revisited_gnd(imlist, imlist[:2], [[2.0, 3.0, 20.5, 15.0], [0, 0, 10, 10]])
+    (root / "gnd_roxford5k.pkl").write_bytes(pickle.dumps(gnd))
+
+
+def write_fake_rparis(root: Path):
+    imlist = [f"paris_defense_{i:06d}" for i in range(4)] + [f"paris_louvre_{i:06d}" for i in range(3)]
+    defense = {f"paris/defense/{n}.jpg": _jpeg(i) for i, n in enumerate(imlist[:4])}
+    _write_tar(root / "paris_1-v1.tgz", defense)
+    # paris_2 also holds an image that is not in imlist (ignored)
+    members = {f"paris/louvre/{n}.jpg": _jpeg(10 + i) for i, n in enumerate(imlist[4:])}
+    members["paris/louvre/paris_louvre_999999.jpg"] = _jpeg(99)
+    _write_tar(root / "paris_2-v1.tgz", members)
+    gnd = _revisited_gnd(imlist, [imlist[1], imlist[5]], [[1, 1, 9, 9], [5, 2, 25, 18]])
+    (root / "gnd_rparis6k.pkl").write_bytes(pickle.dumps(gnd))
+
+
+def write_fake_revisitop1m(root: Path):
+    _write_tar(root / "revisitop1m.1.tar.gz", {f"jpg/{i:04d}/img{i}.jpg": _jpeg(i) for i in range(3)})
+
+
+def write_fake_sfm120k(root: Path):
+    cids = {s: [f"{s}cid{i:03d}abcdef{i:02d}" for i in range(n)] for s, n in (("train", 5), ("val", 3))}
+    members = {}
+    for split, names in cids.items():
+        for i, cid in enumerate(names):
+            members[f"ims/{builders.sfm_cid_path(cid)}"] = _jpeg(i + (0 if split == "train" else 50))
+    _write_tar(root / "ims.tar.gz", members)
+    db = {
+        "train": {"cids": cids["train"], "cluster": [0, 0, 1, 1, 1], "qidxs": [0, 2], "pidxs": [1, 3]},
+        "val": {"cids": cids["val"], "cluster": [7, 7, 8], "qidxs": [0], "pidxs": [1]},
+    }
+    (root / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps(db))
+
+
+def write_fake_gldv2(root: Path):
+    ids = ["0a1b2c3d4e5f6071", "0a1b2c3d4e5f6072", "0b000000000000aa", "0c000000000000bb", "0c000000000000cc"]
+    # landmark 5 has two images in the tar, landmark 6 only one (dropped), landmark 9 has two, one of which
+    # lives in a tar that is not part of this build (dropped with it).
+    csv = "landmark_id,images\n5,{} {}\n6,{}\n9,{} {} ffffffffffffffff\n".format(*ids)
+    (root / "train_clean.csv").write_text(csv)
+    members = {f"{i[0]}/{i[1]}/{i[2]}/{i}.jpg": _jpeg(k) for k, i in enumerate(ids)}
+    _write_tar(root / "images_000.tar", members)
+
+
+_ROOT = Path(tempfile.mkdtemp(prefix="remap_fake_tfds_"))
+
+
+def _example_dir(name, writer):
+    d = _ROOT / name
+    if not d.exists():
+        d.mkdir(parents=True)
+        writer(d)
+    return str(d)
+
+
+class Roxford5kTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.Roxford5k
+    SPLITS = {"index": 6, "query": 2}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("roxford5k", write_fake_roxford)
+        super().setUpClass()
+
+
+class Rparis6kTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.Rparis6k
+    SPLITS = {"index": 7, "query": 2}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("rparis6k", write_fake_rparis)
+        super().setUpClass()
+
+
+class Revisitop1mTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.Revisitop1m
+    BUILDER_CONFIG_NAMES_TO_TEST = ["tars_1"]
+    SPLITS = {"index": 3}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("revisitop1m", write_fake_revisitop1m)
+        super().setUpClass()
+
+
+class Sfm120kTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.Sfm120k
+    SPLITS = {"train": 5, "val": 3}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("sfm120k", write_fake_sfm120k)
+        super().setUpClass()
+
+
+class Gldv2CleanTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.Gldv2Clean
+    BUILDER_CONFIG_NAMES_TO_TEST = ["tars_1"]
+    SPLITS = {"train": 4}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("gldv2_clean", write_fake_gldv2)
+        super().setUpClass()
+
+
+class SyntheticLandmarksTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.SyntheticLandmarks
+    BUILDER_CONFIG_NAMES_TO_TEST = ["tiny"]
+    # tiny: 14 train landmarks x 3 views, 1 val landmark x 2, 2 test landmarks x 4 views + 4 distractors,
+    # 2 x 2 queries
+    SPLITS = {"train": 42, "val": 2, "index": 12, "query": 4}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("synthetic_landmarks", lambda d: None)
+        super().setUpClass()
+
+
+# --------------------------------------------------------------------- array_record builds and contents
+
+
+def _build(builder_cls, manual_dir, tmp_path, config=None):
+    builder = builder_cls(data_dir=str(tmp_path / "data"), config=config, file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    return builder
+
+
+def test_roxford_array_record_contents(tmp_path):
+    write_fake_roxford(tmp_path)
+    builder = _build(builders.Roxford5k, tmp_path, tmp_path)
+    index = builder.as_data_source("index")
+    queries = builder.as_data_source("query")
+    assert len(index) == 6 and len(queries) == 2
+    assert [index[i]["filename"] for i in range(6)] == [f"all_souls_{i:06d}.jpg".encode() for i in range(6)]
+    q0 = queries[0]
+    assert q0["image"].shape == (12, 18, 3)  # bbx (2, 3, 20.5, 15) rounded (half to even): x 2..20, y 3..15
+    assert q0["original_image"][:2] == b"\xff\xd8"  # the original JPEG, untouched
+    full = np.asarray(Image.open(io.BytesIO(q0["original_image"])))
+    np.testing.assert_array_equal(q0["image"], full[3:15, 2:20])
+    assert list(q0["easy"]) == [2] and list(q0["hard"]) == [3] and list(q0["junk"]) == []
+    meta = builder.info.metadata
+    assert meta["qimlist"] == ["all_souls_000000", "all_souls_000001"] and len(meta["gnd"]) == 2
+
+
+def test_missing_file_error_names_the_file(tmp_path):
+    write_fake_roxford(tmp_path)
+    (tmp_path / "oxbuild_images-v1.tgz").unlink()
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download", side_effect=OSError("network unreachable")
+    ) as download:
+        with pytest.raises(builders.DatasetFileError, match=r"oxbuild_images-v1\.tgz.*manual_dir"):
+            _build(builders.Roxford5k, tmp_path, tmp_path)
+    # the download went to the official location
+    (requested,) = download.call_args.args
+    assert requested == {"oxbuild_images-v1.tgz": builders.OXFORD_IMAGES_URL}
+
+
+def test_malformed_gnd_and_missing_images(tmp_path):
+    write_fake_roxford(tmp_path)
+    (tmp_path / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"imlist": []}))
+    with pytest.raises(builders.DatasetFileError, match=r"gnd_roxford5k\.pkl: expected a dict with keys"):
+        _build(builders.Roxford5k, tmp_path, tmp_path)
+    (tmp_path / "gnd_roxford5k.pkl").write_bytes(b"garbage")
+    with pytest.raises(builders.DatasetFileError, match=r"gnd_roxford5k\.pkl: cannot unpickle"):
+        _build(builders.Roxford5k, tmp_path, tmp_path)
+    write_fake_roxford(tmp_path)
+    _write_tar(tmp_path / "oxbuild_images-v1.tgz", {"all_souls_000000.jpg": _jpeg(0)})
+    with pytest.raises(builders.DatasetFileError, match=r"oxbuild_images-v1\.tgz.*missing"):
+        _build(builders.Roxford5k, tmp_path, tmp_path)
+
+
+def test_gldv2_csv_errors(tmp_path):
+    bad = tmp_path / "train_clean.csv"
+    bad.write_text("id,url\n1,2\n")
+    with pytest.raises(builders.DatasetFileError, match="train_clean.csv: expected the header"):
+        builders.parse_gldv2_csv(bad)
+    bad.write_text("landmark_id,images\nx,abc\n")
+    with pytest.raises(builders.DatasetFileError, match="line 2: expected an integer landmark_id"):
+        builders.parse_gldv2_csv(bad)
+    with pytest.raises(builders.DatasetFileError, match="file not found"):
+        builders.parse_gldv2_csv(tmp_path / "nope.csv")
+
+
+def test_gldv2_pairs_and_labels(tmp_path):
+    write_fake_gldv2(tmp_path)
+    builder = _build(builders.Gldv2Clean, tmp_path, tmp_path, config="tars_1")
+    meta = builder.info.metadata["train"]
+    assert meta["labels"] == [5, 5, 9, 9]
+    assert meta["qidx"] == [0, 1, 2, 3] and meta["pidx"] == [1, 0, 3, 2]
+    source = builder.as_data_source("train")
+    assert [source[i]["label"] for i in range(4)] == [5, 5, 9, 9]
+
+
+def test_sfm120k_metadata_and_errors(tmp_path):
+    write_fake_sfm120k(tmp_path)
+    builder = _build(builders.Sfm120k, tmp_path, tmp_path)
+    assert builder.info.metadata["train"] == {"labels": [0, 0, 1, 1, 1], "qidx": [0, 2], "pidx": [1, 3]}
+    src = builder.as_data_source("val")
+    assert [src[i]["label"] for i in range(3)] == [7, 7, 8]
+    db = pickle.loads((tmp_path / "retrieval-SfM-120k.pkl").read_bytes())
+    db["train"]["pidxs"] = [1, 30]
+    (tmp_path / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps(db))
+    with pytest.raises(builders.DatasetFileError, match="pidxs has indices outside"):
+        _build(builders.Sfm120k, tmp_path, tmp_path / "other")
