@@ -96,6 +96,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="/tmp/remap_kl_ablation")
     parser.add_argument("--quick", action="store_true", help="fewer pairs, histogram estimator only")
     parser.add_argument("--json", default="", help="write the rows to this file")
+    parser.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="override config.image_size (and the test size) for a finer region grid")
+    parser.add_argument("--levels", type=int, default=None, help="override config.model.levels")
+    parser.add_argument("--export", default="", help="use the backbone of a trained model exported by "
+                        "train.main (WORKDIR/export) instead of the off-the-shelf one")
     args = parser.parse_args(argv)
 
     import jax
@@ -104,6 +109,15 @@ def main(argv=None) -> int:
     from remap_jax.data.images import resize_to
 
     config = load_config(args.config)
+    if args.image_size:
+        config.image_size = config.test_image_size = tuple(args.image_size)
+    if args.levels:
+        config.model.levels = args.levels
+    variables = None
+    if args.export:
+        from remap_jax.model import load_exported
+
+        variables = load_exported(args.export)[1]
     options = config.init_head
     if args.quick:
         options.num_positive_pairs = min(options.num_positive_pairs, 400)
@@ -116,13 +130,14 @@ def main(argv=None) -> int:
     images, pos, neg = init_head.select_pairs(train_set.labels, train_set.qidx, train_set.pidx,
                                               options.num_positive_pairs, options.negatives_per_positive,
                                               config.seed)
-    region_fn, batch_size, feature_shape, regions = init_head.make_region_fn(config,
-                                                                             config.describe_batch_size)
+    region_fn, batch_size, feature_shape, regions = init_head.make_region_fn(
+        config, config.describe_batch_size, variables)
     size = tuple(config.image_size)
     train_desc = init_head.describe_regions(
         region_fn, lambda i: resize_to(train_set.read(i), size), images, layers, batch_size,
         cache_dir=os.path.join(args.workdir, "region_cache"), cache_chunk=options.cache_chunk,
-        cache_key=init_head._cache_key(config), cache_dtype=options.cache_dtype)
+        cache_key=init_head._cache_key(config) + (f"|{os.path.abspath(args.export)}" if args.export else ""),
+        cache_dtype=options.cache_dtype)
     alphas = {"1 (R-MAC)": np.ones((len(layers), regions.shape[0]), np.float32)}
     for est in estimators:
         o = options.copy_and_resolve_references()
@@ -150,7 +165,7 @@ def main(argv=None) -> int:
         if shape == size:
             fns[shape] = region_fn
         else:
-            fns[shape] = init_head.make_region_fn(c, batch_size)[0]
+            fns[shape] = init_head.make_region_fn(c, batch_size, variables)[0]
     queries = [test_set.read_query(i) for i in range(test_set.num_queries)]
     database = [test_set.read_index(i) for i in range(test_set.num_index)]
     q_desc = describe_list(fns, batch_size, queries, test_size, layers)
@@ -173,8 +188,9 @@ def main(argv=None) -> int:
     keys = [k for k in rows[0] if k not in ("whitening", "alpha")]
     base = {r["whitening"]: r for r in rows if r["alpha"].startswith("1")}
     print()
-    print(f"alpha = 1 vs alpha = KL, off-the-shelf {config.model.arch} "
-          f"({config.model.pretrained or f'random init, seed {config.seed}'}), taps {', '.join(layers)}, "
+    backbone = (f"trained backbone from {args.export}" if args.export else
+                f"off-the-shelf ({config.model.pretrained or f'random init, seed {config.seed}'})")
+    print(f"alpha = 1 vs alpha = KL, {config.model.arch} {backbone}, taps {', '.join(layers)}, "
           f"{regions.shape[0]} regions, {len(pos)} matching / {len(neg)} non-matching training pairs over "
           f"{len(images)} images of {config.dataset!r}; test {config.test_dataset!r} at {test_size}")
     print(f"| whitening | alpha | {' | '.join(k + ' mAP' for k in keys)} | "
@@ -191,8 +207,8 @@ def main(argv=None) -> int:
             json.dump({"rows": rows, "machine": machine, "config": args.config, "quick": args.quick,
                        "num_positive_pairs": int(len(pos)), "num_negative_pairs": int(len(neg)),
                        "num_images": int(len(images)), "test_size": list(test_size),
-                       "backbone": config.model.pretrained or f"random init (seed {config.seed})"},
-                      f, indent=2)
+                       "backbone": backbone, "image_size": list(size), "levels": config.model.levels,
+                       "num_regions": int(regions.shape[0])}, f, indent=2)
     return 0
 
 

@@ -382,12 +382,13 @@ def _cache_key(config: ml_collections.ConfigDict) -> str:
     return hashlib.sha1(repr(fields).encode()).hexdigest()[:16]
 
 
-def make_region_fn(config: ml_collections.ConfigDict, batch_size: int):
+def make_region_fn(config: ml_collections.ConfigDict, batch_size: int, variables: Mapping | None = None):
     """The off-the-shelf network as a jitted uint8 batch -> layer -> (B, R, C) region-descriptor function.
 
     The backbone is exactly the one `train.main` starts from: built and initialised by the trainer's
     `build_model` / `init_variables` with `jax.random.key(config.seed)`, with the pretrained weights of
-    `config.model.pretrained` when set (random otherwise). Images are normalised on device like the trainer
+    `config.model.pretrained` when set (random otherwise). `variables` (a whole model's variables, e.g. a
+    trained export) replaces that initialisation. Images are normalised on device like the trainer
     does, and batches are sharded over all devices along a 'data' mesh axis.
 
     Returns (region_fn, batch_size rounded up to a multiple of the device count, feature_shape (h, w) of
@@ -405,7 +406,8 @@ def make_region_fn(config: ml_collections.ConfigDict, batch_size: int):
     plain = config.copy_and_resolve_references()
     plain.head_init = ""  # the head is not used here; a head_init path may not exist yet
     model = trainer.build_model(plain)
-    variables = trainer.init_variables(model, plain, jax.random.key(config.seed))
+    if variables is None:
+        variables = trainer.init_variables(model, plain, jax.random.key(config.seed))
     backbone_vars = {col: tree["backbone"] for col, tree in variables.items() if "backbone" in tree}
     backbone = model.backbone
 
