@@ -205,3 +205,113 @@ def test_large_ranking_is_scored_quickly_enough_to_run_here():
     ]
     m, aps, _, _ = E.compute_map(ranks, gnd)
     assert 0.0 <= m <= 1.0 and np.isfinite(aps).all()
+
+
+# --------------------------------------------------------------------------- train.eval (library + command)
+
+
+@pytest.fixture(scope="module")
+def tiny_test_set(tmp_path_factory):
+    from remap_jax.data import load_test_set
+
+    return load_test_set("synthetic_landmarks/tiny", data_dir=str(tmp_path_factory.mktemp("tfds_eval")))
+
+
+def _oracle_vectors(test_set):
+    """One-hot landmark vectors built from the ground truth: a perfect descriptor."""
+    nq, nd = test_set.num_queries, test_set.num_index
+    q = np.zeros((nq, nq + 1), np.float32)
+    db = np.zeros((nd, nq + 1), np.float32)
+    db[:, nq] = 1.0  # everything starts as "other"
+    for i, g in enumerate(test_set.gnd):
+        q[i, i] = 1.0
+        members = np.concatenate([g["easy"], g["hard"], g["junk"]]).astype(int)
+        db[members, nq] = 0.0
+        db[members, i] = 1.0
+    return q, db
+
+
+def test_evaluate_descriptors_perfect_and_qe(tiny_test_set):
+    from train.eval import evaluate_descriptors
+
+    q, db = _oracle_vectors(tiny_test_set)
+    res = evaluate_descriptors(q, db, tiny_test_set)
+    assert res["medium"]["mAP"] == pytest.approx(100.0)
+    assert res["easy"]["mAP"] == pytest.approx(100.0)
+    res_qe, ranks = evaluate_descriptors(q, db, tiny_test_set, qe=True, dba=True, return_ranks=True)
+    assert res_qe["medium"]["mAP"] == pytest.approx(100.0)
+    assert ranks.shape == (tiny_test_set.num_index, tiny_test_set.num_queries)
+    with pytest.raises(ValueError, match="one row per query"):
+        evaluate_descriptors(q[:1], db, tiny_test_set)
+    with pytest.raises(ValueError, match="the test set's index"):
+        evaluate_descriptors(q, db[:3], tiny_test_set)
+
+
+def test_run_eval_writes_results_and_grid(tiny_test_set, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from train.eval import run_eval
+
+    def mean_colour(images):  # a weak but honest descriptor
+        v = np.stack([im.reshape(-1, 3).mean(0) - 127.5 for im in images]).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    res = run_eval(mean_colour, tiny_test_set, out_dir=str(tmp_path), batch_size=5, grid_queries=2)
+    assert 0.0 <= res["medium"]["mAP"] <= 100.0 and res["seconds"] >= 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["medium"]["mAP"] == pytest.approx(res["medium"]["mAP"])
+    grid = np.asarray(Image.open(tmp_path / "topk.png"))
+    assert grid.shape[0] == 2 * 104 and grid.shape[1] > 10 * 104
+    vecs = np.load(tmp_path / "descriptors.npz")
+    assert vecs["queries"].shape == (4, 3) and vecs["index"].shape == (12, 3)
+
+    def broken(images):
+        return np.zeros((len(images) + 1, 3))
+
+    with pytest.raises(ValueError, match="describe_fn: expected an array of shape"):
+        run_eval(broken, tiny_test_set)
+
+
+def test_topk_grid_colours(tiny_test_set, tmp_path):
+    from PIL import Image
+
+    from train.eval import save_topk_grid
+
+    g = tiny_test_set.gnd[0]
+    pos, junk = list(g["easy"]) + list(g["hard"]), list(g["junk"])
+    others = [i for i in range(tiny_test_set.num_index) if i not in set(pos) | set(junk)]
+    order = np.array(pos[:1] + others[:1] + (junk[:1] or others[1:2]))
+    ranks = np.stack([order] * tiny_test_set.num_queries, axis=1)
+    save_topk_grid(str(tmp_path / "g.png"), tiny_test_set, ranks, num_queries=1, k=3, thumb=40)
+    img = np.asarray(Image.open(tmp_path / "g.png"))
+    cell = 48
+    assert tuple(img[1, 1]) == (40, 90, 220)  # query border: blue
+    assert tuple(img[1, cell + 6 + 1]) == (40, 170, 60)  # first result is a positive: green
+    assert tuple(img[1, 2 * cell + 6 + 1]) == (215, 40, 40)  # then a negative: red
+    third = (150, 150, 150) if junk else (215, 40, 40)
+    assert tuple(img[1, 3 * cell + 6 + 1]) == third
+
+
+def test_eval_command_end_to_end(tiny_test_set, tmp_path, monkeypatch, capsys):
+    import train.eval as cmd
+
+    data_dir = str(tmp_path / "tfds")
+
+    def fake_describe_fn(args):
+        assert args.arch == "resnet18" and args.weights is None
+        return lambda images: np.stack([np.resize(im.mean((0, 1)), 3) + 1.0 for im in images])
+
+    monkeypatch.setattr(cmd, "make_describe_fn", fake_describe_fn)
+    out = tmp_path / "out"
+    res = cmd.main(
+        ["--arch", "resnet18", "--dataset", "synthetic_landmarks/tiny", "--data-dir", data_dir, "--qe",
+         "--out", str(out), "--max-side", "32"]
+    )
+    printed = capsys.readouterr().out
+    assert "Easy" in printed and "Medium" in printed and "Hard" in printed and "alpha-QE" in printed
+    assert (out / "topk.png").exists() and (out / "results.json").exists()
+    assert set(res) >= {"easy", "medium", "hard"}
+    with pytest.raises(SystemExit):
+        cmd.main(["--dataset", "roxford5k", "--out", str(out)])  # neither --checkpoint nor --arch
