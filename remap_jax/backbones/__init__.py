@@ -95,17 +95,25 @@ def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3), dtype
     """
     if len(input_shape) != 4 or input_shape[-1] != 3:
         raise ValueError(f"input_shape: expected (B, H, W, 3), got {tuple(input_shape)}")
-    shapes = variable_shapes(arch)
+    return init_like(variable_shapes(arch), key)
+
+
+def init_like(shapes, key: jax.Array) -> dict:
+    """Backbone-style random variables for a shape tree (e.g. `jax.eval_shape` of a module's init).
+
+    Leaves named `kernel` (HWIO conv kernels) get He-normal (fan-out) values, `scale`/`var` ones, every other
+    leaf zeros. One `jax.random.normal` draw is split into the kernels.
+    """
     leaves, treedef = jax.tree.flatten_with_path(shapes)
-    kernels = [(path, leaf) for path, leaf in leaves if path[-1].key == "kernel"]
-    total = sum(int(np.prod(leaf.shape)) for _, leaf in kernels)
+    kernels = [leaf for path, leaf in leaves if path[-1].key == "kernel"]
+    total = sum(int(np.prod(leaf.shape)) for leaf in kernels)
     noise = np.asarray(jax.random.normal(key, (total,), jnp.float32))
     values, offset = [], 0
     for path, leaf in leaves:
         name = path[-1].key
         if name == "kernel":
             size = int(np.prod(leaf.shape))
-            fan_out = int(np.prod(leaf.shape[:2])) * leaf.shape[-1]
+            fan_out = int(np.prod(leaf.shape[:-2])) * leaf.shape[-1]
             std = np.float32(np.sqrt(2.0 / fan_out))
             values.append(noise[offset : offset + size].reshape(leaf.shape) * std)
             offset += size
@@ -147,6 +155,7 @@ __all__ = [
     "deepest_tap",
     "from_torch_state_dict",
     "init_backbone",
+    "init_like",
     "load_pretrained",
     "read_state_dict",
     "to_torch_state_dict",
