@@ -295,11 +295,13 @@ class Revisitop1m(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, dl_manager, tars):
         for t, tar in enumerate(tars):
-            members = sorted(_iter_tar_images(dl_manager, tar), key=lambda x: x[1])
-            if not members:
-                raise DatasetFileError(f"{tar}: expected JPEG images in the archive, found none")
-            for j, (_, member, data) in enumerate(members):
+            # Streamed in archive order (deterministic), so a 10k-image tar is never held in memory.
+            count = 0
+            for j, (_, member, data) in enumerate(_iter_tar_images(dl_manager, tar)):
+                count += 1
                 yield t * 10_000_000 + j, {"image": data, "filename": member}
+            if count == 0:
+                raise DatasetFileError(f"{tar}: expected JPEG images in the archive, found none")
 
 
 # --------------------------------------------------------------------------------------- SfM-120k
