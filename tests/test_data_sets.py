@@ -165,3 +165,11 @@ def test_pipeline_over_a_training_set(train_set):
     batch = next(iter(ds))
     assert batch["images"].shape == (4, 32, 32, 3)
     assert np.isfinite(batch["images"]).all()
+
+
+def test_any_tar_prefix_config(tmp_path):
+    from remap_jax.data.sets import get_builder
+
+    assert get_builder("revisitop1m/tars_3", str(tmp_path)).builder_config.num_tars == 3
+    assert get_builder("revisitop1m/tars_10", str(tmp_path)).builder_config.num_tars == 10
+    assert get_builder("gldv2_clean/tars_42", str(tmp_path)).builder_config.num_tars == 42

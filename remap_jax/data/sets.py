@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ def _base_name(name: str) -> str:
 def get_builder(name: str, data_dir: str | None = None, synthetic_config=None):
     """The TFDS builder for ``name`` (``"dataset"`` or ``"dataset/config"``), array_record file format.
 
+    ``revisitop1m/tars_N`` and ``gldv2_clean/tars_N`` build the first N image tars, for any N.
     ``synthetic_config``: a :class:`remap_jax.data.synthetic.SyntheticConfig` for a custom-sized
     synthetic_landmarks (its config name is derived from the values, so different settings never collide).
     """
@@ -46,6 +48,14 @@ def get_builder(name: str, data_dir: str | None = None, synthetic_config=None):
         ).hexdigest()[:10]
         config = builders.SyntheticLandmarksConfig(name=f"custom_{digest}", synthetic=synthetic_config)
         return builders.SyntheticLandmarks(data_dir=data_dir, config=config, file_format="array_record")
+    base, _, config_name = name.partition("/")
+    prefix_builders = {"revisitop1m": builders.Revisitop1m, "gldv2_clean": builders.Gldv2Clean}
+    match = re.fullmatch(r"tars_(\d+)", config_name)
+    if base in prefix_builders and match:
+        cls = prefix_builders[base]
+        if config_name not in cls.builder_configs:  # any prefix, not only the predefined ones
+            config = builders.TarPrefixConfig(name=config_name, num_tars=int(match.group(1)))
+            return cls(data_dir=data_dir, config=config, file_format="array_record")
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
 
 
