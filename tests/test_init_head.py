@@ -234,3 +234,63 @@ def test_pool_descriptors_and_param_tree_match_remap_head():
     assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(params)
     for got, want in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+class PatternTrainingSet(FakeTrainingSet):
+    """Images made of a per-landmark random pattern plus per-image noise, 40 x 48 pixels."""
+
+    def __init__(self):
+        super().__init__(landmarks=6, per_landmark=4)
+        rng = np.random.default_rng(0)
+        self._patterns = rng.integers(0, 255, size=(6, 40, 48, 3))
+        self._noise = rng.integers(-40, 40, size=(self.num_images, 40, 48, 3))
+
+    def read(self, i):
+        return np.clip(self._patterns[self.labels[i]] + self._noise[i], 0, 255).astype(np.uint8)
+
+
+def test_run_end_to_end_with_real_backbone_and_resume(tmp_path, monkeypatch, capsys):
+    """The command body on a tiny ResNet-18 setting; only the training set is a stand-in."""
+    import jax
+
+    import remap_jax.data
+    from remap_jax import heads
+    from train import train as trainer
+    from train.configs import demo
+
+    monkeypatch.setattr(remap_jax.data, "load_training_set", lambda name, data_dir=None: PatternTrainingSet())
+    config = demo.get_config()
+    config.image_size = (64, 96)
+    config.model.levels = 2
+    config.model.out_dim = 32
+    config.describe_batch_size = 8
+    config.init_head.cache_chunk = 16
+    workdir = str(tmp_path / "init")
+    init = init_head.run(config, workdir)
+    assert init.feature_shape == (2, 3)
+    r = init.regions.shape[0]
+    assert init.alpha.shape == (2, r) and np.all(np.isfinite(init.alpha)) and np.all(init.alpha >= 0)
+    assert init.w.shape == (32, 1024) and np.all(np.isfinite(init.w))
+    for name in ("head_init.npz", "head_params.msgpack", "region_weights.png", "init_head.json"):
+        assert os.path.exists(os.path.join(workdir, name))
+    summary = json.load(open(os.path.join(workdir, "init_head.json")))
+    assert summary["num_positive_pairs"] == 18 and summary["backbone_weights"] == "random init (seed 0)"
+
+    # The trainer reads the file and builds a head initialised from it.
+    config.head_init = os.path.join(workdir, "head_init.npz")
+    alpha_init, (w, b) = trainer.load_head_init(config.head_init, config.model.taps)
+    np.testing.assert_array_equal(alpha_init["layer4.1"], init.alpha[1])
+    head = trainer.make_head(config.model, config.head_init)
+    feats = {t: np.ones((1, 2, 3, 512), np.float32) for t in config.model.taps}
+    params = head.init(jax.random.key(0), feats)["params"]
+    np.testing.assert_allclose(params["whiten"]["kernel"], init.w.T)
+    np.testing.assert_allclose(params[heads.stream_name("layer4.0")]["alpha"], init.alpha[0])
+
+    # A second run reads every region descriptor back from the cache.
+    chunks = sorted(os.listdir(os.path.join(workdir, "region_cache")))
+    mtimes = [os.path.getmtime(os.path.join(workdir, "region_cache", c)) for c in chunks]
+    capsys.readouterr()
+    again = init_head.run(config, workdir)
+    assert "24 images read from the cache" in capsys.readouterr().out
+    assert mtimes == [os.path.getmtime(os.path.join(workdir, "region_cache", c)) for c in chunks]
+    np.testing.assert_array_equal(again.alpha, init.alpha)

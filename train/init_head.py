@@ -392,7 +392,8 @@ def make_region_fn(config: ml_collections.ConfigDict, batch_size: int, variables
     does, and batches are sharded over all devices along a 'data' mesh axis.
 
     Returns (region_fn, batch_size rounded up to a multiple of the device count, feature_shape (h, w) of
-    the deepest tap, regions (R, 4)).
+    the deepest tap, regions (R, 4)). The weights are initialised and the function compiled on the first
+    call only.
     """
     import jax
     import jax.numpy as jnp
@@ -406,31 +407,35 @@ def make_region_fn(config: ml_collections.ConfigDict, batch_size: int, variables
     plain = config.copy_and_resolve_references()
     plain.head_init = ""  # the head is not used here; a head_init path may not exist yet
     model = trainer.build_model(plain)
-    if variables is None:
-        variables = trainer.init_variables(model, plain, jax.random.key(config.seed))
-    backbone_vars = {col: tree["backbone"] for col, tree in variables.items() if "backbone" in tree}
     backbone = model.backbone
+    height, width = config.image_size
+    mesh = trainer.make_mesh()
+    batch_size = trainer.pad_to_multiple(batch_size, mesh.size)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    # Shapes only (no compile, no weights): enough for the region grid, and for a fully cached run.
+    abstract = jax.eval_shape(lambda: backbone.init(jax.random.key(0), jnp.zeros((1, height, width, 3))))
+    shapes = jax.eval_shape(lambda v, x: backbone.apply(v, x, taps=taps), abstract,
+                            jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+    fh, fw = shapes[taps[-1]].shape[1:3]
+    regions = rmac_regions(fh, fw, levels=m.levels, include_global=m.include_global)
 
     def describe(backbone_vars, images_uint8):
         feats = backbone.apply(backbone_vars, trainer.normalize_on_device(images_uint8), taps=taps)
         feats = {k: v.astype(jnp.float32) for k, v in feats.items()}
         return heads.region_descriptors(feats, taps, levels=m.levels, include_global=m.include_global)
 
-    mesh = trainer.make_mesh()
-    batch_size = trainer.pad_to_multiple(batch_size, mesh.size)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    backbone_vars = jax.device_put(backbone_vars, replicated)
-    describe_jit = jax.jit(describe, in_shardings=(replicated, data), out_shardings=replicated)
-
-    height, width = config.image_size
-    shapes = jax.eval_shape(lambda x: backbone.apply(backbone_vars, x, taps=taps),
-                            jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
-    fh, fw = shapes[taps[-1]].shape[1:3]
-    regions = rmac_regions(fh, fw, levels=m.levels, include_global=m.include_global)
+    state: dict = {}
 
     def region_fn(batch_uint8: np.ndarray):
-        return jax.device_get(describe_jit(backbone_vars, jax.device_put(batch_uint8, data)))
+        if not state:  # built on first use: a run resumed entirely from the cache never initialises it
+            v = variables if variables is not None else trainer.init_variables(
+                model, plain, jax.random.key(config.seed))
+            state["vars"] = jax.device_put({c: t["backbone"] for c, t in v.items() if "backbone" in t},
+                                           replicated)
+            state["fn"] = jax.jit(describe, in_shardings=(replicated, data), out_shardings=replicated)
+        return jax.device_get(state["fn"](state["vars"], jax.device_put(batch_uint8, data)))
 
     return region_fn, batch_size, (int(fh), int(fw)), regions
 
