@@ -149,6 +149,14 @@ def parse_revisited_gnd(path: epath.Path) -> dict:
     return {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
 
 
+def _manual_instructions(dataset: str, image_urls: tuple[str, ...]) -> str:
+    names = ", ".join(u.rsplit("/", 1)[-1] for u in image_urls)
+    return (
+        f"Put {names} and gnd_{dataset}.pkl in manual_dir (default <data_dir>/downloads/manual). "
+        f"Images: {', '.join(image_urls)}; ground truth: {REVISITOP_GND_URL.format(name=dataset)}"
+    )
+
+
 class _RevisitedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared code of roxford5k and rparis6k."""
 
@@ -156,16 +164,6 @@ class _RevisitedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     IMAGE_URLS: tuple[str, ...] = ()
     DATASET = ""
-
-    @property
-    def MANUAL_DOWNLOAD_INSTRUCTIONS(self):  # noqa: N802 (TFDS attribute name)
-        names = ", ".join(u.rsplit("/", 1)[-1] for u in self.IMAGE_URLS)
-        return (
-            f"Put {names} and gnd_{self.DATASET}.pkl in manual_dir "
-            "(defaults to <data_dir>/downloads/manual). "
-            f"Images: {', '.join(self.IMAGE_URLS)}; "
-            f"ground truth: {REVISITOP_GND_URL.format(name=self.DATASET)}"
-        )
 
     def _info(self):
         return self.dataset_info_from_configs(
@@ -243,6 +241,7 @@ class Roxford5k(_RevisitedBuilder):
 
     DATASET = "roxford5k"
     IMAGE_URLS = (OXFORD_IMAGES_URL,)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _manual_instructions(DATASET, IMAGE_URLS)
 
 
 class Rparis6k(_RevisitedBuilder):
@@ -250,6 +249,7 @@ class Rparis6k(_RevisitedBuilder):
 
     DATASET = "rparis6k"
     IMAGE_URLS = PARIS_IMAGES_URLS
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _manual_instructions(DATASET, IMAGE_URLS)
 
 
 # -------------------------------------------------------------------------------------------- R1M
