@@ -315,3 +315,38 @@ def test_eval_command_end_to_end(tiny_test_set, tmp_path, monkeypatch, capsys):
     assert set(res) >= {"easy", "medium", "hard"}
     with pytest.raises(SystemExit):
         cmd.main(["--dataset", "roxford5k", "--out", str(out)])  # neither --checkpoint nor --arch
+
+
+def test_make_describe_fn_passes_model_options(monkeypatch):
+    import remap_jax
+    import train.eval as cmd
+
+    calls = []
+
+    class FakeExtractor:
+        @classmethod
+        def from_pretrained(cls, arch, weights=None, **options):
+            calls.append(("pretrained", arch, weights, options))
+            return "describe"
+
+        @classmethod
+        def from_checkpoint(cls, path, **options):
+            calls.append(("checkpoint", path, options))
+            return "describe"
+
+    monkeypatch.setattr(remap_jax, "Extractor", FakeExtractor, raising=False)
+    parser = cmd.build_parser()
+    args = parser.parse_args(
+        ["--arch", "resnet50", "--weights", "w.npz", "--head", "gem", "--image-size", "96", "128",
+         "--scales", "1", "1.25", "--out", "o", "--dataset", "roxford5k"]
+    )
+    assert cmd.make_describe_fn(args) == "describe"
+    assert calls[-1] == (
+        "pretrained", "resnet50", "w.npz", {"image_size": (96, 128), "scales": (1.0, 1.25), "head": "gem"}
+    )
+    args = parser.parse_args(["--checkpoint", "ckpt", "--dtype", "bfloat16", "--out", "o", "--dataset", "x"])
+    cmd.make_describe_fn(args)
+    assert calls[-1] == ("checkpoint", "ckpt", {"dtype": "bfloat16"})
+    args = parser.parse_args(["--checkpoint", "ckpt", "--weights", "w", "--out", "o", "--dataset", "x"])
+    with pytest.raises(SystemExit, match="--weights"):
+        cmd.make_describe_fn(args)
