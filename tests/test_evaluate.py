@@ -350,3 +350,34 @@ def test_make_describe_fn_passes_model_options(monkeypatch):
     args = parser.parse_args(["--checkpoint", "ckpt", "--weights", "w", "--out", "o", "--dataset", "x"])
     with pytest.raises(SystemExit, match="--weights"):
         cmd.make_describe_fn(args)
+
+
+def test_describe_images_resumes_from_partial_cache(tmp_path):
+    from train.eval import describe_images
+
+    def read(i):
+        return np.full((4, 4, 3), i, np.uint8)
+
+    calls = []
+
+    def describe(images):
+        calls.append(len(images))
+        if len(calls) == 4:
+            raise RuntimeError("interrupted")
+        return np.stack([[float(im[0, 0, 0]), 1.0] for im in images])
+
+    cache = str(tmp_path / "index.partial.npz")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        describe_images(describe, read, 20, batch_size=3, cache_path=cache, save_every=3)
+    saved = np.load(cache)["vecs"]
+    assert saved.shape == (9, 2)  # three finished batches were kept
+    calls.clear()
+    vecs = describe_images(lambda ims: np.stack([[float(im[0, 0, 0]), 1.0] for im in ims]), read, 20,
+                           batch_size=3, cache_path=cache, save_every=3)
+    np.testing.assert_array_equal(vecs[:, 0], np.arange(20))
+    assert not (tmp_path / "index.partial.npz").exists()
+    # a cache written by another model (different descriptors) is ignored, not mixed in
+    np.savez(cache, vecs=np.zeros((9, 2), np.float32), num=20)
+    vecs = describe_images(lambda ims: np.stack([[float(im[0, 0, 0]), 1.0] for im in ims]), read, 20,
+                           batch_size=3, cache_path=cache)
+    np.testing.assert_array_equal(vecs[:, 0], np.arange(20))
