@@ -164,13 +164,7 @@ class Extractor:
         self._replicated = replicated
         self.variables = jax.device_put(jax.tree.map(jnp.asarray, _plain(variables)), replicated)
         self._variables_by_shape: dict[tuple, tuple] = {}
-        weights = self.scale_weights
-
-        def describe(variables_per_scale, batches):
-            descs = [model.apply(v, normalize(b)) for v, b in zip(variables_per_scale, batches, strict=True)]
-            return combine_scales(descs, weights)
-
-        self._describe = jax.jit(describe)
+        self._describe = _describe_fn(model, self.scale_weights)
 
     # ------------------------------------------------------------------------------------------ builders
 
@@ -458,6 +452,26 @@ class Extractor:
             return self.variables
         params = {**self.variables["params"], "head": jax.device_put(new_head, self._replicated)}
         return {**self.variables, "params": params}
+
+
+def _describe_fn(model: RetrievalModel, weights: tuple[float, ...] | None):
+    """jit(per-scale variables, per-scale uint8 batches -> (B, D)), shared by extractors of equal models so
+    that rebuilding an Extractor (e.g. per evaluation) reuses the compiled programs."""
+    try:
+        return _describe_fn_cached(model, weights)
+    except TypeError:  # an unhashable field (e.g. an alpha_init array): no sharing
+        return _make_describe_fn(model, weights)
+
+
+def _make_describe_fn(model, weights):
+    def describe(variables_per_scale, batches):
+        descs = [model.apply(v, normalize(b)) for v, b in zip(variables_per_scale, batches, strict=True)]
+        return combine_scales(descs, weights)
+
+    return jax.jit(describe)
+
+
+_describe_fn_cached = functools.lru_cache(maxsize=16)(_make_describe_fn)
 
 
 def _plain(tree):

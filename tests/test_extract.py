@@ -1,0 +1,324 @@
+"""Extractor and remap-extract: resizing buckets, crops, multi-scale, data parallel, odd files, resume."""
+
+import functools
+import io
+import json
+import os
+import warnings
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from remap_jax import Extractor
+from remap_jax import extract as ex_mod
+from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, normalize, resize_to
+from remap_jax.extract import Described, Failed, list_images, main, partial_path, target_size
+from remap_jax.model import combine_scales, save_exported
+
+SIZE = (64, 96)  # landscape (height, width): stride-32 maps of 2x3, tiny and fast
+ARGS = ["--arch", "resnet18", "--levels", "2", "--image-size", "64,96", "--batch-size", "2", "--quiet"]
+
+
+def _pretrained(**options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no weights given, using a random backbone"
+        opts = dict(levels=2, image_size=SIZE, batch_size=2, workers=2)
+        opts.update(options)
+        return Extractor.from_pretrained("resnet18", None, **opts)
+
+
+@functools.cache
+def _extractor():
+    return _pretrained()
+
+
+def _rng_images(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    # smooth random images (so resizing and JPEG do not turn them into noise)
+    out = []
+    for h, w in shapes:
+        small = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+        out.append(resize_to(small, (h, w)))
+    return out
+
+
+def _manual(extractor, img, size=None, scales=(1.0,), weights=None):
+    """What the Extractor should compute: resize the original to each scale, normalise, model, combine."""
+    size = size or target_size(img.shape[0], img.shape[1], extractor.image_size, extractor.resize)
+    descs = []
+    for s in scales:
+        scaled = (round(size[0] * s), round(size[1] * s))
+        x = normalize(resize_to(img, scaled))[None]
+        # region weights refitted to this map size where the extractor does so (constant alpha only)
+        descs.append(extractor.model.apply(extractor._fit_alpha(scaled), x))
+    return np.asarray(combine_scales(descs, weights))[0]
+
+
+def test_target_size():
+    assert target_size(480, 640) == (768, 1024)
+    assert target_size(640, 480) == (1024, 768)
+    assert target_size(500, 500) == (768, 1024)
+    assert target_size(480, 640, (1024, 768)) == (768, 1024)  # orientation of image_size does not matter
+    assert target_size(300, 1000, resize="long_side") == (320, 1024)  # 307 -> nearest multiple of 64
+    assert target_size(1000, 300, resize="long_side") == (1024, 320)
+    assert target_size(10, 1000, resize="long_side") == (64, 1024)  # at least one bucket
+    assert target_size(999, 1000, resize="long_side", bucket=32) == (1024, 1024)
+    with pytest.raises(ValueError, match="resize: expected one of"):
+        target_size(1, 1, resize="crop")
+
+
+def test_descriptors_match_the_model_and_do_not_depend_on_batching():
+    ex = _extractor()
+    images = _rng_images([(100, 150), (150, 100), (80, 80), (60, 200), (200, 120)])
+    d = ex(images)
+    assert d.shape == (5, 512 + 512) and d.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, rtol=1e-5)
+    for i in (0, 1, 3):
+        np.testing.assert_allclose(d[i], _manual(ex, images[i]), rtol=1e-4, atol=2e-5)
+    np.testing.assert_array_equal(ex(images[::-1])[::-1], d)
+    np.testing.assert_array_equal(ex(images[3:4])[0], d[3])
+    assert ex([]).shape == (0, 1024)
+
+
+def test_bounding_box_crop():
+    ex = _extractor()
+    img = _rng_images([(120, 160)])[0]
+    bbox = (10.4, 20, 150, 100.6)
+    d = ex([img, img], bboxes=[bbox, None])
+    np.testing.assert_allclose(d[0], ex([crop_bbox(img, bbox)])[0], rtol=1e-6)
+    assert not np.allclose(d[0], d[1])
+    with pytest.raises(ImageDecodeError, match="#0: bbox"):
+        ex([img], bboxes=[(500, 500, 600, 600)])
+    with pytest.raises(ValueError, match="bboxes: expected 1"):
+        ex([img], bboxes=[None, None])
+
+
+def test_multiscale_resizes_each_scale_from_the_original():
+    ex = _extractor()
+    ms = Extractor(ex.model, ex.variables, image_size=SIZE, scales=(1.0, 1.5), scale_weights=(1.0, 0.5))
+    img = _rng_images([(130, 170)])[0]
+    expected = _manual(ms, img, scales=(1.0, 1.5), weights=(1.0, 0.5))
+    np.testing.assert_allclose(ms([img])[0], expected, rtol=1e-4, atol=2e-5)
+
+
+def test_data_parallel_over_devices_matches_single_device():
+    assert jax.local_device_count() == 8  # tests/conftest.py simulates 8 CPU devices
+    ex = _extractor()
+    images = _rng_images([(70, 90)] * 5 + [(90, 70)] * 3, seed=3)
+    sharded = Extractor(ex.model, ex.variables, image_size=SIZE, batch_size=8, data_parallel=True)
+    np.testing.assert_allclose(sharded(images), ex(images), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not a multiple of the 8 devices"):
+        Extractor(ex.model, ex.variables, image_size=SIZE, batch_size=6, data_parallel=True)
+
+
+def test_aspect_preserving_buckets_and_region_weights():
+    ex = _extractor()
+    aspect = Extractor(ex.model, ex.variables, image_size=SIZE, resize="long_side", bucket=32)
+    img = _rng_images([(40, 100)])[0]  # long side 96, short side 38.4 -> 32: a 1x3 map, other regions
+    np.testing.assert_allclose(aspect([img])[0], _manual(aspect, img, size=(32, 96)), rtol=1e-4, atol=2e-5)
+    # Learned (non-constant) region weights belong to one map shape: a clear error for other shapes.
+    params = jax.tree.map(np.asarray, ex.variables["params"])
+    alpha = params["head"]["stream_layer4_0"]["alpha"]
+    params["head"]["stream_layer4_0"]["alpha"] = np.linspace(0.5, 1.5, alpha.shape[0]).astype(np.float32)
+    learned = Extractor(ex.model, {**ex.variables, "params": params}, image_size=SIZE, resize="long_side",
+                        bucket=32)
+    learned([_rng_images([(60, 90)])[0]])  # same shape as training: fine
+    with pytest.raises(ValueError, match="learned region weights.*resize='fixed'"):
+        learned([img])
+
+
+def test_failures_are_listed():
+    ex = _extractor()
+    good = _rng_images([(64, 96)])[0]
+    with pytest.raises(ImageDecodeError, match=r"2 of 3 could not be described: #1: .*#2: expected a uint8"):
+        ex([good, b"not an image", np.zeros((5, 5), np.uint8)])
+
+
+def test_from_checkpoint(tmp_path):
+    ex = _extractor()
+    config = {"arch": "resnet18", "taps": list(ex.model.taps), "head": "remap", "levels": 2, "whiten": False,
+              "image_size": list(SIZE), "scales": [1.0, 1.25], "scale_weights": [1.0, 1.0]}
+    save_exported(str(tmp_path / "export"), config, ex.variables)
+    loaded = Extractor.from_checkpoint(str(tmp_path), batch_size=2)  # a workdir holding export/
+    assert loaded.scales == (1.0, 1.25) and loaded.image_size == SIZE
+    img = _rng_images([(100, 100)])[0]
+    expected = _manual(ex, img, scales=(1.0, 1.25))
+    np.testing.assert_allclose(loaded([img])[0], expected, rtol=1e-4, atol=2e-5)
+    single = Extractor.from_checkpoint(str(tmp_path / "export"), scales=(1.0,), batch_size=2)
+    np.testing.assert_allclose(single([img])[0], ex([img])[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- the command
+
+
+def _write_odd_images(folder):
+    """Every kind of file the command must cope with; returns {name: expected outcome}."""
+    os.makedirs(folder / "sub", exist_ok=True)
+    base = _rng_images([(72, 108)], seed=7)[0]
+    pil = Image.fromarray(base)
+    pil.save(folder / "rgb.jpg", quality=95)
+    pil.convert("L").save(folder / "gray.png")
+    pil.convert("CMYK").save(folder / "cmyk.jpg")
+    pil.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    rgba = pil.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "sub" / "alpha.png")
+    Image.fromarray(base[..., 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed: a landscape file shown as portrait
+    pil.save(folder / "exif.jpg", exif=exif, quality=95)
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=95)
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff this is not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    readable = ["cmyk.jpg", "exif.jpg", "gray.png", "palette.png", "rgb.jpg", "sixteen.png", "sub/alpha.png"]
+    try:  # whatever the shared decoder decides about truncated files, the command must agree with it
+        load_rgb(str(folder / "truncated.jpg"))
+        readable.append("truncated.jpg")
+    except ImageDecodeError:
+        pass
+    return sorted(readable), sorted({"corrupt.jpg", "empty.png", "truncated.jpg"} - set(readable))
+
+
+def test_command_odd_images(tmp_path, capsys):
+    folder = tmp_path / "images"
+    readable, unreadable = _write_odd_images(folder)
+    out = tmp_path / "db.npz"
+    assert main([*ARGS, "--images", str(folder), "--out", str(out)]) == 0
+    with np.load(out) as f:
+        ids, desc, failed = list(f["ids"]), f["descriptors"], list(f["failed"])
+        reasons = list(f["failed_reasons"])
+        meta = json.loads(str(f["meta"]))
+    assert ids == readable and sorted(failed) == unreadable
+    assert all("cannot decode" in r or "empty" in r for r in reasons)
+    assert desc.shape == (len(readable), 1024)
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1.0, rtol=1e-5)
+    assert meta["arch"] == "resnet18" and meta["scales"] == [1.0]
+    assert not os.path.exists(partial_path(str(out)))
+    # The EXIF-rotated file is described as displayed (portrait), like the rotated pixels.
+    raw = load_rgb(str(folder / "exif.jpg"), exif_transpose=False)
+    rotated = np.ascontiguousarray(np.rot90(raw, k=-1))
+    ex = _extractor()
+    np.testing.assert_allclose(desc[ids.index("exif.jpg")], ex([rotated])[0], rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(desc[ids.index("gray.png")], ex([load_rgb(str(folder / "gray.png"))])[0],
+                               rtol=1e-4, atol=2e-5)
+    err = capsys.readouterr().err
+    assert "failed: corrupt.jpg" in err and "img/s" in err
+
+
+def test_list_file_with_bboxes(tmp_path):
+    images = _rng_images([(80, 120), (120, 80)], seed=5)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"q {i}.png")
+    listing = tmp_path / "queries.txt"
+    listing.write_text("# query list\nq 0.png 10 5 90 70\n\nq 1.png\nmissing.png\n")
+    ids, paths, bboxes = list_images(str(listing))
+    assert ids == ["q 0.png", "q 1.png", "missing.png"]
+    assert bboxes == [(10.0, 5.0, 90.0, 70.0), None, None]
+    assert paths[0] == str(tmp_path / "q 0.png")
+    out = tmp_path / "q.npz"
+    assert main([*ARGS, "--images", str(listing), "--out", str(out)]) == 0
+    with np.load(out) as f:
+        assert list(f["ids"]) == ["q 0.png", "q 1.png"] and list(f["failed"]) == ["missing.png"]
+        np.testing.assert_allclose(f["descriptors"][0], _extractor()([crop_bbox(images[0], bboxes[0])])[0],
+                                   rtol=1e-4, atol=2e-5)
+    (tmp_path / "dup.txt").write_text("a.png\na.png\n")
+    with pytest.raises(ValueError, match="duplicate entries"):
+        list_images(str(tmp_path / "dup.txt"))
+    assert main([*ARGS, "--images", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_command_resumes_after_interruption(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(_rng_images([(64, 96)] * 7, seed=11)):
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    (folder / "bad.png").write_bytes(b"broken")
+    out = str(tmp_path / "db.npz")
+    reference = str(tmp_path / "ref.npz")
+    assert main([*ARGS, "--images", str(folder), "--out", reference]) == 0
+
+    original = Extractor.describe_iter
+    seen = []
+
+    def interrupted(self, sources, bboxes=None, indices=None, progress=False):
+        seen.append(list(indices))
+        for n, item in enumerate(original(self, sources, bboxes, indices, progress)):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(Extractor, "describe_iter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([*ARGS, "--images", str(folder), "--out", out, "--save-every", "100"])
+    with np.load(partial_path(out)) as f:
+        first = list(f["ids"]) + list(f["failed"])
+    assert 3 <= len(first) < 8 and not os.path.exists(out)
+    assert "progress saved" in capsys.readouterr().err
+
+    # A resume with other settings refuses to mix descriptors.
+    monkeypatch.setattr(Extractor, "describe_iter", original)
+    with pytest.raises(SystemExit, match="other settings"):
+        main([*ARGS, "--images", str(folder), "--out", out, "--scales", "1,1.25"])
+
+    calls = []
+
+    def counting(self, sources, bboxes=None, indices=None, progress=False):
+        calls.append(list(indices))
+        yield from original(self, sources, bboxes, indices, progress)
+
+    monkeypatch.setattr(Extractor, "describe_iter", counting)
+    assert main([*ARGS, "--images", str(folder), "--out", out]) == 0
+    assert len(calls[0]) == 8 - len(first)  # only what was not finished
+    assert "resuming from" in capsys.readouterr().err
+    with np.load(out) as f, np.load(reference) as g:
+        assert list(f["ids"]) == list(g["ids"]) == [f"{i:02d}.png" for i in range(7)]
+        assert list(f["failed"]) == ["bad.png"]
+        np.testing.assert_allclose(f["descriptors"], g["descriptors"], rtol=1e-6)
+    assert not os.path.exists(partial_path(out))
+
+
+def test_partial_file_is_written_periodically(tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(_rng_images([(64, 96)] * 6, seed=2)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    writes = []
+    real = ex_mod._save_npz_atomic
+
+    def spy(path, **arrays):
+        writes.append((os.path.basename(path), len(arrays["ids"])))
+        real(path, **arrays)
+
+    monkeypatch.setattr(ex_mod, "_save_npz_atomic", spy)
+    out = str(tmp_path / "o.npz")
+    assert main([*ARGS, "--images", str(folder), "--out", out, "--save-every", "1"]) == 0
+    assert writes[-1] == ("o.npz", 6)
+    partial_sizes = [n for name, n in writes if name == "o.partial.npz"]
+    assert partial_sizes == [2, 4, 6]
+
+
+def test_command_argument_errors(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(_rng_images([(64, 96)])[0]).save(folder / "a.png")
+    out = str(tmp_path / "o.npz")
+    with pytest.raises(SystemExit, match="--arch .*or --checkpoint"):
+        main(["--images", str(folder), "--out", out])
+    with pytest.raises(SystemExit, match="not both"):
+        main(["--images", str(folder), "--out", out, "--checkpoint", "x", "--arch", "resnet18"])
+    with pytest.raises(SystemExit, match="comma-separated numbers"):
+        main([*ARGS, "--images", str(folder), "--out", out, "--scales", "1,big"])
+
+
+def test_describe_iter_reports_in_completion_order():
+    ex = _extractor()
+    items = list(ex.describe_iter(_rng_images([(64, 96), (96, 64), (64, 96)]) + [b""], indices=[0, 1, 2, 3]))
+    failed = [i for i in items if isinstance(i, Failed)]
+    described = [i for i in items if isinstance(i, Described)]
+    assert [f.index for f in failed] == [3]
+    assert sorted(np.concatenate([d.indices for d in described]).tolist()) == [0, 1, 2]
