@@ -1,33 +1,41 @@
 """Vectorised ROI max-pooling over a static set of rectangular regions.
 
-The classic formulation slices every region and takes its max: R reductions that each re-read a large part
-of the map (the R-MAC grid covers every cell about 5 times at L=4). Here the map is read once:
+The classic formulation slices every region and takes its max: R reductions that together read the map
+about five times over (R-MAC at L=4 covers each cell ~5x) and compile into one op per region. Here:
 
-1. The region borders cut the rows and the columns into *atomic intervals* (no region border falls inside
-   one). A separable segment max reduces the map to a small grid of cell maxima (B, n_rows, n_cols, C);
-   for the 40-region grid on 24x32 that grid has 13x17 cells, read from the map in one pass.
-2. Each region is a rectangle of atomic cells. Its max is taken over the cell grid, first along columns for
-   every distinct column interval, then along rows for every region.
+1. **Cells.** The region borders cut the rows and the columns into atomic intervals; no region border falls
+   inside an atomic *cell* (row interval x column interval), so every region is a rectangle of whole cells.
+   One pass over the map computes the max of every cell: (B, H, W, C) -> (B, n_row_cells, n_col_cells, C),
+   for the 40-region grid on a 24x32 map a 12x17 grid. This is the only step that touches the map.
+2. **Strips.** For every distinct column interval, the max over its cells in each cell row: one masked
+   max-reduction over the cell columns -> (B, n_row_cells, n_col_intervals, C).
+3. **Regions.** Regions are grouped by size (each R-MAC scale is one group: a full grid of row intervals x
+   column intervals); per group one masked max-reduction over the cell rows of its strips gives the whole
+   group at once. Groups are concatenated and put in the caller's region order.
 
-Each reduction is one gather + max. Segments of different lengths are grouped by length so that a group is
-a dense (n, length) gather, which keeps the number of XLA ops proportional to the number of distinct
-lengths, not to R, and reads every input element once (no padding waste). Where a dimension needs no
-reduction (every atomic interval has length 1) the step is skipped.
+The number of compiled ops depends on the number of region sizes (L for R-MAC), not on R. Step 1 has two
+lowerings: on CPU, elementwise maxima of the (B, C) pixel slices of each cell, which XLA emits as small
+loop fusions that read the map exactly once and write only the cell grid (a gather-based version
+materialises a padded copy of the map, and large intermediate writes dominate on CPU); on GPU/TPU, an
+idempotently padded gather (a cell's pixel list is padded by repeating its last pixel, harmless for max)
+reduced in one fused reduction.
 
-Everything about the regions is static numpy (computed at trace time), so the compiled program depends only
-on the shapes.
+Half-precision inputs are reduced in float32 (exact: a max of bf16 values is a bf16 value; CPUs have no
+native bf16 max) and returned in the input dtype. Everything about the regions is static numpy computed at
+trace time, so the compiled program depends only on the shapes.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["roi_max_pool", "validate_regions"]
+
+_METHODS = ("auto", "slices", "gather")
 
 
 def validate_regions(regions, height: int, width: int) -> np.ndarray:
@@ -50,123 +58,181 @@ def validate_regions(regions, height: int, width: int) -> np.ndarray:
         raise ValueError(
             f"regions: region {i} = {regions[i].tolist()} ([y0, x0, h, w]) is empty or lies outside the "
             f"{height}x{width} feature map; expected 0 <= y0, y0 + h <= {height}, "
-            f"0 <= x0, x0 + w <= {width}, "
-            "h, w >= 1"
+            f"0 <= x0, x0 + w <= {width}, h, w >= 1"
         )
     return regions
 
 
+class _Plan:
+    """Static description of the three steps for one region array (all numpy, built at trace time)."""
+
+    def __init__(self, regions: np.ndarray):
+        y0, x0, h, w = (regions[:, i] for i in range(4))
+        self.row_cuts = np.unique(np.concatenate([y0, y0 + h]))
+        self.col_cuts = np.unique(np.concatenate([x0, x0 + w]))
+        n_row_cells, n_col_cells = len(self.row_cuts) - 1, len(self.col_cuts) - 1
+        # Distinct column intervals and, per interval, the mask of its cell columns.
+        col_iv = np.unique(np.stack([x0, x0 + w], 1), axis=0)
+        cell_lo = self.col_cuts[:-1]
+        self.strip_mask = (cell_lo[None, :] >= col_iv[:, :1]) & (cell_lo[None, :] < col_iv[:, 1:])
+        strip_of = {tuple(iv): s for s, iv in enumerate(col_iv.tolist())}
+        row_lo = self.row_cuts[:-1]
+        # Groups of regions with the same size; per group its row intervals x strips grid.
+        self.groups = []  # (strip indices (n_j,), row-cell mask (n_i, n_row_cells))
+        position = np.empty(len(regions), np.int64)  # where each region lands in the concatenated output
+        offset = 0
+        sizes = np.unique(np.stack([h, w], 1), axis=0)
+        for gh, gw in sizes.tolist():
+            members = np.flatnonzero((h == gh) & (w == gw))
+            starts_y = np.unique(y0[members])
+            strips = np.unique([strip_of[(int(x0[m]), int(x0[m] + w[m]))] for m in members])
+            row_mask = (row_lo[None, :] >= starts_y[:, None]) & (row_lo[None, :] < starts_y[:, None] + gh)
+            self.groups.append((strips, row_mask))
+            for m in members:
+                i = int(np.searchsorted(starts_y, y0[m]))
+                j = int(np.searchsorted(strips, strip_of[(int(x0[m]), int(x0[m] + w[m]))]))
+                position[m] = offset + i * len(strips) + j
+            offset += len(starts_y) * len(strips)
+        self.total = offset
+        self.position = position
+        self.shape = (n_row_cells, n_col_cells)
+
+
 @functools.lru_cache(maxsize=128)
-def _atomic_plan(intervals: tuple[tuple[int, int], ...]):
-    """Atomic cut of one axis by a set of half-open [start, stop) intervals.
-
-    Returns (cuts, members): `cuts` the sorted distinct borders; atomic interval j is [cuts[j], cuts[j+1]);
-    `members[i]` the (first, last+1) atomic indices making up interval i.
-    """
-    cuts = sorted({b for iv in intervals for b in iv})
-    pos = {c: j for j, c in enumerate(cuts)}
-    members = tuple((pos[a], pos[b]) for a, b in intervals)
-    return tuple(cuts), members
+def _plan(regions_bytes: bytes, num: int) -> _Plan:
+    return _Plan(np.frombuffer(regions_bytes, np.int64).reshape(num, 4))
 
 
-def _grouped_segment_max(x: jnp.ndarray, axis: int, segments: Sequence[Sequence[int]]) -> jnp.ndarray:
-    """Max of `x` over each list of indices along `axis`; the output has len(segments) entries there.
+def _cells_by_slices(x: jnp.ndarray, row_cuts, col_cuts, dtype) -> jnp.ndarray:
+    """Cell maxima as elementwise maxima of (B, C) pixel slices: reads the map once, writes the cell grid.
 
-    Segments of equal length form one (n, length) gather + max; groups are then put back in order.
-    """
-    if all(len(s) == 1 for s in segments):
-        idx = np.asarray([s[0] for s in segments])
-        if idx.size == x.shape[axis] and np.array_equal(idx, np.arange(idx.size)):
-            return x
-        return jnp.take(x, idx, axis=axis)
-    by_len: dict[int, list[int]] = {}
-    for i, s in enumerate(segments):
-        by_len.setdefault(len(s), []).append(i)
-    parts, order = [], []
-    for length, which in sorted(by_len.items()):
-        idx = np.asarray([segments[i] for i in which], dtype=np.int32)  # (n, length)
-        gathered = jnp.take(x, idx, axis=axis)  # (..., n, length, ...)
-        parts.append(gathered.max(axis=axis + 1) if length > 1 else jnp.squeeze(gathered, axis + 1))
-        order.extend(which)
-    out = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
-    inverse = np.argsort(np.asarray(order))
-    if np.array_equal(inverse, np.arange(inverse.size)):
-        return out
-    return jnp.take(out, inverse, axis=axis)
-
-
-def _sliced_segment_max(x: jnp.ndarray, axis: int, segments: Sequence[Sequence[int]]) -> jnp.ndarray:
-    """Like `_grouped_segment_max`, as elementwise maxima of static slices (one loop fusion in XLA)."""
-
-    def pick(i):
-        return jax.lax.index_in_dim(x, i, axis, keepdims=False)
-
-    outs = [functools.reduce(jnp.maximum, [pick(i) for i in s]) for s in segments]
-    return jnp.stack(outs, axis=axis)
-
-
-def _cell_max(x: jnp.ndarray, row_cuts, col_cuts) -> jnp.ndarray:
-    """Max of (B, H, W, C) `x` over every atomic cell -> (B, len(row_cuts) - 1, len(col_cuts) - 1, C).
-
-    Written as one elementwise maximum over the (B, C) pixel slices of each cell followed by a single
-    stack: XLA fuses this into one pass over the map that writes only the small cell grid (a per-axis
-    separable version writes a large intermediate, which on CPU costs more than the reads it saves).
+    Each pixel slice is cast to `dtype` on its own, so no converted copy of the map is materialised.
     """
     b, _, _, c = x.shape
     cells = []
     for y0, y1 in zip(row_cuts[:-1], row_cuts[1:], strict=True):
         for x0, x1 in zip(col_cuts[:-1], col_cuts[1:], strict=True):
-            pixels = [x[:, i, j] for i in range(y0, y1) for j in range(x0, x1)]
+            pixels = [x[:, i, j].astype(dtype) for i in range(y0, y1) for j in range(x0, x1)]
             cells.append(functools.reduce(jnp.maximum, pixels))
     return jnp.stack(cells, axis=1).reshape(b, len(row_cuts) - 1, len(col_cuts) - 1, c)
 
 
-def _ranges(members) -> list[list[int]]:
-    return [list(range(a, b)) for a, b in members]
+def _bf16_pairs_to_f32(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(..., C) bfloat16 with even C -> the even and odd channels as exact float32, (..., C/2) each.
+
+    Works on the map viewed as uint32 words (two bf16 per word): a bf16 is the top half of its float32, so
+    masking/shifting gives the float32 values with 32-bit integer ops only. XLA's CPU backend handles
+    16-bit elements in fused loops slowly; this keeps the cell pass as fast as for float32.
+    """
+    words = jax.lax.bitcast_convert_type(x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2), jnp.uint32)
+    even = jax.lax.bitcast_convert_type(words << 16, jnp.float32)  # little-endian: element 0 is the low half
+    odd = jax.lax.bitcast_convert_type(words & jnp.uint32(0xFFFF0000), jnp.float32)
+    return even, odd
 
 
-def roi_max_pool(features: jnp.ndarray, regions) -> jnp.ndarray:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _cells_bf16_by_slices(x: jnp.ndarray, row_cuts: tuple, col_cuts: tuple) -> jnp.ndarray:
+    """Cell maxima of a bfloat16 map (even C) as float32, through the uint32 view (see above)."""
+    b, h, w, c = x.shape
+    words = jax.lax.bitcast_convert_type(x.reshape(b, h, w, c // 2, 2), jnp.uint32)
+    cells = []
+    for y0, y1 in zip(row_cuts[:-1], row_cuts[1:], strict=True):
+        for x0, x1 in zip(col_cuts[:-1], col_cuts[1:], strict=True):
+            pixels = [words[:, i, j] for i in range(y0, y1) for j in range(x0, x1)]
+            evens = functools.reduce(
+                jnp.maximum, [jax.lax.bitcast_convert_type(p << 16, jnp.float32) for p in pixels]
+            )
+            odds = functools.reduce(
+                jnp.maximum,
+                [jax.lax.bitcast_convert_type(p & jnp.uint32(0xFFFF0000), jnp.float32) for p in pixels],
+            )
+            cells.append(jnp.stack([evens, odds], axis=-1).reshape(b, c))
+    return jnp.stack(cells, axis=1).reshape(b, len(row_cuts) - 1, len(col_cuts) - 1, c)
+
+
+def _cells_bf16_fwd(x, row_cuts, col_cuts):
+    return _cells_bf16_by_slices(x, row_cuts, col_cuts), x
+
+
+def _cells_bf16_bwd(row_cuts, col_cuts, x, cotangent):
+    # The gradient goes through the plain float32 formulation: same maxima, differentiable ops.
+    _, vjp = jax.vjp(lambda v: _cells_by_slices(v, list(row_cuts), list(col_cuts), jnp.float32), x)
+    return vjp(cotangent)
+
+
+_cells_bf16_by_slices.defvjp(_cells_bf16_fwd, _cells_bf16_bwd)
+
+
+def _padded_index(cuts) -> np.ndarray:
+    """(n_cells, max_len) indices of each atomic interval, padded by repeating its last index."""
+    lengths = np.diff(cuts)
+    offsets = np.minimum(np.arange(lengths.max())[None, :], lengths[:, None] - 1)
+    return (cuts[:-1, None] + offsets).astype(np.int32)
+
+
+def _cells_by_gather(x: jnp.ndarray, row_cuts, col_cuts, dtype) -> jnp.ndarray:
+    """Cell maxima as one padded gather + max (fused into a single reduction by XLA on GPU/TPU)."""
+    rows, cols = _padded_index(row_cuts), _padded_index(col_cuts)
+    gathered = x[:, rows[:, :, None, None], cols[None, None, :, :]]  # (B, nr, Lr, nc, Lc, C)
+    return gathered.astype(dtype).max(axis=(2, 4))
+
+
+def _masked_max(x: jnp.ndarray, mask: np.ndarray, axis: int) -> jnp.ndarray:
+    """out[..., m, ...] = max over k with mask[m, k] of x[..., k, ...]; `axis` indexes k in x.
+
+    Written as a chain of elementwise maxima over the K slices of x, each broadcast over m and masked with
+    -inf, so XLA emits one loop fusion that writes only the output (a broadcast-select-reduce materialises
+    the (M, K) product on CPU).
+    """
+    out = None
+    for k in np.flatnonzero(mask.any(axis=0)):
+        piece = jax.lax.slice_in_dim(x, int(k), int(k) + 1, axis=axis)  # (..., 1, ...)
+        shape = [1] * x.ndim
+        shape[axis] = mask.shape[0]
+        term = jnp.where(mask[:, k].reshape(shape), piece, -jnp.inf)
+        out = term if out is None else jnp.maximum(out, term)
+    return out
+
+
+def roi_max_pool(features: jnp.ndarray, regions, method: str = "auto") -> jnp.ndarray:
     """Spatial max of `features` inside every region.
 
     Args:
-      features: (B, H, W, C) float array (float32 or bfloat16), NHWC.
-      regions: static (R, 4) integer array-like of [y0, x0, h, w] in cells (e.g. `rmac_regions(H, W)`); must
-        lie inside the map. It is a Python/numpy constant, not a traced value.
+      features: (B, H, W, C) float array (float32, bfloat16 or float16), NHWC.
+      regions: static (R, 4) integer array-like of [y0, x0, h, w] in cells (e.g. `rmac_regions(H, W)`); every
+        region must lie inside the map. It is a Python/numpy constant, not a traced value.
+      method: how the cell maxima are computed: "slices" (best on CPU), "gather" (best on GPU/TPU), or
+        "auto" (by `jax.default_backend()`). Results are identical.
 
     Returns:
-      (B, R, C) array of the same dtype: out[b, r, c] = features[b, y0:y0+h, x0:x0+w, c].max().
+      (B, R, C) array of the input dtype: out[b, r, c] = features[b, y0:y0+h, x0:x0+w, c].max().
       Works under jit, vmap and grad (the gradient of each output goes to its region's max element).
     """
     if features.ndim != 4:
         raise ValueError(f"features: expected rank 4 (B, H, W, C), got shape {tuple(features.shape)}")
+    if method not in _METHODS:
+        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    if not jnp.issubdtype(features.dtype, jnp.floating):
+        raise ValueError(f"features: expected a floating dtype, got {features.dtype}")
     _, height, width, _ = features.shape
     regions = validate_regions(regions, height, width)
-    row_iv = tuple((int(y0), int(y0 + h)) for y0, _, h, _ in regions)
-    col_iv = tuple((int(x0), int(x0 + w)) for _, x0, _, w in regions)
-    col_unique = tuple(dict.fromkeys(col_iv))
+    plan = _plan(regions.tobytes(), len(regions))
+    if method == "auto":
+        method = "slices" if jax.default_backend() == "cpu" else "gather"
 
-    # Step 1: the map -> cell maxima (B, n_row_cells, n_col_cells, C), reading the map once.
-    row_cuts, row_members = _atomic_plan(tuple(sorted(set(row_iv))))
-    col_cuts, col_members = _atomic_plan(tuple(sorted(set(col_unique))))
-    # Half-precision max is emulated through float32 on CPUs; doing the upcast inside the fused pass costs
-    # nothing in memory traffic and the result is exact (a max of bf16 values is a bf16 value).
-    compute = features.astype(jnp.float32) if jnp.dtype(features.dtype).itemsize < 4 else features
-    cells = _cell_max(compute, row_cuts, col_cuts)
-
-    # Step 2: distinct column intervals over the cell columns -> (B, n_row_cells, n_col_intervals, C).
-    col_sorted = tuple(sorted(set(col_unique)))
-    col_of = {iv: i for i, iv in enumerate(col_sorted)}
-    col_pos = {iv: m for iv, m in zip(col_sorted, col_members, strict=True)}
-    strips = _sliced_segment_max(cells, 2, _ranges([col_pos[iv] for iv in col_sorted]))
-
-    # Step 3: every region = its row cells within its column strip; flatten (row cell, strip) to one axis.
-    row_sorted = tuple(sorted(set(row_iv)))
-    row_pos = {iv: m for iv, m in zip(row_sorted, row_members, strict=True)}
-    n_strips = len(col_sorted)
-    b, n_rc = strips.shape[0], strips.shape[1]
-    flat = strips.reshape(b, n_rc * n_strips, strips.shape[-1])
-    segments = [
-        [r * n_strips + col_of[civ] for r in range(*row_pos[riv])]
-        for riv, civ in zip(row_iv, col_iv, strict=True)
-    ]
-    return _sliced_segment_max(flat, 1, segments).astype(features.dtype)
+    compute_dtype = jnp.float32 if jnp.dtype(features.dtype).itemsize < 4 else features.dtype
+    if method == "slices" and features.dtype == jnp.bfloat16 and features.shape[-1] % 2 == 0:
+        cells = _cells_bf16_by_slices(features, tuple(plan.row_cuts.tolist()), tuple(plan.col_cuts.tolist()))
+    elif method == "slices":
+        cells = _cells_by_slices(features, plan.row_cuts.tolist(), plan.col_cuts.tolist(), compute_dtype)
+    else:
+        cells = _cells_by_gather(features, plan.row_cuts, plan.col_cuts, compute_dtype)
+    strips = _masked_max(cells, plan.strip_mask, axis=2)  # (B, n_row_cells, n_strips, C)
+    outputs = []
+    for strip_idx, row_mask in plan.groups:
+        group = _masked_max(jnp.take(strips, strip_idx, axis=2), row_mask, axis=1)  # (B, n_i, n_j, C)
+        outputs.append(group.reshape(group.shape[0], -1, group.shape[-1]))
+    pooled = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
+    if plan.total != len(regions) or not np.array_equal(plan.position, np.arange(len(regions))):
+        pooled = jnp.take(pooled, plan.position, axis=1)
+    return pooled.astype(features.dtype)
