@@ -81,13 +81,20 @@ def fit_whitening(method: str, x: np.ndarray, positives: np.ndarray, out_dim: in
     return None
 
 
-def score(qvecs, dbvecs, gnd) -> dict:
+def score(qvecs, dbvecs, gnd) -> tuple[dict, np.ndarray]:
+    """mAP (%) per setup, and the per-query AP (%) of the main setup (Medium, or the only one)."""
     ranks = evaluate.rank_database(qvecs, dbvecs)
     if gnd and "easy" in gnd[0]:
         res = evaluate.evaluate_revisited(ranks, gnd)
-        return {k: round(float(res[k]["mAP"]), 2) for k in ("easy", "medium", "hard")}
-    m = evaluate.compute_map(ranks, gnd)[0]
-    return {"mAP": round(100.0 * float(m), 2)}
+        return {k: round(float(res[k]["mAP"]), 2) for k in ("easy", "medium", "hard")}, res["medium"]["aps"]
+    m, aps, _, _ = evaluate.compute_map(ranks, gnd)
+    return {"mAP": round(100.0 * float(m), 2)}, 100.0 * aps
+
+
+def paired_se(aps: np.ndarray, base_aps: np.ndarray) -> float:
+    """Standard error of the mean per-query AP difference (queries scored in both)."""
+    d = (aps - base_aps)[~np.isnan(aps) & ~np.isnan(base_aps)]
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
 
 
 def main(argv=None) -> int:
@@ -172,7 +179,7 @@ def main(argv=None) -> int:
     db_desc = describe_list(fns, batch_size, database, test_size, layers)
     t1 = time.perf_counter()
 
-    rows = []
+    rows, query_aps = [], []
     for method in ("none", "pca", "lw"):
         for name, alpha in alphas.items():
             x = pooled(train_desc, alpha, layers)
@@ -182,11 +189,17 @@ def main(argv=None) -> int:
                 q, db = l2(q), l2(db)
             else:
                 q, db = whitening.apply_whitening(q, *wb), whitening.apply_whitening(db, *wb)
-            rows.append({"whitening": method, "alpha": name, **score(q, db, test_set.gnd)})
+            maps, aps = score(q, db, test_set.gnd)
+            rows.append({"whitening": method, "alpha": name, **maps})
+            query_aps.append(aps)
     t2 = time.perf_counter()
 
     keys = [k for k in rows[0] if k not in ("whitening", "alpha")]
-    base = {r["whitening"]: r for r in rows if r["alpha"].startswith("1")}
+    main_key = "medium" if "medium" in keys else keys[0]
+    base = {r["whitening"]: (r, a) for r, a in zip(rows, query_aps, strict=True)
+            if r["alpha"].startswith("1")}
+    for r, a in zip(rows, query_aps, strict=True):
+        r[f"se_diff_{main_key}"] = round(paired_se(a, base[r["whitening"]][1]), 2)
     print()
     backbone = (f"trained backbone from {args.export}" if args.export else
                 f"off-the-shelf ({config.model.pretrained or f'random init, seed {config.seed}'})")
@@ -197,9 +210,13 @@ def main(argv=None) -> int:
           f"{' | '.join('vs alpha=1 ' + k for k in keys)} |")
     print("|" + "---|" * (2 + 2 * len(keys)))
     for r in rows:
-        diffs = [f"{r[k] - base[r['whitening']][k]:+.2f}" for k in keys]
+        b = base[r["whitening"]][0]
+        diffs = [f"{r[k] - b[k]:+.2f}" + (f" ± {r[f'se_diff_{k}']:.2f}" if k == main_key and r is not b
+                                          else "") for k in keys]
         print(f"| {r['whitening']} | {r['alpha']} | {' | '.join(f'{r[k]:.2f}' for k in keys)} | "
               f"{' | '.join(diffs)} |")
+    print(f"(± : standard error of the paired per-query {main_key} AP difference over "
+          f"{int(np.sum(~np.isnan(query_aps[0])))} queries)")
     machine = f"{platform.machine()} {os.cpu_count()} cpus, {jax.devices()[0].platform} x{len(jax.devices())}"
     print(f"\n{machine}; describe {t1 - t0:.1f} s, pool + whiten + rank {t2 - t1:.1f} s")
     if args.json:
