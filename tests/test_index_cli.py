@@ -126,3 +126,90 @@ def test_module_runs_as_a_command():
         check=True,
     )
     assert "--pq-bytes" in out.stdout and "--leaves" in out.stdout
+
+
+# ---- train.eval integration: --index exact|scann --pq-bytes M
+
+
+def _retrieval_problem(num_queries=6, per_landmark=8, distractors=200, d=32, seed=0):
+    """Queries with known positives (same landmark, noisy) among random distractors, and its gnd list."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_queries, d))
+    db, gnd = [], []
+    for i in range(num_queries):
+        start = len(db) * 0 + i * per_landmark
+        db.extend(centers[i] + 0.6 * rng.standard_normal((per_landmark, d)))
+        gnd.append(
+            {
+                "easy": np.arange(start, start + per_landmark // 2),
+                "hard": np.arange(start + per_landmark // 2, start + per_landmark - 1),
+                "junk": np.array([start + per_landmark - 1]),
+            }
+        )
+    db = np.concatenate([np.array(db), rng.standard_normal((distractors, d))])
+    q = centers + 0.3 * rng.standard_normal(centers.shape)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return unit(q), unit(db), gnd
+
+
+def test_eval_descriptors_through_exact_and_scann_indexes():
+    from train.eval import evaluate_descriptors
+
+    q, db, gnd = _retrieval_problem()
+    plain = evaluate_descriptors(q, db, gnd)
+    exact = evaluate_descriptors(q, db, gnd, index="exact")
+    assert exact["medium"]["mAP"] == pytest.approx(plain["medium"]["mAP"])
+    assert exact["index"]["bytes_per_image"] == 32 * 4
+    # every candidate re-scored exactly: the ranking and mAP of exact search
+    rescored, ranks = evaluate_descriptors(
+        q, db, gnd, index="scann", index_options={"pq_bytes": 8, "reorder": len(db)}, return_ranks=True
+    )
+    assert ranks.shape == (len(db), len(q))
+    assert rescored["medium"]["mAP"] == pytest.approx(plain["medium"]["mAP"])
+    compressed = evaluate_descriptors(q, db, gnd, index="scann", index_options={"pq_bytes": 4}, qe=True)
+    assert compressed["index"]["bytes_per_image"] == 4 and compressed["index"]["method"] == "scann"
+    assert 0.0 < compressed["medium"]["mAP"] <= 100.0
+    top = evaluate_descriptors(q, db, gnd, index="exact", index_options={"truncate_dim": 16}, k=20)
+    assert top["index"]["bytes_per_image"] == 16 * 4
+
+
+class _FakeTestSet:
+    name = "fake"
+    num_distractors = 0
+
+    def __init__(self, q, db, gnd):
+        self.q, self.db, self.gnd = q, db, gnd
+        self.num_queries, self.num_index = len(q), len(db)
+
+    def read_query(self, i):
+        return np.full((8, 8, 3), i, np.uint8)
+
+    def read_index(self, i):
+        return np.full((8, 8, 3), 100 + i % 100, np.uint8)
+
+
+def test_eval_command_index_flags(tmp_path, monkeypatch, capsys):
+    import remap_jax.data
+    import train.eval as cmd
+
+    q, db, gnd = _retrieval_problem()
+    fake = _FakeTestSet(q, db, gnd)
+    vectors = {"queries": iter([q]), "index": iter([db])}
+
+    def fake_describe_fn(args):
+        # run_eval describes all queries, then the whole index, in one batch each (batch size below)
+        return lambda images: next(vectors["queries"]) if images[0][0, 0, 0] < 100 else next(vectors["index"])
+
+    monkeypatch.setattr(cmd, "make_describe_fn", fake_describe_fn)
+    monkeypatch.setattr(remap_jax.data, "load_test_set", lambda *a, **k: fake)
+    out = tmp_path / "out"
+    common = ["--arch", "resnet18", "--dataset", "fake", "--out", str(out), "--batch-size", "1000"]
+    res = cmd.main(common + ["--index", "scann", "--pq-bytes", "8", "--grid-queries", "0"])
+    assert res["index"]["bytes_per_image"] == 8 and res["index"]["options"]["pq_bytes"] == 8
+    assert "scann index, 8 bytes/image" in capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["index"]["bytes_per_image"] == 8
+    with pytest.raises(SystemExit, match="--pq-bytes: only apply with --index scann"):
+        cmd.main(common + ["--pq-bytes", "8"])
+    with pytest.raises(SystemExit, match="--truncate-dim: needs --index"):
+        cmd.main(common + ["--truncate-dim", "8"])
