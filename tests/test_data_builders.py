@@ -260,3 +260,28 @@ def test_sfm120k_metadata_and_errors(tmp_path):
     (tmp_path / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps(db))
     with pytest.raises(builders.DatasetFileError, match="pidxs has indices outside"):
         _build(builders.Sfm120k, tmp_path, tmp_path / "other")
+
+
+def test_resolve_inputs_prefers_manual_dir_then_downloads(tmp_path):
+    (tmp_path / "gnd_roxford5k.pkl").write_bytes(b"x")
+
+    class FakeManager:
+        manual_dir = tmp_path
+        requested = None
+
+        def download(self, urls):
+            FakeManager.requested = dict(urls)
+            return {name: tmp_path / "downloads" / name for name in urls}
+
+    paths = builders.resolve_inputs(
+        FakeManager(), {"gnd_roxford5k.pkl": "http://a/gnd", "oxbuild_images-v1.tgz": "http://b/tgz"}
+    )
+    assert paths["gnd_roxford5k.pkl"] == tmp_path / "gnd_roxford5k.pkl"
+    assert paths["oxbuild_images-v1.tgz"] == tmp_path / "downloads" / "oxbuild_images-v1.tgz"
+    assert FakeManager.requested == {"oxbuild_images-v1.tgz": "http://b/tgz"}
+
+
+def test_empty_distractor_tar_is_an_error(tmp_path):
+    _write_tar(tmp_path / "revisitop1m.1.tar.gz", {})
+    with pytest.raises(builders.DatasetFileError, match=r"revisitop1m\.1\.tar\.gz: expected JPEG images"):
+        _build(builders.Revisitop1m, tmp_path, tmp_path, config="tars_1")
