@@ -1,8 +1,10 @@
 """TFDS builder tests (tfds.testing.DatasetBuilderTestCase) on tiny fake data that the tests write in the
 real file formats: JPEG tars, revisitop gnd pickles, the SfM-120k db pickle, the GLDv2 csv."""
 
+import atexit
 import io
 import pickle
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -92,7 +94,8 @@ def write_fake_gldv2(root: Path):
     _write_tar(root / "images_000.tar", members)
 
 
-_ROOT = Path(tempfile.mkdtemp(prefix="remap_fake_tfds_"))
+_ROOT = Path(tempfile.mkdtemp(prefix="remap_fake_tfds_"))  # fake inputs of the TFDS test cases below
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 def _example_dir(name, writer):
