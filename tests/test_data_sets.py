@@ -173,3 +173,14 @@ def test_any_tar_prefix_config(tmp_path):
     assert get_builder("revisitop1m/tars_3", str(tmp_path)).builder_config.num_tars == 3
     assert get_builder("revisitop1m/tars_10", str(tmp_path)).builder_config.num_tars == 10
     assert get_builder("gldv2_clean/tars_42", str(tmp_path)).builder_config.num_tars == 42
+
+
+def test_shards_are_disjoint_and_cover_the_data():
+    seen = []
+    for index in range(3):
+        ds = image_batches(_fake_reader, 10, image_size=2, batch_size=1, shuffle=False, num_epochs=1,
+                           shard=(index, 3))
+        seen.append([int(b["index"][0]) for b in ds])
+    assert sorted(sum(seen, [])) == list(range(10)) and seen[0] == [0, 3, 6, 9]
+    with pytest.raises(ValueError, match="shard"):
+        image_batches(_fake_reader, 10, image_size=2, batch_size=1, shard=(3, 3))

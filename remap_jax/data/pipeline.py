@@ -71,6 +71,7 @@ def image_batches(
     indices: Sequence[int] | None = None,
     num_threads: int = 4,
     prefetch: int = 2,
+    shard: tuple[int, int] | None = None,
 ):
     """A grain ``IterDataset`` of batches ``{"images": float32 (B, H, W, 3), "index": int64 (B,),
     "valid": bool (B,)}``.
@@ -87,6 +88,8 @@ def image_batches(
       flip: random horizontal flips (seeded per element).
       indices: an explicit subset / order of item indices.
       num_threads: reader threads (grain prefetch); order and content stay deterministic.
+      shard: ``(index, count)``: this host reads every count-th item starting at index (multi-host
+        training, e.g. ``(jax.process_index(), jax.process_count())``); shards are disjoint.
 
     The iterator's ``get_state()`` / ``set_state(state)`` checkpoint the position (a small dict).
     """
@@ -103,8 +106,13 @@ def image_batches(
     if mode not in RESIZE_MODES:
         raise ValueError(f"mode: expected one of {RESIZE_MODES}, got {mode!r}")
     items = np.arange(num_items, dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
+    if shard is not None:
+        index, count = (int(v) for v in shard)
+        if not 0 <= index < count:
+            raise ValueError(f"shard: expected (index, count) with 0 <= index < count, got {tuple(shard)}")
+        items = items[index::count]
     if items.size == 0:
-        raise ValueError("indices/num_items: the dataset is empty, expected at least one image")
+        raise ValueError("indices/num_items: the dataset (or this shard) is empty, expected >= 1 image")
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs: expected >= 1 or None, got {num_epochs}")
 
