@@ -44,6 +44,11 @@ def _rng_images(shapes, seed=0):
     return out
 
 
+@functools.cache
+def _jit_apply(model):
+    return jax.jit(model.apply)
+
+
 def _manual(extractor, img, size=None, scales=(1.0,), weights=None):
     """What the Extractor should compute: resize the original to each scale, normalise, model, combine."""
     size = size or target_size(img.shape[0], img.shape[1], extractor.image_size, extractor.resize)
@@ -52,7 +57,7 @@ def _manual(extractor, img, size=None, scales=(1.0,), weights=None):
         scaled = (round(size[0] * s), round(size[1] * s))
         x = normalize(resize_to(img, scaled))[None]
         # region weights refitted to this map size where the extractor does so (constant alpha only)
-        descs.append(extractor.model.apply(extractor._fit_alpha(scaled), x))
+        descs.append(_jit_apply(extractor.model)(extractor._fit_alpha(scaled), x))
     return np.asarray(combine_scales(descs, weights))[0]
 
 
