@@ -198,6 +198,13 @@ def test_init_options_reject_unknown_keys():
     config = ml_collections.ConfigDict({"init_head": {"binz": 64}})
     with pytest.raises(ValueError, match="unknown keys"):
         init_head._init_options(config)
+    bad = [("estimator", "parzen", "'histogram' or 'kde'"), ("smoothing", 0.0, "> 0"),
+           ("whitening", "zca", "'lw', 'pca' or 'none'"), ("whitening_power", 2.0, r"in \[0, 1\]"),
+           ("cache_dtype", "int8", "float16")]
+    for field, value, expected in bad:
+        config = ml_collections.ConfigDict({"init_head": {field: value}})
+        with pytest.raises(ValueError, match=f"config.init_head.{field}: expected .*{expected}"):
+            init_head._init_options(config)
 
 
 def _features(seed=0, batch=3, shape=(3, 4), channels=(8, 6)):

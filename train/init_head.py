@@ -333,7 +333,7 @@ def save_region_weight_png(path: str, init: HeadInit, title: str = "KL region we
             ax.set_title(f"{layer}  regions {size[0]}x{size[1]}", fontsize=8)
     fig.suptitle(f"{title}; map {h}x{w} cells", fontsize=9)
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="alpha")
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -370,7 +370,31 @@ def _init_options(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         if unknown:
             raise ValueError(f"config.init_head: unknown keys {sorted(unknown)}; known: {sorted(options)}")
         options.update(given)
+    validate_init_options(options)
     return options
+
+
+def validate_init_options(o: ml_collections.ConfigDict) -> None:
+    """Check every `config.init_head` value before any compute; errors name the field and what is expected."""
+    checks = [
+        (o.num_positive_pairs >= 0, "num_positive_pairs", ">= 0 (0 = all pairs)"),
+        (o.negatives_per_positive > 0, "negatives_per_positive", "> 0"),
+        (o.estimator in ("histogram", "kde"), "estimator", "'histogram' or 'kde'"),
+        (o.bins >= 2, "bins", ">= 2"),
+        (o.smoothing > 0, "smoothing", "> 0 (no empty bins)"),
+        (o.kde_grid_size >= 2, "kde_grid_size", ">= 2"),
+        (o.kde_bandwidth_scale > 0, "kde_bandwidth_scale", "> 0"),
+        (o.min_pairs >= 2, "min_pairs", ">= 2"),
+        (o.normalize in ("mean", "max", "none"), "normalize", "'mean', 'max' or 'none'"),
+        (o.whitening in ("lw", "pca", "none"), "whitening", "'lw', 'pca' or 'none'"),
+        (0.0 <= o.whitening_power <= 1.0, "whitening_power", "a value in [0, 1]"),
+        (o.whitening_ridge >= 0, "whitening_ridge", ">= 0"),
+        (o.cache_chunk >= 1, "cache_chunk", ">= 1"),
+        (o.cache_dtype in ("float32", "float16"), "cache_dtype", "'float32' or 'float16'"),
+    ]
+    for ok, field, expected in checks:
+        if not ok:
+            raise ValueError(f"config.init_head.{field}: expected {expected}, got {o[field]!r}")
 
 
 def _cache_key(config: ml_collections.ConfigDict) -> str:
@@ -445,13 +469,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:
     from remap_jax.data import load_training_set
     from remap_jax.data.images import resize_to
 
-    options = _init_options(config)
-    if options.whitening not in ("lw", "pca", "none"):
-        raise ValueError("config.init_head.whitening: expected 'lw', 'pca' or 'none', "
-                         f"got {options.whitening!r}")
-    if options.estimator not in ("histogram", "kde"):
-        raise ValueError("config.init_head.estimator: expected 'histogram' or 'kde', "
-                         f"got {options.estimator!r}")
+    options = _init_options(config)  # validated: a bad value fails here, before any compute
     if config.model.head != "remap":
         print(f"note: config.model.head is {config.model.head!r}; the alphas only apply to the 'remap' head")
     layers = tuple(config.model.taps)
