@@ -104,6 +104,14 @@ def test_describe_regions_caches_and_resumes(tmp_path):
     assert fn3.calls == 3  # 10 images in batches of 4
     np.testing.assert_allclose(resumed["layer4.1"], first["layer4.1"], rtol=1e-6)
 
+    # A corrupt chunk (a disk-full write, say) is recomputed, not fatal.
+    with open(tmp_path / "cache" / "chunk_00002.npz", "wb") as f:
+        f.write(b"not a zip file")
+    fn_corrupt = FakeRegionFn(ts.labels)
+    repaired = _describe(tmp_path, fn_corrupt, ts, images)
+    assert fn_corrupt.calls == 2  # 7 images in batches of 4
+    np.testing.assert_allclose(repaired["layer4.2"], first["layer4.2"], rtol=1e-6)
+
     # Another network / setting (cache key) or other images: recomputed, never mixed up.
     fn4 = FakeRegionFn(ts.labels)
     _describe(tmp_path, fn4, ts, images, key="other")

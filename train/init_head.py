@@ -22,11 +22,13 @@ Writes into the workdir:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
@@ -46,6 +48,9 @@ __all__ = [
     "save_head_init",
     "load_head_init",
     "save_region_weight_png",
+    "write_outputs",
+    "validate_init_options",
+    "make_region_fn",
     "run",
 ]
 
@@ -128,16 +133,29 @@ def _chunk_path(cache_dir: str, k: int) -> str:
     return os.path.join(cache_dir, f"chunk_{k:05d}.npz")
 
 
+def _read_chunk(path: str, cache_key: str, chunk: np.ndarray, layers: Sequence[str]):
+    """A cached chunk's descriptors, or None if it is for other images / another setting, or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["cache_key"]) != cache_key or not np.array_equal(f["images"], chunk):
+                return None
+            return {layer: f[f"layer/{layer}"] for layer in layers}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        print(f"region cache: ignoring unreadable {path} ({type(e).__name__}: {e}); recomputing it")
+        return None
+
+
 def describe_regions(region_fn: RegionFn, read_image: Callable[[int], np.ndarray], images: np.ndarray,
                      layers: Sequence[str], batch_size: int, cache_dir: str | None = None,
                      cache_chunk: int = 256, cache_key: str = "", cache_dtype: str = "float32",
-                     progress: bool = True) -> dict[str, np.ndarray]:
+                     progress: bool = True, workers: int = 4) -> dict[str, np.ndarray]:
     """Region descriptors of `images`, cached chunk by chunk so an interrupted run resumes.
 
     Args:
       region_fn: (B, H, W, 3) uint8 batch -> layer -> (B, R, C) L2-normalised region descriptors. Batches
         always have exactly `batch_size` images (the last one is padded), so a jitted function compiles once.
-      read_image: dataset index -> uint8 (H, W, 3) image, already at the network's input size.
+      read_image: dataset index -> uint8 (H, W, 3) image, already at the network's input size; called from
+        `workers` threads (image decoding releases the GIL).
       images: (M,) dataset indices.
       layers: the tapped layers to keep.
       cache_dir: where chunk files go (None = no cache).
@@ -156,39 +174,42 @@ def describe_regions(region_fn: RegionFn, read_image: Callable[[int], np.ndarray
     parts: list[dict[str, np.ndarray]] = []
     cached = 0
     bar = tqdm(total=len(images), desc="region descriptors", unit="img", disable=not progress)
-    start = time.perf_counter()
-    computed = 0
-    for k, chunk in enumerate(chunks):
-        path = _chunk_path(cache_dir, k) if cache_dir else None
-        if path and os.path.exists(path):
-            with np.load(path, allow_pickle=False) as f:
-                if str(f["cache_key"]) == cache_key and np.array_equal(f["images"], chunk):
-                    parts.append({layer: f[f"layer/{layer}"] for layer in layers})
-                    cached += len(chunk)
-                    bar.update(len(chunk))
-                    continue
-        out: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-        for s in range(0, len(chunk), batch_size):
-            idx = chunk[s:s + batch_size]
-            batch = np.stack([read_image(int(i)) for i in idx])
-            if len(idx) < batch_size:  # static shapes: pad with copies of the last image
-                batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(idx), axis=0)])
-            result = region_fn(batch)
-            for layer in layers:
-                if layer not in result:
-                    raise ValueError(f"region_fn: returned layers {sorted(result)}, expected {layer!r}")
-                out[layer].append(np.asarray(result[layer], np.float32)[:len(idx)])
-            computed += len(idx)
-            bar.update(len(idx))
-            bar.set_postfix(img_per_s=f"{computed / (time.perf_counter() - start):.1f}")
-        part = {layer: np.concatenate(v).astype(cache_dtype) for layer, v in out.items()}
-        if path:
-            tmp = path + ".tmp.npz"  # write then rename: a killed run never leaves a half-written chunk
-            np.savez(tmp, cache_key=np.array(cache_key), images=chunk,
-                     **{f"layer/{layer}": v for layer, v in part.items()})
-            os.replace(tmp, path)
-        parts.append(part)
-    bar.close()
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, workers))
+    try:
+        start = time.perf_counter()
+        computed = 0
+        for k, chunk in enumerate(chunks):
+            path = _chunk_path(cache_dir, k) if cache_dir else None
+            hit = _read_chunk(path, cache_key, chunk, layers) if path and os.path.exists(path) else None
+            if hit is not None:
+                parts.append(hit)
+                cached += len(chunk)
+                bar.update(len(chunk))
+                continue
+            out: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+            for s in range(0, len(chunk), batch_size):
+                idx = chunk[s:s + batch_size]
+                batch = np.stack(list(pool.map(read_image, (int(i) for i in idx))))
+                if len(idx) < batch_size:  # static shapes: pad with copies of the last image
+                    batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(idx), axis=0)])
+                result = region_fn(batch)
+                for layer in layers:
+                    if layer not in result:
+                        raise ValueError(f"region_fn: returned layers {sorted(result)}, expected {layer!r}")
+                    out[layer].append(np.asarray(result[layer], np.float32)[:len(idx)])
+                computed += len(idx)
+                bar.update(len(idx))
+                bar.set_postfix(img_per_s=f"{computed / (time.perf_counter() - start):.1f}")
+            part = {layer: np.concatenate(v).astype(cache_dtype) for layer, v in out.items()}
+            if path:
+                tmp = path + ".tmp.npz"  # write then rename: a killed run never leaves a half-written chunk
+                np.savez(tmp, cache_key=np.array(cache_key), images=chunk,
+                         **{f"layer/{layer}": v for layer, v in part.items()})
+                os.replace(tmp, path)
+            parts.append(part)
+    finally:
+        bar.close()
+        pool.shutdown()
     if progress and cached:
         print(f"region descriptors: {cached} images read from the cache in {cache_dir}, {computed} computed")
     return {layer: np.concatenate([p[layer] for p in parts]).astype(np.float32) for layer in layers}
@@ -485,7 +506,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:
     desc = describe_regions(region_fn, lambda i: resize_to(train_set.read(i), size), images, layers,
                             batch_size, cache_dir=os.path.join(workdir, "region_cache"),
                             cache_chunk=options.cache_chunk, cache_key=_cache_key(config),
-                            cache_dtype=options.cache_dtype)
+                            cache_dtype=options.cache_dtype, workers=config.num_workers)
     t2 = time.perf_counter()
     init = compute_head_init(desc, pos, neg, layers, regions, feature_shape, out_dim=config.model.out_dim,
                              options=options)
