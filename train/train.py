@@ -106,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.grad_accum_steps >= 1, "grad_accum_steps", ">= 1")
     check(config.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
     check(config.learning_rate > 0, "learning_rate", "> 0")
-    for f in ("lr_mult_alpha", "lr_mult_whitening", "lr_mult_head"):
+    for f in ("lr_mult_backbone", "lr_mult_alpha", "lr_mult_whitening", "lr_mult_head"):
         check(config[f] >= 0, f, ">= 0 (0 freezes the group)")
     check(0 <= config.momentum < 1, "momentum", "in [0, 1)")
     check(config.weight_decay >= 0, "weight_decay", ">= 0")
@@ -207,6 +207,25 @@ def init_variables(model, config: ml_collections.ConfigDict, key) -> dict:
     return variables
 
 
+def check_eval_shapes(model, variables, config: ml_collections.ConfigDict) -> None:
+    """Fail early if the evaluation size cannot run with parameters shaped at the training size.
+
+    Region heads hold one alpha per ROI region, and the region count depends on the feature-map size, so
+    `test_image_size` (and its portrait transpose) must give the same count as `image_size`.
+    """
+    h, w = config.test_image_size
+    for shape in ((h, w), (w, h)):
+        try:
+            jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, *shape, 3), jnp.float32))
+        except Exception as e:  # flax raises ScopeParamShapeError, others TypeError/ValueError
+            raise ValueError(
+                f"config.test_image_size = {tuple(config.test_image_size)}: the model trained at image_size "
+                f"{tuple(config.image_size)} cannot describe {shape[0]}x{shape[1]} images "
+                f"({type(e).__name__}: {str(e).splitlines()[0]}). Region heads have one alpha per ROI "
+                f"region; use a test size whose feature map gives the same region count (e.g. the same size)"
+            ) from None
+
+
 # -------------------------------------------------------------------------------------------- optimiser
 
 
@@ -248,11 +267,11 @@ def make_optimizer(config: ml_collections.ConfigDict, params, updates_per_epoch:
     """Optax transformation with per-group learning rates, optional accumulation, alpha kept >= 0.
 
     Returns:
-      (tx, schedule) where schedule(update_index) is the backbone (base) learning rate, for logging.
+      (tx, schedule) where schedule(update_index) is the base learning rate (before group multipliers).
     """
     from remap_jax import heads
 
-    mults = {"backbone": 1.0, "alpha": config.lr_mult_alpha, "whitening": config.lr_mult_whitening,
+    mults = {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha, "whitening": config.lr_mult_whitening,
              "head": config.lr_mult_head}
 
     def group(mult: float):
@@ -516,19 +535,14 @@ def make_list_describer(describe, variables_fn: Callable[[], Any], size: Sequenc
     return describe_list
 
 
-def evaluate_test_set(describe_list, test_set) -> dict:
-    """Revisited-protocol results (Easy/Medium/Hard mAP and mP@k, %) of the model on `test_set`."""
-    try:
-        from train.eval import run_eval
-    except ImportError:
-        run_eval = None
-    if run_eval is not None:
-        return run_eval(describe_list, test_set)
-    from remap_jax.evaluate import evaluate_revisited, rank_database
+def evaluate_test_set(describe_list, test_set, *, out_dir: str | None = None, batch_size: int = 16) -> dict:
+    """Revisited-protocol results (Easy/Medium/Hard mAP and mP@k, %) of the model on `test_set`.
 
-    q = describe_list([test_set.read_query(i) for i in range(test_set.num_queries)])
-    x = describe_list([test_set.read_index(i) for i in range(test_set.num_index)])
-    return evaluate_revisited(rank_database(q, x), test_set.gnd)
+    Uses `train.eval.run_eval` (which also writes results.json and a top-k PNG grid into `out_dir`).
+    """
+    from train.eval import run_eval
+
+    return run_eval(describe_list, test_set, out_dir=out_dir, batch_size=batch_size)
 
 
 def format_results(results: Mapping) -> str:
@@ -691,6 +705,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     tuple_len = 2 + config.num_negatives
 
     variables = init_variables(model, config, jax.random.key(config.seed))
+    check_eval_shapes(model, variables, config)
     tx, lr_schedule = make_optimizer(config, variables["params"], updates_per_epoch)
     state = jax.device_put(create_train_state(variables, tx), replicated)
     del variables
@@ -737,7 +752,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     step = int(state.step)
 
     if test_set is not None and config.eval_before_training and step == 0:
-        before = evaluate_test_set(eval_describe, test_set)
+        before = evaluate_test_set(eval_describe, test_set, out_dir=os.path.join(workdir, "eval_before"),
+                                   batch_size=config.describe_batch_size)
         _write_json(os.path.join(workdir, "eval_before.json"), before, is_main)
         say(f"test set {config.test_dataset!r} before training:\n{format_results(before)}")
         summary["test_before"] = before
@@ -826,7 +842,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
             final_vars = jax.device_put(load_exported(export_dir)[1], replicated)
         final_describe = make_list_describer(describe, lambda: final_vars, config.test_image_size,
                                              batch_size=config.describe_batch_size, mesh=mesh)
-        after = evaluate_test_set(final_describe, test_set)
+        after = evaluate_test_set(final_describe, test_set, out_dir=os.path.join(workdir, "eval_after"),
+                                  batch_size=config.describe_batch_size)
         _write_json(os.path.join(workdir, "eval_after.json"), after, is_main)
         summary["test_after"] = after
         say(f"test set {config.test_dataset!r} after training (model of step {meta['best_step']}):\n"

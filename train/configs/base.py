@@ -63,7 +63,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.batch_size = 5  # tuples per step over all devices (each tuple holds 2 + num_negatives images)
     c.grad_accum_steps = 1  # >1: optax.MultiSteps, one update every k steps
     c.optimizer = "adam"  # adam | sgd
-    c.learning_rate = 1e-6  # base rate (backbone); groups below multiply it
+    c.learning_rate = 1e-6  # base rate; the groups below multiply it
+    c.lr_mult_backbone = 1.0  # backbone (0 = frozen: its backward pass is then skipped entirely)
     c.lr_mult_alpha = 1.0  # ROI-stream region weights
     c.lr_mult_whitening = 1.0  # whitening dense layer
     c.lr_mult_head = 10.0  # other head parameters (GeM p)

@@ -14,7 +14,7 @@ def get_config():
     c = get_base_config()
     c.dataset = "synthetic_landmarks"
     c.test_dataset = "synthetic_landmarks"
-    c.image_size = (128, 128)
+    c.image_size = (128, 160)
     c.test_image_size = (128, 160)
     c.cache_images = True
     c.num_workers = 2
