@@ -1,1 +1,1 @@
-"""Training, evaluation and head-initialisation commands (python -m train.main / train.eval / train.init_head)."""
+"""Commands: training (train.main), evaluation (train.eval), head initialisation (train.init_head)."""

@@ -175,9 +175,8 @@ def make_head(model_config: ml_collections.ConfigDict, head_init: str = ""):
 
 def build_model(config: ml_collections.ConfigDict):
     """RetrievalModel(backbone taps -> head) from `config.model` (and `config.head_init`)."""
-    from remap_jax.model import RetrievalModel
-
     from remap_jax.backbones import create_backbone
+    from remap_jax.model import RetrievalModel
 
     m = config.model
     backbone = create_backbone(m.arch, dtype=DTYPES[m.dtype])
@@ -271,8 +270,8 @@ def make_optimizer(config: ml_collections.ConfigDict, params, updates_per_epoch:
     """
     from remap_jax import heads
 
-    mults = {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha, "whitening": config.lr_mult_whitening,
-             "head": config.lr_mult_head}
+    mults = {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha,
+             "whitening": config.lr_mult_whitening, "head": config.lr_mult_head}
 
     def group(mult: float):
         if mult == 0:
