@@ -32,6 +32,12 @@ def _images(shape=(2, 96, 128, 3), seed=0):
 
 
 @functools.cache
+def _jit_apply(module):
+    """One jitted apply per (hashable) module, so compiled programs are shared between tests."""
+    return jax.jit(module.apply, static_argnames=("taps",))
+
+
+@functools.cache
 def _model_and_variables():
     model = model_from_config(CONFIG)
     variables = init_variables(model, jax.random.key(0), (1, 96, 128, 3))
@@ -47,25 +53,25 @@ def test_model_structure_and_output():
     assert set(variables["batch_stats"]) == {"backbone"}
     assert set(variables["params"]["head"]) == {heads.stream_name(t) for t in TAPS} | {"whiten"}
     assert variables["params"]["head"]["whiten"]["kernel"].shape == (1024, 256)
-    out = jax.jit(model.apply)(variables, _images())
+    out = _jit_apply(model)(variables, _images())
     assert out.shape == (2, 256) and out.dtype == jnp.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     # Same as running the parts by hand.
     backbone = bb.create_backbone("resnet18")
-    maps = backbone.apply(
+    maps = _jit_apply(backbone)(
         {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]},
         _images(), taps=TAPS,
     )
     head = heads.REMAPHead(layers=TAPS, levels=2, out_dim=256)
-    manual = head.apply({"params": variables["params"]["head"]}, maps)
+    manual = _jit_apply(head)({"params": variables["params"]["head"]}, maps)
     np.testing.assert_allclose(out, manual, rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_backbone_gives_float32_unit_descriptors():
     _, variables = _model_and_variables()
     model = model_from_config(CONFIG, dtype=jnp.bfloat16)
-    out = jax.jit(model.apply)(variables, _images())
-    ref = jax.jit(_model_and_variables()[0].apply)(variables, _images())
+    out = _jit_apply(model)(variables, _images())
+    ref = _jit_apply(_model_and_variables()[0])(variables, _images())
     assert out.dtype == jnp.float32
     assert float(jnp.min(jnp.sum(out * ref, axis=1))) > 0.99
 
@@ -78,7 +84,7 @@ def test_baseline_heads_plug_in():
         model = RetrievalModel(backbone=backbone, head=head, taps=tuple(head.layers))
         variables = init_variables(model, jax.random.key(0), (1, 64, 64, 3), backbone_variables)
         assert variables["params"]["backbone"] is backbone_variables["params"]
-        out = jax.jit(model.apply)(variables, _images((2, 64, 64, 3)))
+        out = _jit_apply(model)(variables, _images((2, 64, 64, 3)))
         assert out.shape[0] == 2
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
 
@@ -86,17 +92,22 @@ def test_baseline_heads_plug_in():
 def test_describe_multiscale():
     model, variables = _model_and_variables()
     x = _images()
-    single = jax.jit(model.apply)(variables, x)
-    np.testing.assert_allclose(describe_multiscale(model, variables, x, scales=(1.0,)), single, rtol=1e-5)
+    single = _jit_apply(model)(variables, x)
+    one = jax.jit(functools.partial(describe_multiscale, model, scales=(1.0,)))(variables, x)
+    np.testing.assert_allclose(one, single, rtol=1e-5)
     upscaled = jax.image.resize(x, (2, 120, 160, 3), "linear")
     fn = jax.jit(functools.partial(describe_multiscale, model, scales=(1.0, 1.25), weights=(1.0, 0.5)))
     ms = fn(variables, x)
-    expected = single + 0.5 * model.apply(variables, upscaled)
+    expected = single + 0.5 * _jit_apply(model)(variables, upscaled)
     expected = expected / jnp.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(ms, expected, rtol=1e-4, atol=1e-5)
-    # per-scale batches given explicitly
-    given = describe_multiscale(model, variables, [x, upscaled], scales=(1.0, 1.25), weights=(1.0, 0.5))
+    # per-scale batches given explicitly (same shapes: reuses the compiled program of `fn`'s pieces)
+    given = combine_scales([single, _jit_apply(model)(variables, upscaled)], weights=(1.0, 0.5))
     np.testing.assert_allclose(given, expected, rtol=1e-4, atol=1e-5)
+    given = jax.eval_shape(
+        functools.partial(describe_multiscale, model, scales=(1.0, 1.25)), variables, [x, upscaled]
+    )
+    assert given.shape == (2, 256)
     with pytest.raises(ValueError, match="2 batches for 1 scales"):
         describe_multiscale(model, variables, [x, x], scales=(1.0,))
     with pytest.raises(ValueError, match="expected 2"):
@@ -112,9 +123,9 @@ def test_export_round_trip(tmp_path):
     assert config["overlap"] == 0.4 and config["scale_weights"] is None  # defaults filled
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, variables))
     rebuilt = model_from_config(config)
-    np.testing.assert_allclose(
-        jax.jit(rebuilt.apply)(loaded, _images()), jax.jit(model.apply)(variables, _images()), rtol=1e-6
-    )
+    assert rebuilt == model  # same module: the compiled program is reused
+    expected = _jit_apply(model)(variables, _images())
+    np.testing.assert_allclose(_jit_apply(rebuilt)(loaded, _images()), expected, rtol=1e-6)
     # Re-export over an existing export replaces it whole.
     save_exported(path, {**CONFIG, "scales": [1.0, 1.25]}, variables)
     assert load_exported(path)[0]["scales"] == [1.0, 1.25]
