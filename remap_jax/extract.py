@@ -750,6 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"remap-extract: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130  # progress was saved by run(); the message says how to resume
     return 0
 
 
