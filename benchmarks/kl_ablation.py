@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     train_desc = init_head.describe_regions(
         region_fn, lambda i: resize_to(train_set.read(i), size), images, layers, batch_size,
         cache_dir=os.path.join(args.workdir, "region_cache"), cache_chunk=options.cache_chunk,
-        cache_key=init_head._cache_key(config) + (f"|{os.path.abspath(args.export)}" if args.export else ""),
+        cache_key=init_head.region_cache_key(config) + (f"|{os.path.abspath(args.export)}" if args.export
+                                                        else ""),
         cache_dtype=options.cache_dtype)
     alphas = {"1 (R-MAC)": np.ones((len(layers), regions.shape[0]), np.float32)}
     for est in estimators:

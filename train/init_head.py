@@ -418,7 +418,8 @@ def validate_init_options(o: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.init_head.{field}: expected {expected}, got {o[field]!r}")
 
 
-def _cache_key(config: ml_collections.ConfigDict) -> str:
+def region_cache_key(config: ml_collections.ConfigDict) -> str:
+    """Fingerprint of every config field that changes the region descriptors (network, weights, size, ...)."""
     m = config.model
     fields = [m.arch, m.pretrained, tuple(m.taps), m.levels, m.include_global, tuple(config.image_size),
               config.dataset, config.data_dir, m.dtype, config.seed]
@@ -505,7 +506,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:
     t1 = time.perf_counter()
     desc = describe_regions(region_fn, lambda i: resize_to(train_set.read(i), size), images, layers,
                             batch_size, cache_dir=os.path.join(workdir, "region_cache"),
-                            cache_chunk=options.cache_chunk, cache_key=_cache_key(config),
+                            cache_chunk=options.cache_chunk, cache_key=region_cache_key(config),
                             cache_dtype=options.cache_dtype, workers=config.num_workers)
     t2 = time.perf_counter()
     init = compute_head_init(desc, pos, neg, layers, regions, feature_shape, out_dim=config.model.out_dim,
