@@ -275,6 +275,10 @@ def test_run_end_to_end_with_real_backbone_and_resume(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(remap_jax.data, "load_training_set", lambda name, data_dir=None: PatternTrainingSet())
     config = demo.get_config()
+    config.model.arch = "resnet18"
+    config.model.taps = ("layer4.0", "layer4.1")
+    config.model.head = "remap"
+    config.model.pretrained = ""
     config.image_size = (64, 96)
     config.model.levels = 2
     config.model.out_dim = 32
