@@ -205,8 +205,8 @@ def bench_dataset(label, db, queries, args, has_faiss):
             print(_format_row(row, rows[0]), flush=True)
         gc.collect()
     if has_faiss:
-        for m in pq_list:
-            if d % m == 0:
+        for m in args.faiss_pq_bytes:
+            if m <= d and d % m == 0:
                 for row in run_faiss(db, queries, k, m, truth, args.train_size):
                     rows.append(row)
                     print(_format_row(row, rows[0]), flush=True)
@@ -267,12 +267,16 @@ def main(argv=None):
     p.add_argument("--real", help="real descriptors .npz (remap-extract format) as the database")
     p.add_argument("--real-queries", help="query descriptors .npz; default: 1000 database rows held out")
     p.add_argument("--faiss", action="store_true", help="add faiss IVF-PQ rows (needs faiss-cpu importable)")
+    p.add_argument("--faiss-pq-bytes", help="PQ sizes for the faiss rows (default: --pq-bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.dims, args.queries, args.pq_bytes = "20000", "256", 200, "16,64"
     args.pq_bytes = [int(x) for x in args.pq_bytes.split(",")]
+    args.faiss_pq_bytes = (
+        [int(x) for x in args.faiss_pq_bytes.split(",")] if args.faiss_pq_bytes else args.pq_bytes
+    )
     has_faiss = False
     if args.faiss:
         try:
