@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -198,13 +199,13 @@ def bench_dataset(label, db, queries, args, has_faiss):
     rows = [_row("exact (JAX)", {}, build_s, 4 * d, exact_s, truth, truth, len(queries))]
     print(_format_row(rows[-1], rows[0]), flush=True)
     del exact
-    pq_list = [m for m in args.pq_bytes if m <= d]
+    pq_list = [] if args.exact_only else [m for m in args.pq_bytes if m <= d]
     for name, opts, sweep in scann_builds(n, d, pq_list):
         for row in run_scann(name, opts, sweep, db, queries, k, truth, args.train_size):
             rows.append(row)
             print(_format_row(row, rows[0]), flush=True)
         gc.collect()
-    if has_faiss:
+    if has_faiss and not args.exact_only:
         for m in args.faiss_pq_bytes:
             if m <= d and d % m == 0:
                 for row in run_faiss(db, queries, k, m, truth, args.train_size):
@@ -214,6 +215,11 @@ def bench_dataset(label, db, queries, args, has_faiss):
     for r in rows:
         r["dataset"] = label
         r["speedup_vs_exact"] = r["queries_per_s"] / rows[0]["queries_per_s"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
+    print(
+        f"peak resident memory of this process so far: {peak:.1f} GiB "
+        f"(database alone: {db.nbytes / 2**30:.1f} GiB)"
+    )
     return rows
 
 
@@ -267,6 +273,9 @@ def main(argv=None):
     p.add_argument("--real", help="real descriptors .npz (remap-extract format) as the database")
     p.add_argument("--real-queries", help="query descriptors .npz; default: 1000 database rows held out")
     p.add_argument("--faiss", action="store_true", help="add faiss IVF-PQ rows (needs faiss-cpu importable)")
+    p.add_argument(
+        "--exact-only", action="store_true", help="only exact search (e.g. the 1M x 2048 memory check)"
+    )
     p.add_argument("--faiss-pq-bytes", help="PQ sizes for the faiss rows (default: --pq-bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows to this JSON file")
