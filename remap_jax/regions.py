@@ -48,6 +48,13 @@ def _starts(extent: int, side: int, count: int) -> list[int]:
 
 @functools.lru_cache(maxsize=256)
 def _rmac_regions_cached(height: int, width: int, levels: int, overlap: float, include_global: bool):
+    if height > width:
+        # Portrait maps get the landscape grid transposed, region for region, so that region i (and the
+        # weight alpha_i learned for it) keeps its place relative to the long and the short side.
+        landscape = _rmac_regions_cached(width, height, levels, overlap, include_global)
+        regions = np.ascontiguousarray(landscape[:, [1, 0, 3, 2]])
+        regions.setflags(write=False)
+        return regions
     extra = _extra_long_side_regions(height, width, overlap)
     extra_w = extra if width > height else 0
     extra_h = extra if height > width else 0
@@ -82,8 +89,10 @@ def rmac_regions(
 
     Returns:
       A read-only int32 array of shape (R, 4) with rows [y0, x0, h, w] in cells; every region lies inside
-      the map and has h, w >= 1. Exact duplicates (tiny maps) are removed, first occurrence kept.
-      Results are cached by arguments.
+      the map and has h, w >= 1. Exact duplicates (tiny maps) are removed, first occurrence kept. The
+      order is scale by scale, row-major for landscape and square maps; a portrait map gets the
+      transposed landscape grid in the same order (region i of (H, W) is region i of (W, H) transposed),
+      so per-region weights carry over between orientations. Results are cached by arguments.
     """
     height = _check_positive_int("height", height)
     width = _check_positive_int("width", width)

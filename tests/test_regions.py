@@ -18,9 +18,10 @@ def test_paper_setting_has_40_regions_with_reference_coordinates():
     assert len(scale[12]) == 12
 
 
-def test_portrait_is_the_transpose_of_landscape():
-    land, port = rmac_regions(24, 32), rmac_regions(32, 24)
-    assert as_set(port) == {(x, y, w, h) for y, x, h, w in land.tolist()}
+@pytest.mark.parametrize("shape", [(24, 32), (3, 7), (1, 5), (10, 41)])
+def test_portrait_is_the_transpose_of_landscape_region_for_region(shape):
+    land, port = rmac_regions(*shape, include_global=True), rmac_regions(*shape[::-1], include_global=True)
+    assert port.tolist() == [[x, y, w, h] for y, x, h, w in land.tolist()]
 
 
 def test_square_map_has_l_squared_regions_per_scale():
