@@ -479,11 +479,11 @@ def mine_epoch(describe, variables, source: ImageSource, training_set, config, e
                                       distinct_labels=config.distinct_negative_landmarks)
     negatives = pool_ids[neg_pos]
     tuples = mining.build_tuples(queries, pidx[pair_ids], negatives)
-    # mean query-positive and query-hardest-negative distances: how hard the epoch's tuples are
-    d_pos = np.sum((qdesc - describe_images(describe, variables, source, pidx[pair_ids], desc="positives",
-                                            **common)) ** 2, axis=1)
+    # how hard the epoch's tuples are: squared distance query -> hardest negative, and how many candidates the
+    # pool offered (invalid = same landmark only)
     d_neg = 2.0 - 2.0 * sims[:, 0]
-    return tuples, {"mining/d_pos": float(np.mean(d_pos)), "mining/d_hardest_neg": float(np.mean(d_neg))}
+    return tuples, {"mining/d_hardest_neg": float(np.mean(d_neg)),
+                    "mining/pool_images": float(len(pool_ids))}
 
 
 # ------------------------------------------------------------------------------------------- evaluation
