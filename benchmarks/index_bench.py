@@ -106,7 +106,7 @@ def search_sweep(leaves: int):
     return sorted({max(1, leaves // 50), max(1, leaves // 25), max(1, leaves // 10)})
 
 
-def scann_builds(n: int, d: int, pq_list):
+def scann_builds(n: int, d: int, pq_list, leaves_sweep=None, reorder_sweep=(100, 300), pure_pq=True):
     """(name, build options, [search options]) per ScaNN build; several search settings share one build.
 
     - ``PQm``: the compact signature alone (m bytes per vector), every code scored (no tree, no re-scoring).
@@ -117,7 +117,8 @@ def scann_builds(n: int, d: int, pq_list):
     builds = []
     for m in pq_list:
         aq = {"anisotropic_threshold": 0.2}
-        builds.append((f"scann PQ{m}", {"pq_bytes": m, **aq}, [{}]))
+        if pure_pq:
+            builds.append((f"scann PQ{m}", {"pq_bytes": m, **aq}, [{}]))
         tree = {
             "pq_bytes": m,
             "leaves": leaves,
@@ -125,7 +126,8 @@ def scann_builds(n: int, d: int, pq_list):
             "reorder": 300,
             **aq,
         }
-        sweep = [{"leaves_to_search": s, "reorder": r} for s in search_sweep(leaves) for r in (100, 300)]
+        searched = leaves_sweep or search_sweep(leaves)
+        sweep = [{"leaves_to_search": s, "reorder": r} for s in searched for r in reorder_sweep]
         builds.append((f"scann tree+PQ{m}+reorder", tree, sweep))
     return builds
 
@@ -200,7 +202,9 @@ def bench_dataset(label, db, queries, args, has_faiss):
     print(_format_row(rows[-1], rows[0]), flush=True)
     del exact
     pq_list = [] if args.exact_only else [m for m in args.pq_bytes if m <= d]
-    for name, opts, sweep in scann_builds(n, d, pq_list):
+    leaves_sweep = [int(x) for x in args.leaves_to_search.split(",")] if args.leaves_to_search else None
+    reorder_sweep = [int(x) for x in args.reorder_sweep.split(",")]
+    for name, opts, sweep in scann_builds(n, d, pq_list, leaves_sweep, reorder_sweep, not args.no_pure_pq):
         for row in run_scann(name, opts, sweep, db, queries, k, truth, args.train_size):
             rows.append(row)
             print(_format_row(row, rows[0]), flush=True)
@@ -276,6 +280,9 @@ def main(argv=None):
     p.add_argument(
         "--exact-only", action="store_true", help="only exact search (e.g. the 1M x 2048 memory check)"
     )
+    p.add_argument("--leaves-to-search", help="ScaNN leaves searched, comma separated (default 2%%,4%%,10%%)")
+    p.add_argument("--reorder-sweep", default="100,300", help="ScaNN candidates re-scored, comma separated")
+    p.add_argument("--no-pure-pq", action="store_true", help="skip the tree-less PQ builds")
     p.add_argument("--faiss-pq-bytes", help="PQ sizes for the faiss rows (default: --pq-bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows to this JSON file")
