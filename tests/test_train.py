@@ -344,3 +344,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         _run(tmp_path, config, test_set=None)
     ckpts = _checkpoint_steps(tmp_path)
     assert ckpts == [1]
+
+
+def test_frozen_backbone_gets_no_gradient_and_no_update():
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    config = tiny_config(lr_mult_backbone=0.0, optimizer="sgd", learning_rate=0.5, warmup_steps=0,
+                         schedule="constant")
+    variables = _variables()
+    before = jax.device_get(variables["params"])
+    frozen = trainer.frozen_mask(config, variables["params"])
+    assert all(jax.tree_util.tree_leaves(frozen["backbone"]))
+    assert not any(jax.tree_util.tree_leaves(frozen["head"]))
+    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    step = trainer.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh, frozen=frozen)
+    state, metrics = step(trainer.create_train_state(variables, tx), _batch(b=4), np.ones((4,), np.float32))
+    after = jax.device_get(state.params)
+    np.testing.assert_array_equal(after["backbone"]["conv1"]["kernel"], before["backbone"]["conv1"]["kernel"])
+    assert np.abs(after["head"]["whiten"]["kernel"] - before["head"]["whiten"]["kernel"]).max() > 0
+    assert np.isfinite(metrics["grad_norm"])

@@ -328,14 +328,22 @@ def normalize_on_device(images):
     return (images.astype(jnp.float32) - mean) / std
 
 
-def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh):
+def frozen_mask(config: ml_collections.ConfigDict, params) -> Any:
+    """Pytree of bools: True for parameters whose group has learning-rate multiplier 0."""
+    mults = {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha,
+             "whitening": config.lr_mult_whitening, "head": config.lr_mult_head}
+    return jax.tree_util.tree_map(lambda label: mults[label] == 0, param_labels(params))
+
+
+def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh, frozen=None):
     """One jitted training step over `mesh`.
 
     The returned function `step(state, images, weights) -> (state, metrics)` takes
       images: (B, T, H, W, 3) uint8 tuples (T = 2 + num_negatives), B divisible by the mesh size,
       weights: (B,) float32 tuple weights (0 for padding tuples),
     shards both over the 'data' axis, keeps `state` replicated and returns replicated metrics
-    {'loss', 'active', 'grad_norm'}. `state` is donated.
+    {'loss', 'active', 'grad_norm'}. `state` is donated. `frozen` (a pytree of bools like the params, see
+    `frozen_mask`) stops gradients at frozen parameters, so e.g. a frozen backbone costs no backward pass.
     """
     replicated = NamedSharding(mesh, P())
     batch = NamedSharding(mesh, P("data"))
@@ -345,6 +353,9 @@ def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh):
         x = normalize_on_device(images.reshape((b * t,) + images.shape[2:]))
 
         def loss_fn(params):
+            if frozen is not None:
+                params = jax.tree_util.tree_map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params,
+                                                frozen)
             desc = model.apply({"params": params, **state.model_state}, x)
             return losses.tuple_loss(desc.reshape(b, t, -1), loss, margin, weights)
 
@@ -708,7 +719,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     tx, lr_schedule = make_optimizer(config, variables["params"], updates_per_epoch)
     state = jax.device_put(create_train_state(variables, tx), replicated)
     del variables
-    train_step = make_train_step(model, tx, loss=config.loss, margin=config.margin, mesh=mesh)
+    frozen = frozen_mask(config, state.params)
+    train_step = make_train_step(model, tx, loss=config.loss, margin=config.margin, mesh=mesh,
+                                 frozen=frozen if any(jax.tree_util.tree_leaves(frozen)) else None)
     describe = make_describe_fn(model, mesh)
 
     def current_variables():
