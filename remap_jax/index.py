@@ -345,6 +345,8 @@ class Index:
 
         Args:
           descriptors: (N, D) finite float array; rows are database vectors (unit length for cosine scores).
+            An exact index keeps a reference to a float32 C-contiguous input (no 2x memory for big
+            databases); do not modify it afterwards.
           ids: optional (N,) unique ints or strings returned by ``search``; default row numbers 0..N-1.
           method: "exact" or "scann".
           **options: both methods: ``truncate_dim`` (keep the first d dims, re-normalised).
