@@ -34,7 +34,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remap_jax import atomic
 from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, normalize, resize_to
 from remap_jax.model import (
     DTYPES,
@@ -533,20 +533,6 @@ def partial_path(out: str) -> str:
     return stem + ".partial.npz"
 
 
-def _save_npz_atomic(path: str, **arrays) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".remap-extract-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _result_arrays(done_ids, done_desc, failed, meta, dim):
     descriptors = np.concatenate(done_desc, axis=0) if done_desc else np.zeros((0, dim), np.float32)
     return dict(
@@ -695,7 +681,7 @@ def run(args) -> dict:
     described_now = 0
 
     def save_partial():
-        _save_npz_atomic(partial, **_result_arrays(done_ids, done_desc, failed, meta, extractor.dim))
+        atomic.save_npz(partial, **_result_arrays(done_ids, done_desc, failed, meta, extractor.dim))
 
     try:
         for item in extractor.describe_iter(paths, bboxes, indices=todo, progress=not args.quiet):
@@ -722,7 +708,7 @@ def run(args) -> dict:
     order = {i: k for k, i in enumerate(ids)}
     perm = np.argsort([order[i] for i in arrays["ids"]], kind="stable")
     arrays["descriptors"], arrays["ids"] = arrays["descriptors"][perm], arrays["ids"][perm]
-    _save_npz_atomic(args.out, **arrays)
+    atomic.save_npz(args.out, **arrays)
     if os.path.exists(partial):
         os.remove(partial)
     rate = described_now / elapsed if elapsed > 0 else float("nan")

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from remap_jax import atomic
+
 FORMAT_NAME = "remap-jax-index"
 FORMAT_VERSION = 1
 METHODS = ("exact", "scann")
@@ -516,7 +518,7 @@ class Index:
             # index.json last: a folder without it is never taken for an index.
             with open(os.path.join(tmp, "index.json"), "w") as f:
                 json.dump(self.metadata(), f, indent=2)
-            _replace_dir(tmp, directory)
+            atomic.replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -594,23 +596,3 @@ def _check_search_options(given: dict, allowed: set, method: str) -> None:
         raise ValueError(
             f"search: unknown option(s) {unknown} for method={method!r}; expected some of {sorted(allowed)}"
         )
-
-
-def _replace_dir(tmp: str, directory: str) -> None:
-    """Renames ``tmp`` to ``directory``; an existing index there is moved aside first and removed after."""
-    if not os.path.exists(directory):
-        os.replace(tmp, directory)
-        return
-    if not os.listdir(directory):
-        os.rmdir(directory)
-        os.replace(tmp, directory)
-        return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=os.path.dirname(directory))
-    os.rmdir(old)
-    os.replace(directory, old)
-    try:
-        os.replace(tmp, directory)
-    except BaseException:
-        os.replace(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

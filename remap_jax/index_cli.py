@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from remap_jax import atomic
 
 
 class CommandError(Exception):
@@ -51,20 +52,6 @@ def read_features(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             f"{path}: 'ids' has shape {ids.shape}, expected ({desc.shape[0]},) like descriptors"
         )
     return desc, ids
-
-
-def _save_npz_atomic(path: str, **arrays) -> None:
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ranks-", suffix=".npz", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _build(args) -> None:
@@ -117,7 +104,7 @@ def _search(args) -> None:
     t0 = time.perf_counter()
     positions, scores = index.search_positions(queries, args.k, **options)
     search_s = time.perf_counter() - t0
-    _save_npz_atomic(
+    atomic.save_npz(
         args.out, ids=index.ids[positions], positions=positions, scores=scores, query_ids=query_ids
     )
     print(

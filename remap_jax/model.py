@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remap_jax import atomic
+
 EXPORT_FORMAT = "remap-jax-export"
 EXPORT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -233,14 +235,7 @@ def save_exported(path: str | os.PathLike, config: Mapping[str, Any], variables:
             f.write(serialization.msgpack_serialize(state))
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, default=_json_default)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".export-old-", dir=parent)
-            os.rmdir(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        atomic.replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

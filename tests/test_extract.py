@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from remap_jax import Extractor
-from remap_jax import extract as ex_mod
+from remap_jax import Extractor, atomic
 from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, normalize, resize_to
 from remap_jax.extract import Described, Failed, list_images, main, partial_path, target_size
 from remap_jax.model import combine_scales, save_exported
@@ -292,13 +291,13 @@ def test_partial_file_is_written_periodically(tmp_path, monkeypatch):
     for i, img in enumerate(_rng_images([(64, 96)] * 6, seed=2)):
         Image.fromarray(img).save(folder / f"{i}.png")
     writes = []
-    real = ex_mod._save_npz_atomic
+    real = atomic.save_npz
 
     def spy(path, **arrays):
         writes.append((os.path.basename(path), len(arrays["ids"])))
         real(path, **arrays)
 
-    monkeypatch.setattr(ex_mod, "_save_npz_atomic", spy)
+    monkeypatch.setattr(atomic, "save_npz", spy)
     out = str(tmp_path / "o.npz")
     assert main([*ARGS, "--images", str(folder), "--out", out, "--save-every", "1"]) == 0
     assert writes[-1] == ("o.npz", 6)

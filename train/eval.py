@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from remap_jax import evaluate
+from remap_jax import atomic, evaluate
 
 DescribeFn = Callable[[list], np.ndarray]
 
@@ -171,9 +171,7 @@ def describe_images(
                 done = vecs.shape[0]
 
     def save():
-        tmp = cache_path + ".tmp.npz"
-        np.savez(tmp, vecs=np.concatenate(out), num=num)
-        os.replace(tmp, cache_path)
+        atomic.save_npz(cache_path, vecs=np.concatenate(out), num=num)
 
     starts = list(range(done, num, batch_size))
     last_saved = done
@@ -253,10 +251,8 @@ def write_results(path: str, results: dict, name: str = "") -> None:
             return int(v)
         return v
 
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic.atomic_write(path, "w") as f:
         json.dump({"dataset": name, **clean(results)}, f, indent=1)
-    os.replace(tmp, path)
 
 
 _GREEN, _RED, _GREY, _BLUE = (40, 170, 60), (215, 40, 40), (150, 150, 150), (40, 90, 220)
@@ -295,9 +291,8 @@ def save_topk_grid(
             db = int(db)
             colour = _GREEN if db in positives else _GREY if db in junk else _RED
             paste(test_set.read_index(db), row, col, colour)
-    tmp = path + ".tmp.png"
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_write(path) as f:
+        canvas.save(f, format="PNG")
 
 
 # ---------------------------------------------------------------------------------------------- command

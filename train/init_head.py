@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from remap_jax import kl, whitening
+from remap_jax import atomic, kl, whitening
 
 __all__ = [
     "default_init_config",
@@ -202,10 +202,9 @@ def describe_regions(region_fn: RegionFn, read_image: Callable[[int], np.ndarray
                 bar.set_postfix(img_per_s=f"{computed / (time.perf_counter() - start):.1f}")
             part = {layer: np.concatenate(v).astype(cache_dtype) for layer, v in out.items()}
             if path:
-                tmp = path + ".tmp.npz"  # write then rename: a killed run never leaves a half-written chunk
-                np.savez(tmp, cache_key=np.array(cache_key), images=chunk,
-                         **{f"layer/{layer}": v for layer, v in part.items()})
-                os.replace(tmp, path)
+                # write then rename: a killed run never leaves a half-written chunk
+                atomic.save_npz(path, cache_key=np.array(cache_key), images=chunk,
+                                **{f"layer/{layer}": v for layer, v in part.items()})
             parts.append(part)
     finally:
         bar.close()
@@ -295,9 +294,7 @@ def save_head_init(path: str, init: HeadInit) -> None:
                   feature_shape=np.array(init.feature_shape))
     if init.w is not None:
         arrays.update(whitening_W=init.w, whitening_b=init.b)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic.save_npz(path, **arrays)
 
 
 def load_head_init(path: str) -> HeadInit:
@@ -355,10 +352,9 @@ def save_region_weight_png(path: str, init: HeadInit, title: str = "KL region we
     fig.suptitle(f"{title}; map {h}x{w} cells", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="alpha")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic.atomic_write(path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_outputs(workdir: str, init: HeadInit, summary: dict) -> dict[str, str]:
@@ -369,9 +365,8 @@ def write_outputs(workdir: str, init: HeadInit, summary: dict) -> dict[str, str]
     paths = {name: os.path.join(workdir, name) for name in
              ("head_init.npz", "head_params.msgpack", "region_weights.png", "init_head.json")}
     save_head_init(paths["head_init.npz"], init)
-    with open(paths["head_params.msgpack"] + ".tmp", "wb") as f:
+    with atomic.atomic_write(paths["head_params.msgpack"]) as f:
         f.write(serialization.msgpack_serialize(head_param_tree(init)))
-    os.replace(paths["head_params.msgpack"] + ".tmp", paths["head_params.msgpack"])
     save_region_weight_png(paths["region_weights.png"], init)
     with open(paths["init_head.json"], "w") as f:
         json.dump(summary, f, indent=2)
