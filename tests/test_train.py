@@ -92,6 +92,8 @@ class FakeTestSet:
 
 def tiny_config(**overrides):
     c = get_base_config()
+    c.dataset = "fake"  # training/test sets are passed to train_and_evaluate
+    c.test_dataset = ""  # test_set=None: no test evaluation (nothing is loaded)
     c.model.arch = ""  # custom model passed to train_and_evaluate
     c.model.taps = ("tiny",)
     c.image_size = (SIZE, SIZE)
