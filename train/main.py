@@ -26,6 +26,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
+    if not FLAGS["verbosity"].present:  # Orbax logs every checkpoint step at INFO; -v 0 brings it back
+        logging.set_verbosity(logging.WARNING)
     from train import train  # heavy imports (jax, optax, orbax) only after the flags parsed
 
     try:
