@@ -7,11 +7,10 @@ about five times over (R-MAC at L=4 covers each cell ~5x) and compile into one o
    inside an atomic *cell* (row interval x column interval), so every region is a rectangle of whole cells.
    One pass over the map computes the max of every cell: (B, H, W, C) -> (B, n_row_cells, n_col_cells, C),
    for the 40-region grid on a 24x32 map a 12x17 grid. This is the only step that touches the map.
-2. **Strips.** For every distinct column interval, the max over its cells in each cell row: one masked
-   max-reduction over the cell columns -> (B, n_row_cells, n_col_intervals, C).
-3. **Regions.** Regions are grouped by size (each R-MAC scale is one group: a full grid of row intervals x
-   column intervals); per group one masked max-reduction over the cell rows of its strips gives the whole
-   group at once. Groups are concatenated and put in the caller's region order.
+2. **Regions.** Regions are grouped by size (each R-MAC scale is one group: a full grid of row intervals x
+   column intervals). Per group, one masked max-reduction over the cell rows gives its row bands
+   (B, n_i, n_col_cells, C), and one over the cell columns of those bands gives the whole group
+   (B, n_i, n_j, C) at once. Groups are concatenated and put in the caller's region order.
 
 The number of compiled ops depends on the number of region sizes (L for R-MAC), not on R. Step 1 has two
 lowerings: on CPU, elementwise maxima of the (B, C) pixel slices of each cell, which XLA emits as small
@@ -70,32 +69,23 @@ class _Plan:
         y0, x0, h, w = (regions[:, i] for i in range(4))
         self.row_cuts = np.unique(np.concatenate([y0, y0 + h]))
         self.col_cuts = np.unique(np.concatenate([x0, x0 + w]))
-        n_row_cells, n_col_cells = len(self.row_cuts) - 1, len(self.col_cuts) - 1
-        # Distinct column intervals and, per interval, the mask of its cell columns.
-        col_iv = np.unique(np.stack([x0, x0 + w], 1), axis=0)
-        cell_lo = self.col_cuts[:-1]
-        self.strip_mask = (cell_lo[None, :] >= col_iv[:, :1]) & (cell_lo[None, :] < col_iv[:, 1:])
-        strip_of = {tuple(iv): s for s, iv in enumerate(col_iv.tolist())}
-        row_lo = self.row_cuts[:-1]
-        # Groups of regions with the same size; per group its row intervals x strips grid.
-        self.groups = []  # (strip indices (n_j,), row-cell mask (n_i, n_row_cells))
+        row_lo, col_lo = self.row_cuts[:-1], self.col_cuts[:-1]
+        # Groups of regions with the same size; per group a grid of its row starts x column starts.
+        self.groups = []  # (row-cell mask (n_i, n_row_cells), column-cell mask (n_j, n_col_cells))
         position = np.empty(len(regions), np.int64)  # where each region lands in the concatenated output
         offset = 0
-        sizes = np.unique(np.stack([h, w], 1), axis=0)
-        for gh, gw in sizes.tolist():
+        for gh, gw in np.unique(np.stack([h, w], 1), axis=0).tolist():
             members = np.flatnonzero((h == gh) & (w == gw))
-            starts_y = np.unique(y0[members])
-            strips = np.unique([strip_of[(int(x0[m]), int(x0[m] + w[m]))] for m in members])
+            starts_y, starts_x = np.unique(y0[members]), np.unique(x0[members])
             row_mask = (row_lo[None, :] >= starts_y[:, None]) & (row_lo[None, :] < starts_y[:, None] + gh)
-            self.groups.append((strips, row_mask))
-            for m in members:
-                i = int(np.searchsorted(starts_y, y0[m]))
-                j = int(np.searchsorted(strips, strip_of[(int(x0[m]), int(x0[m] + w[m]))]))
-                position[m] = offset + i * len(strips) + j
-            offset += len(starts_y) * len(strips)
+            col_mask = (col_lo[None, :] >= starts_x[:, None]) & (col_lo[None, :] < starts_x[:, None] + gw)
+            self.groups.append((row_mask, col_mask))
+            i = np.searchsorted(starts_y, y0[members])
+            j = np.searchsorted(starts_x, x0[members])
+            position[members] = offset + i * len(starts_x) + j
+            offset += len(starts_y) * len(starts_x)
         self.total = offset
         self.position = position
-        self.shape = (n_row_cells, n_col_cells)
 
 
 @functools.lru_cache(maxsize=128)
@@ -227,10 +217,10 @@ def roi_max_pool(features: jnp.ndarray, regions, method: str = "auto") -> jnp.nd
         cells = _cells_by_slices(features, plan.row_cuts.tolist(), plan.col_cuts.tolist(), compute_dtype)
     else:
         cells = _cells_by_gather(features, plan.row_cuts, plan.col_cuts, compute_dtype)
-    strips = _masked_max(cells, plan.strip_mask, axis=2)  # (B, n_row_cells, n_strips, C)
     outputs = []
-    for strip_idx, row_mask in plan.groups:
-        group = _masked_max(jnp.take(strips, strip_idx, axis=2), row_mask, axis=1)  # (B, n_i, n_j, C)
+    for row_mask, col_mask in plan.groups:
+        bands = _masked_max(cells, row_mask, axis=1)  # (B, n_i, n_col_cells, C)
+        group = _masked_max(bands, col_mask, axis=2)  # (B, n_i, n_j, C)
         outputs.append(group.reshape(group.shape[0], -1, group.shape[-1]))
     pooled = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
     if plan.total != len(regions) or not np.array_equal(plan.position, np.arange(len(regions))):
