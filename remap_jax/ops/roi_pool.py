@@ -107,15 +107,14 @@ def _cells_by_slices(x: jnp.ndarray, row_cuts, col_cuts, dtype) -> jnp.ndarray:
     return jnp.stack(cells, axis=1).reshape(b, len(row_cuts) - 1, len(col_cuts) - 1, c)
 
 
-def _bf16_pairs_to_f32(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(..., C) bfloat16 with even C -> the even and odd channels as exact float32, (..., C/2) each.
+def _unpack_bf16_words(words: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """uint32 words holding two bfloat16 each -> (even, odd) channels as exact float32.
 
-    Works on the map viewed as uint32 words (two bf16 per word): a bf16 is the top half of its float32, so
-    masking/shifting gives the float32 values with 32-bit integer ops only. XLA's CPU backend handles
-    16-bit elements in fused loops slowly; this keeps the cell pass as fast as for float32.
+    A bf16 is the top half of its float32, so masking/shifting gives the float32 values with 32-bit integer
+    ops only (little-endian: element 0 is the low half). XLA's CPU backend runs 16-bit elements in fused
+    loops slowly; 32-bit lanes keep the cell pass close to the float32 one.
     """
-    words = jax.lax.bitcast_convert_type(x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2), jnp.uint32)
-    even = jax.lax.bitcast_convert_type(words << 16, jnp.float32)  # little-endian: element 0 is the low half
+    even = jax.lax.bitcast_convert_type(words << 16, jnp.float32)
     odd = jax.lax.bitcast_convert_type(words & jnp.uint32(0xFFFF0000), jnp.float32)
     return even, odd
 
@@ -128,14 +127,9 @@ def _cells_bf16_by_slices(x: jnp.ndarray, row_cuts: tuple, col_cuts: tuple) -> j
     cells = []
     for y0, y1 in zip(row_cuts[:-1], row_cuts[1:], strict=True):
         for x0, x1 in zip(col_cuts[:-1], col_cuts[1:], strict=True):
-            pixels = [words[:, i, j] for i in range(y0, y1) for j in range(x0, x1)]
-            evens = functools.reduce(
-                jnp.maximum, [jax.lax.bitcast_convert_type(p << 16, jnp.float32) for p in pixels]
-            )
-            odds = functools.reduce(
-                jnp.maximum,
-                [jax.lax.bitcast_convert_type(p & jnp.uint32(0xFFFF0000), jnp.float32) for p in pixels],
-            )
+            pixels = [_unpack_bf16_words(words[:, i, j]) for i in range(y0, y1) for j in range(x0, x1)]
+            evens = functools.reduce(jnp.maximum, [even for even, _ in pixels])
+            odds = functools.reduce(jnp.maximum, [odd for _, odd in pixels])
             cells.append(jnp.stack([evens, odds], axis=-1).reshape(b, c))
     return jnp.stack(cells, axis=1).reshape(b, len(row_cuts) - 1, len(col_cuts) - 1, c)
 
