@@ -24,8 +24,8 @@ def test_set(data_dir):
 
 
 def test_training_set_contract(train_set):
-    assert train_set.num_images == len(train_set) == 42
-    assert train_set.labels.shape == (42,) and train_set.labels.dtype == np.int64
+    assert train_set.num_images == len(train_set) == 14 * 3 + 3 * 2  # photo landmarks + tiny's 3 collages
+    assert train_set.labels.shape == (48,) and train_set.labels.dtype == np.int64
     assert train_set.qidx.shape == train_set.pidx.shape and train_set.qidx.size > 0
     assert np.all(train_set.labels[train_set.qidx] == train_set.labels[train_set.pidx])
     img = train_set.read(5)
@@ -33,7 +33,7 @@ def test_training_set_contract(train_set):
     assert train_set.val is not None and train_set.val.num_images == 2
     assert set(train_set.val.labels.tolist()).isdisjoint(train_set.labels.tolist())
     with pytest.raises(IndexError, match="out of range"):
-        train_set.read(42)
+        train_set.read(48)
 
 
 def test_test_set_contract(test_set):
@@ -66,12 +66,13 @@ def test_custom_synthetic_config(tmp_path):
     cfg = SyntheticConfig(
         image_size=48, canonical_size=64, num_test_landmarks=1, num_val_landmarks=0,
         train_views_per_landmark=2, queries_per_landmark=1, index_views_per_landmark=2, num_distractors=1,
+        num_collage_landmarks=2, collage_views_per_landmark=2,
     )
     ts = load_test_set("synthetic_landmarks", data_dir=str(tmp_path), synthetic_config=cfg)
     assert ts.num_queries == 1 and ts.num_index == 3
     assert max(ts.read_index(0).shape[:2]) == 48
     tr = load_training_set("synthetic_landmarks", data_dir=str(tmp_path), synthetic_config=cfg)
-    assert tr.val is None and tr.num_images == 2 * 16  # 17 landmarks, 1 for test
+    assert tr.val is None and tr.num_images == 2 * 16 + 2 * 2  # 17 photos, 1 for test; 2 collages
 
 
 def test_roxford_with_distractors_from_manual_dir(tmp_path):

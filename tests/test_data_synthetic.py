@@ -17,6 +17,8 @@ TINY = S.SyntheticConfig(
     queries_per_landmark=2,
     index_views_per_landmark=6,
     num_distractors=5,
+    num_collage_landmarks=3,
+    collage_views_per_landmark=2,
 )
 
 
@@ -54,8 +56,8 @@ def test_deterministic_by_seed(tiny):
 def test_split_contents_and_shapes(tiny):
     lms = tiny["landmarks"]
     train = tiny["train"]["views"]
-    assert len(train) == 3 * len(lms["train"])
-    assert {v.landmark for v in train} == set(lms["train"])
+    assert len(train) == 3 * len(lms["train"]) + 3 * 2
+    assert {v.landmark for v in train} == set(lms["train"]) | set(S.collage_landmark_ids(TINY))
     assert {v.landmark for v in tiny["val"]["views"]} == set(lms["val"])
     assert len(tiny["query"]) == 4 and {v.landmark for v in tiny["query"]} == set(lms["test"])
     assert len(tiny["index"]) == 2 * 6 + 5
@@ -108,6 +110,32 @@ def test_difficulty_follows_visibility():
         assert (v.difficulty == S.JUNK) == expected_junk
 
 
+def test_collages_use_only_training_photos_and_are_distinct(monkeypatch):
+    cfg = dataclasses.replace(TINY, num_collage_landmarks=6)
+    S.landmark_image.cache_clear()
+    requested = []
+    real = S.load_photo
+
+    def spy(name, long_side):
+        requested.append(name)
+        return real(name, long_side)
+
+    monkeypatch.setattr(S, "load_photo", spy)
+    ids = S.collage_landmark_ids(cfg)
+    assert ids == tuple(range(len(S.LANDMARK_PHOTOS), len(S.LANDMARK_PHOTOS) + 6))
+    images = [S.landmark_image(i, cfg) for i in ids]
+    S.landmark_image.cache_clear()
+    allowed = {S.LANDMARK_PHOTOS[i] for i in S.split_landmarks(cfg)["train"]} | set(S.BACKGROUND_PHOTOS)
+    assert requested and set(requested) <= allowed  # never a validation or test photo
+    assert len({im.tobytes() for im in images}) == 6
+    for im in images:
+        assert im.dtype == np.uint8 and im.shape == (72, 96, 3) and not im.flags.writeable
+    again = S.landmark_image(ids[0], cfg)
+    np.testing.assert_array_equal(again, images[0])
+    with pytest.raises(ValueError, match="landmark: expected a photo id"):
+        S.landmark_image(ids[-1] + 1, cfg)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="num_test_landmarks"):
         S.SyntheticConfig(num_test_landmarks=0)
@@ -119,3 +147,7 @@ def test_config_validation():
         S.SyntheticConfig(junk_visibility=0.6, easy_visibility=0.5)
     with pytest.raises(ValueError, match="name"):
         S.load_photo("not_a_photo", 32)
+    with pytest.raises(ValueError, match="num_collage_landmarks"):
+        S.SyntheticConfig(num_collage_landmarks=-1)
+    with pytest.raises(ValueError, match="collage_views_per_landmark"):
+        S.SyntheticConfig(collage_views_per_landmark=1)

@@ -231,6 +231,34 @@ def test_param_groups_and_frozen_group():
     assert float(schedule(0)) == 0.0 and float(schedule(2)) == pytest.approx(config.learning_rate)
 
 
+def test_frozen_backbone_blocks_freeze_only_the_named_modules():
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    config = tiny_config(frozen_backbone_blocks=("conv1", "bn"), optimizer="sgd", learning_rate=0.5,
+                         warmup_steps=0, schedule="constant")
+    variables = _variables()
+    trainer.check_frozen_blocks(config, variables["params"])
+    labels = trainer.param_labels(variables["params"], config.frozen_backbone_blocks)
+    assert set(jax.tree_util.tree_leaves(labels["backbone"]["conv1"])) == {"frozen"}
+    assert set(jax.tree_util.tree_leaves(labels["backbone"]["bn1"])) == {"frozen"}
+    assert set(jax.tree_util.tree_leaves(labels["backbone"]["conv2"])) == {"backbone"}
+    frozen = trainer.frozen_mask(config, variables["params"])
+    before = jax.device_get(variables["params"])
+    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    step = trainer.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh, frozen=frozen)
+    state, _ = step(trainer.create_train_state(variables, tx), _batch(b=4), np.ones((4,), np.float32))
+    after = jax.device_get(state.params)
+    np.testing.assert_array_equal(after["backbone"]["conv1"]["kernel"], before["backbone"]["conv1"]["kernel"])
+    assert np.abs(after["backbone"]["conv2"]["kernel"] - before["backbone"]["conv2"]["kernel"]).max() > 0
+
+
+def test_frozen_backbone_blocks_must_name_backbone_modules():
+    params = _variables()["params"]
+    with pytest.raises(ValueError, match=r"frozen_backbone_blocks: 'layer1' matches no module .*'conv1'"):
+        trainer.check_frozen_blocks(tiny_config(frozen_backbone_blocks=("conv1", "layer1")), params)
+    with pytest.raises(ValueError, match="config.frozen_backbone_blocks"):
+        trainer.validate_config(tiny_config(frozen_backbone_blocks=("conv1", "")))
+
+
 @pytest.mark.parametrize("name", ["exponential", "cosine", "constant"])
 def test_schedules_warm_up_then_decay(name):
     config = tiny_config(schedule=name, warmup_steps=4, num_epochs=5, decay_per_epoch=0.1)
@@ -335,6 +363,22 @@ def test_resume_after_crash_gives_the_same_final_parameters(uninterrupted, tmp_p
     np.testing.assert_array_equal(tuples_a, tuples_b)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                            params_a, params_b)
+
+
+def test_resuming_a_checkpoint_of_another_config_fails_clearly(tmp_path):
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_2(step):
+        if step == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        _run(tmp_path, tiny_config(checkpoint_every_steps=1, optimizer="adam"), step_hook=crash_at_2,
+             test_set=None)
+    assert _checkpoint_steps(tmp_path)
+    with pytest.raises(trainer.CheckpointMismatchError, match=r"different model, optimiser .* new --workdir"):
+        _run(tmp_path, tiny_config(optimizer="sgd", momentum=0.0), test_set=None)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -108,6 +108,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.learning_rate > 0, "learning_rate", "> 0")
     for f in ("lr_mult_backbone", "lr_mult_alpha", "lr_mult_whitening", "lr_mult_head"):
         check(config[f] >= 0, f, ">= 0 (0 freezes the group)")
+    check(isinstance(config.frozen_backbone_blocks, (tuple, list))
+          and all(isinstance(b, str) and b for b in config.frozen_backbone_blocks),
+          "frozen_backbone_blocks", "a tuple of backbone module names or prefixes, e.g. ('conv1', 'layer1')")
     check(0 <= config.momentum < 1, "momentum", "in [0, 1)")
     check(config.weight_decay >= 0, "weight_decay", ">= 0")
     check(config.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
@@ -228,12 +231,16 @@ def check_eval_shapes(model, variables, config: ml_collections.ConfigDict) -> No
 # -------------------------------------------------------------------------------------------- optimiser
 
 
-def param_labels(params) -> Any:
-    """Optimiser group of every parameter: 'backbone', 'alpha' (ROI-stream weights), 'whitening' or 'head'."""
+def param_labels(params, frozen_blocks: Sequence[str] = ()) -> Any:
+    """Optimiser group of every parameter: 'backbone', 'alpha' (ROI-stream weights), 'whitening', 'head', or
+    'frozen' for backbone parameters whose top-level module name starts with one of `frozen_blocks`
+    (e.g. ``("conv1", "bn1", "layer1", "layer2", "layer3")`` trains only a ResNet's last stage)."""
 
     def label(path, _):
         keys = [str(getattr(k, "key", k)) for k in path]
         if keys and keys[0] == "backbone":
+            if len(keys) > 1 and keys[1].startswith(tuple(frozen_blocks)) and frozen_blocks:
+                return "frozen"
             return "backbone"
         if keys and keys[-1] == "alpha":
             return "alpha"
@@ -242,6 +249,23 @@ def param_labels(params) -> Any:
         return "head"
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def group_lr_mults(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Learning-rate multiplier of each optimiser group of `param_labels` (0 = frozen)."""
+    return {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha,
+            "whitening": config.lr_mult_whitening, "head": config.lr_mult_head, "frozen": 0.0}
+
+
+def check_frozen_blocks(config: ml_collections.ConfigDict, params) -> None:
+    """Every entry of `config.frozen_backbone_blocks` must name (a prefix of) a backbone module."""
+    names = list(params.get("backbone", {}))
+    for block in config.frozen_backbone_blocks:
+        if not any(n.startswith(block) for n in names):
+            raise ValueError(
+                f"frozen_backbone_blocks: {block!r} matches no module of backbone {config.model.arch!r}; "
+                f"expected prefixes of {names}"
+            )
 
 
 def make_schedule(config: ml_collections.ConfigDict, base_lr: float, updates_per_epoch: int):
@@ -270,8 +294,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params, updates_per_epoch:
     """
     from remap_jax import heads
 
-    mults = {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha,
-             "whitening": config.lr_mult_whitening, "head": config.lr_mult_head}
+    mults = group_lr_mults(config)
 
     def group(mult: float):
         if mult == 0:
@@ -284,7 +307,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params, updates_per_epoch:
         parts = [optax.add_decayed_weights(config.weight_decay)] if config.weight_decay else []
         return optax.chain(*parts, optax.sgd(lr, momentum=config.momentum or None))
 
-    labels = param_labels(params)
+    labels = param_labels(params, config.frozen_backbone_blocks)
     used = set(jax.tree_util.tree_leaves(labels))
     chain = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
     chain.append(optax.multi_transform({g: group(mults[g]) for g in used}, labels))
@@ -330,9 +353,9 @@ def normalize_on_device(images):
 
 def frozen_mask(config: ml_collections.ConfigDict, params) -> Any:
     """Pytree of bools: True for parameters whose group has learning-rate multiplier 0."""
-    mults = {"backbone": config.lr_mult_backbone, "alpha": config.lr_mult_alpha,
-             "whitening": config.lr_mult_whitening, "head": config.lr_mult_head}
-    return jax.tree_util.tree_map(lambda label: mults[label] == 0, param_labels(params))
+    mults = group_lr_mults(config)
+    labels = param_labels(params, config.frozen_backbone_blocks)
+    return jax.tree_util.tree_map(lambda label: mults[label] == 0, labels)
 
 
 def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh, frozen=None):
@@ -579,6 +602,10 @@ def medium_map(results: Mapping) -> float:
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
+class CheckpointMismatchError(ValueError):
+    """The workdir holds a checkpoint whose structure does not match the current config."""
+
+
 class Checkpoints:
     """Orbax CheckpointManager over `workdir/checkpoints`: train state + mined tuples + loop position."""
 
@@ -603,8 +630,15 @@ class Checkpoints:
     def restore(self, step: int, template: TrainState, tuples_shape: tuple[int, int]):
         ocp = self._ocp
         target = {"state": _state_dict(template), "tuples": np.zeros(tuples_shape, np.int64)}
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                 meta=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                     meta=ocp.args.JsonRestore()))
+        except ValueError as e:  # Orbax: saved tree / shapes differ from this run's
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.manager.directory} was written by a run with a different "
+                "model, optimiser or batch layout than this config, so it cannot be resumed; use a new "
+                f"--workdir (or delete that one) to start afresh. Orbax said: {str(e)[:600]}"
+            ) from e
         from flax import serialization
 
         state = serialization.from_state_dict(template, out["state"]["state"])
@@ -716,6 +750,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
     variables = init_variables(model, config, jax.random.key(config.seed))
     check_eval_shapes(model, variables, config)
+    check_frozen_blocks(config, variables["params"])
     tx, lr_schedule = make_optimizer(config, variables["params"], updates_per_epoch)
     state = jax.device_put(create_train_state(variables, tx), replicated)
     del variables

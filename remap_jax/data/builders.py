@@ -496,11 +496,15 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
     Splits ``train`` and ``val`` (labels + query/positive pairs in metadata), ``index`` and ``query``
     (revisited-style easy/hard/junk ground truth in metadata and in the query records)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Training split adds 200 collage landmarks (4 views each) cut from the training photos.",
+    }
     BUILDER_CONFIGS = [
         SyntheticLandmarksConfig(
-            name="default", description="192 px images, 360 train / 30 queries / 300 index"
+            name="default",
+            description="192 px; train: 9 photos x 40 views + 200 collages x 4; 30 queries, 300 index",
         ),
         SyntheticLandmarksConfig(
             name="tiny",
@@ -515,6 +519,8 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
                 queries_per_landmark=2,
                 index_views_per_landmark=4,
                 num_distractors=4,
+                num_collage_landmarks=3,
+                collage_views_per_landmark=2,
             ),
         ),
     ]
@@ -544,7 +550,7 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
         data = synthetic.generate(cfg)
         meta = self.info.metadata
         meta["config"] = dataclasses.asdict(cfg)
-        meta["landmark_names"] = list(synthetic.LANDMARK_PHOTOS)
+        meta["landmark_names"] = list(synthetic.LANDMARK_PHOTOS)  # labels past these are training collages
         meta["landmarks"] = {k: list(v) for k, v in data["landmarks"].items()}
         splits = {}
         for split in ("train", "val"):

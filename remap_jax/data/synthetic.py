@@ -2,6 +2,11 @@
 and every image is a synthetic view of one of them (random homography, crop, scale, rotation, photometric
 change, occlusion) or a distractor.
 
+The training split also holds *collage* landmarks: canonical views composed of patches cut from the
+training photos (and the textures), viewed the same way. Nine photos are too few landmarks to learn
+anything that carries over to unseen ones; collages add as many training landmarks as wanted without
+touching a validation or test photo.
+
 Pure numpy generation, deterministic by seed, offline (only the photos that ship inside the scikit-image
 wheel are used). The TFDS builder in :mod:`remap_jax.data.builders` stores what :func:`generate` returns.
 
@@ -62,6 +67,11 @@ class SyntheticConfig:
     queries_per_landmark: int = 5
     index_views_per_landmark: int = 30
     num_distractors: int = 120
+    # Extra training-only landmarks: collages of patches cut from the *training* photos and the textures
+    # (never from validation or test photos). Nine photos are too few landmarks to learn anything that
+    # carries over to unseen ones; collages give as many distinct landmarks as wanted.
+    num_collage_landmarks: int = 200
+    collage_views_per_landmark: int = 4
     easy_visibility: float = 0.5
     junk_visibility: float = 0.15
     jpeg_quality: int = 90
@@ -82,6 +92,11 @@ class SyntheticConfig:
             raise ValueError(
                 "image_size, canonical_size: expected >= 32 pixels, got "
                 f"{self.image_size}, {self.canonical_size}"
+            )
+        if self.num_collage_landmarks < 0 or self.collage_views_per_landmark < 2:
+            raise ValueError(
+                "num_collage_landmarks, collage_views_per_landmark: expected >= 0 and >= 2, got "
+                f"{self.num_collage_landmarks}, {self.collage_views_per_landmark}"
             )
         for field in ("train_views_per_landmark", "queries_per_landmark", "index_views_per_landmark"):
             if getattr(self, field) < 2 and field != "queries_per_landmark":
@@ -262,17 +277,72 @@ class View:
     """One generated image and what is known about it."""
 
     image: np.ndarray  # uint8 (H, W, 3)
-    landmark: int  # index into LANDMARK_PHOTOS, -1 for distractors
+    landmark: int  # index into LANDMARK_PHOTOS or a collage id (train only), -1 for distractors
     visibility: float  # fraction of the canonical view visible, 0 for distractors
     difficulty: str  # easy / hard / junk ("" for distractors)
     bbox: tuple[float, float, float, float]  # (x0, y0, x1, y1) of the landmark in the image
+
+
+def collage_landmark_ids(config: SyntheticConfig) -> tuple[int, ...]:
+    """Landmark ids of the training collages: they follow the photo ids (len(LANDMARK_PHOTOS) + k)."""
+    first = len(LANDMARK_PHOTOS)
+    return tuple(range(first, first + config.num_collage_landmarks))
+
+
+def _paste_patch(rng, canvas: np.ndarray, source: np.ndarray) -> None:
+    """Pastes a randomly scaled, flipped crop of ``source`` (uint8) into ``canvas`` (float, [0, 1]) in place,
+    as a rectangle or an ellipse."""
+    from skimage.transform import resize
+
+    hc, wc = canvas.shape[:2]
+    ph, pw = (int(rng.uniform(0.3, 0.65) * n) for n in (hc, wc))
+    scale = rng.uniform(0.6, 1.4)
+    sh, sw = min(source.shape[0], max(8, int(ph * scale))), min(source.shape[1], max(8, int(pw * scale)))
+    y, x = rng.integers(0, source.shape[0] - sh + 1), rng.integers(0, source.shape[1] - sw + 1)
+    patch = resize(source[y : y + sh, x : x + sw].astype(np.float32) / 255.0, (ph, pw), order=1)
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    top, left = rng.integers(0, hc - ph + 1), rng.integers(0, wc - pw + 1)
+    if rng.random() < 0.5:
+        yy, xx = np.mgrid[0:ph, 0:pw]
+        mask = ((yy - ph / 2) / (ph / 2)) ** 2 + ((xx - pw / 2) / (pw / 2)) ** 2 < 1.0
+    else:
+        mask = np.ones((ph, pw), bool)
+    region = canvas[top : top + ph, left : left + pw]
+    region[mask] = patch[mask]
+
+
+@functools.lru_cache(maxsize=512)
+def landmark_image(landmark: int, config: SyntheticConfig) -> np.ndarray:
+    """The canonical view of a landmark as uint8 (H, W, 3), long side ``config.canonical_size``.
+
+    Ids below len(LANDMARK_PHOTOS) are the photos; the ids of :func:`collage_landmark_ids` are collages of
+    4 to 7 patches cut from the training photos (this config's split; 1 in 5 from the textures), over a
+    texture or gradient background. Deterministic by (seed, landmark)."""
+    if 0 <= landmark < len(LANDMARK_PHOTOS):
+        return load_photo(LANDMARK_PHOTOS[landmark], config.canonical_size)
+    if landmark not in collage_landmark_ids(config):
+        raise ValueError(
+            f"landmark: expected a photo id in [0, {len(LANDMARK_PHOTOS)}) or a collage id in "
+            f"{collage_landmark_ids(config)[:1]}..{collage_landmark_ids(config)[-1:]}, got {landmark}"
+        )
+    rng = np.random.default_rng([config.seed, 7, landmark])
+    shape = (int(round(config.canonical_size * 0.75)), config.canonical_size)
+    canvas = np.array(_background(rng, shape, config.canonical_size), np.float32)
+    photos = [LANDMARK_PHOTOS[i] for i in split_landmarks(config)["train"]]
+    for _ in range(rng.integers(4, 8)):
+        pool = photos if rng.random() < 0.8 else BACKGROUND_PHOTOS
+        _paste_patch(rng, canvas, load_photo(pool[rng.integers(len(pool))], config.canonical_size))
+    out = np.round(np.clip(canvas, 0, 1) * 255.0).astype(np.uint8)
+    out.setflags(write=False)
+    return out
 
 
 def render_view(rng: np.random.Generator, landmark: int, kind: str, config: SyntheticConfig) -> View:
     """Renders a view of a landmark; kind is "query", "easy", "hard" or "junk" (the target difficulty; the
     stored difficulty is measured from the rendered view)."""
     params = _VIEW_PARAMS[kind]
-    src = load_photo(LANDMARK_PHOTOS[landmark], config.canonical_size)
+    src = landmark_image(landmark, config)
     out_shape = _view_shape(rng, config.image_size)
     h, rot = _homography(rng, src.shape[:2], out_shape, params)
     fg, cover = _warp(src, h, out_shape)
@@ -353,6 +423,10 @@ def generate(config: SyntheticConfig = SyntheticConfig(), progress: bool = False
     for code, split in ((1, "train"), (2, "val")):
         per = config.train_views_per_landmark if split == "train" else config.val_views_per_landmark
         views = _views_for(config, code, lms[split], per, junk=False) if lms[split] and per else []
+        if split == "train" and config.num_collage_landmarks:
+            views += _views_for(
+                config, code, collage_landmark_ids(config), config.collage_views_per_landmark, junk=False
+            )
         labels = np.array([v.landmark for v in views], np.int64)
         usable = np.array([v.difficulty != JUNK for v in views], bool)
         qidx, pidx = positive_pairs(labels, usable, seed=config.seed * 1000 + code)
