@@ -408,3 +408,24 @@ def test_frozen_backbone_gets_no_gradient_and_no_update():
     np.testing.assert_array_equal(after["backbone"]["conv1"]["kernel"], before["backbone"]["conv1"]["kernel"])
     assert np.abs(after["head"]["whiten"]["kernel"] - before["head"]["whiten"]["kernel"]).max() > 0
     assert np.isfinite(metrics["grad_norm"])
+
+
+def test_describe_images_buckets_small_batches_to_powers_of_two():
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    shapes = []
+
+    def describe(variables, images):  # records the batch shape of every call; stands in for the jitted fn
+        shapes.append(images.shape[0])
+        return np.asarray(images, np.float32).reshape(images.shape[0], -1)[:, :2] + variables
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, SIZE, SIZE, 3), dtype=np.uint8)
+    source = trainer.ImageSource(lambda i: images[i], (SIZE, SIZE), workers=1)
+    for n in range(1, 17):
+        out = trainer.describe_images(describe, 0.0, source, np.arange(n), batch_size=16, mesh=mesh)
+        np.testing.assert_array_equal(out, images[:n].reshape(n, -1)[:, :2].astype(np.float32))
+    assert set(shapes) == {1, 2, 4, 8, 16}  # 5 static shapes for 16 different counts
+    shapes.clear()
+    out = trainer.describe_images(describe, 0.0, source, np.arange(40), batch_size=16, mesh=mesh)
+    assert shapes == [16, 16, 16] and out.shape == (40, 2)
+    source.close()

@@ -465,12 +465,15 @@ def describe_images(describe, variables, source: ImageSource, ids: np.ndarray, *
     """Descriptors (N, D) float32 of images `ids` of `source`, in batches sharded over the mesh's devices.
 
     `describe` is `make_describe_fn(model, mesh)`; the last batch is padded (static shapes) and trimmed.
+    Fewer ids than `batch_size` run as one batch padded to the next power of two, so calls with every count
+    from 1 to `batch_size` compile at most log2(batch_size) + 1 programs, not one per count.
     """
     from tqdm import tqdm
 
     ids = np.asarray(ids)
     num_devices = mesh.devices.size
-    batch_size = pad_to_multiple(min(batch_size, pad_to_multiple(len(ids), num_devices)), num_devices)
+    bucket = 1 << max(0, len(ids) - 1).bit_length()
+    batch_size = pad_to_multiple(min(batch_size, bucket), num_devices)
     sharding = NamedSharding(mesh, P("data"))
     out = []
     chunks = [ids[s:s + batch_size] for s in range(0, len(ids), batch_size)]
