@@ -166,9 +166,9 @@ class Gldv2CleanTest(tfds.testing.DatasetBuilderTestCase):
 class SyntheticLandmarksTest(tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = builders.SyntheticLandmarks
     BUILDER_CONFIG_NAMES_TO_TEST = ["tiny"]
-    # tiny: 14 train landmarks x 3 views, 1 val landmark x 2, 2 test landmarks x 4 views + 4 distractors,
-    # 2 x 2 queries
-    SPLITS = {"train": 42, "val": 2, "index": 12, "query": 4}
+    # tiny: 14 train landmarks x 3 views + 3 collages x 2, 1 val landmark x 2, 2 test landmarks x 4 views
+    # + 4 distractors, 2 x 2 queries
+    SPLITS = {"train": 48, "val": 2, "index": 12, "query": 4}
     SKIP_CHECKSUMS = True
 
     @classmethod
