@@ -420,7 +420,7 @@ def test_describe_images_buckets_small_batches_to_powers_of_two():
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (40, SIZE, SIZE, 3), dtype=np.uint8)
-    source = trainer.ImageSource(lambda i: images[i], (SIZE, SIZE), workers=1)
+    source = trainer.ImageSource(lambda i: images[i], (SIZE, SIZE), workers=1)  # prefetch must not deadlock
     for n in range(1, 17):
         out = trainer.describe_images(describe, 0.0, source, np.arange(n), batch_size=16, mesh=mesh)
         np.testing.assert_array_equal(out, images[:n].reshape(n, -1)[:, :2].astype(np.float32))

@@ -436,6 +436,9 @@ class ImageSource:
         self.size = (int(size[0]), int(size[1]))
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
         self._pool = ThreadPoolExecutor(max_workers=workers)
+        # Prefetched batches run `get` on their own thread: on the decoding pool, `get` would wait for its
+        # own per-image tasks queued behind it (a deadlock with workers=1).
+        self._prefetcher = ThreadPoolExecutor(max_workers=1)
 
     def _one(self, i: int) -> np.ndarray:
         i = int(i)
@@ -454,9 +457,10 @@ class ImageSource:
 
     def prefetch(self, ids: np.ndarray):
         """Start loading `ids` in the background; `.result()` gives `get(ids)`."""
-        return self._pool.submit(self.get, ids)
+        return self._prefetcher.submit(self.get, ids)
 
     def close(self) -> None:
+        self._prefetcher.shutdown(wait=False)
         self._pool.shutdown(wait=False)
 
 
