@@ -15,6 +15,7 @@ def config():
     c = get_config()
     c.image_size = c.test_image_size = (64, 64)  # 2x2 map at layer4: levels 1 -> 1 region
     c.model.levels = 1
+    c.model.taps = ("layer4.0", "layer4.1")  # the tests below count channels and regions of these two taps
     return c
 
 
