@@ -231,8 +231,17 @@ def test_param_groups_and_frozen_group():
     assert float(schedule(0)) == 0.0 and float(schedule(2)) == pytest.approx(config.learning_rate)
 
 
-def test_frozen_backbone_blocks_freeze_only_the_named_modules():
+def _one_step_with_frozen_mask(config, variables):
+    """One contrastive train step on 1 device with `config`'s frozen mask -> (params after, metrics)."""
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    frozen = trainer.frozen_mask(config, variables["params"])
+    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    step = trainer.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh, frozen=frozen)
+    state, metrics = step(trainer.create_train_state(variables, tx), _batch(b=4), np.ones((4,), np.float32))
+    return jax.device_get(state.params), metrics
+
+
+def test_frozen_backbone_blocks_freeze_only_the_named_modules():
     config = tiny_config(frozen_backbone_blocks=("conv1", "bn"), optimizer="sgd", learning_rate=0.5,
                          warmup_steps=0, schedule="constant")
     variables = _variables()
@@ -241,12 +250,8 @@ def test_frozen_backbone_blocks_freeze_only_the_named_modules():
     assert set(jax.tree_util.tree_leaves(labels["backbone"]["conv1"])) == {"frozen"}
     assert set(jax.tree_util.tree_leaves(labels["backbone"]["bn1"])) == {"frozen"}
     assert set(jax.tree_util.tree_leaves(labels["backbone"]["conv2"])) == {"backbone"}
-    frozen = trainer.frozen_mask(config, variables["params"])
     before = jax.device_get(variables["params"])
-    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
-    step = trainer.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh, frozen=frozen)
-    state, _ = step(trainer.create_train_state(variables, tx), _batch(b=4), np.ones((4,), np.float32))
-    after = jax.device_get(state.params)
+    after, _ = _one_step_with_frozen_mask(config, variables)
     np.testing.assert_array_equal(after["backbone"]["conv1"]["kernel"], before["backbone"]["conv1"]["kernel"])
     assert np.abs(after["backbone"]["conv2"]["kernel"] - before["backbone"]["conv2"]["kernel"]).max() > 0
 
@@ -393,7 +398,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_frozen_backbone_gets_no_gradient_and_no_update():
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
     config = tiny_config(lr_mult_backbone=0.0, optimizer="sgd", learning_rate=0.5, warmup_steps=0,
                          schedule="constant")
     variables = _variables()
@@ -401,10 +405,7 @@ def test_frozen_backbone_gets_no_gradient_and_no_update():
     frozen = trainer.frozen_mask(config, variables["params"])
     assert all(jax.tree_util.tree_leaves(frozen["backbone"]))
     assert not any(jax.tree_util.tree_leaves(frozen["head"]))
-    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
-    step = trainer.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh, frozen=frozen)
-    state, metrics = step(trainer.create_train_state(variables, tx), _batch(b=4), np.ones((4,), np.float32))
-    after = jax.device_get(state.params)
+    after, metrics = _one_step_with_frozen_mask(config, variables)
     np.testing.assert_array_equal(after["backbone"]["conv1"]["kernel"], before["backbone"]["conv1"]["kernel"])
     assert np.abs(after["head"]["whiten"]["kernel"] - before["head"]["whiten"]["kernel"]).max() > 0
     assert np.isfinite(metrics["grad_norm"])
