@@ -234,12 +234,12 @@ def check_eval_shapes(model, variables, config: ml_collections.ConfigDict) -> No
 def param_labels(params, frozen_blocks: Sequence[str] = ()) -> Any:
     """Optimiser group of every parameter: 'backbone', 'alpha' (ROI-stream weights), 'whitening', 'head', or
     'frozen' for backbone parameters whose top-level module name starts with one of `frozen_blocks`
-    (e.g. ``("conv1", "bn1", "layer1", "layer2", "layer3")`` trains only a ResNet's last stage)."""
+    (e.g. ``("conv1", "layer1", "layer2", "layer3")`` trains only a ResNet's last stage)."""
 
     def label(path, _):
         keys = [str(getattr(k, "key", k)) for k in path]
         if keys and keys[0] == "backbone":
-            if len(keys) > 1 and keys[1].startswith(tuple(frozen_blocks)) and frozen_blocks:
+            if frozen_blocks and len(keys) > 1 and keys[1].startswith(tuple(frozen_blocks)):
                 return "frozen"
             return "backbone"
         if keys and keys[-1] == "alpha":

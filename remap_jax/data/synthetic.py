@@ -321,10 +321,11 @@ def landmark_image(landmark: int, config: SyntheticConfig) -> np.ndarray:
     texture or gradient background. Deterministic by (seed, landmark)."""
     if 0 <= landmark < len(LANDMARK_PHOTOS):
         return load_photo(LANDMARK_PHOTOS[landmark], config.canonical_size)
-    if landmark not in collage_landmark_ids(config):
+    collages = collage_landmark_ids(config)
+    if landmark not in collages:
         raise ValueError(
             f"landmark: expected a photo id in [0, {len(LANDMARK_PHOTOS)}) or a collage id in "
-            f"{collage_landmark_ids(config)[:1]}..{collage_landmark_ids(config)[-1:]}, got {landmark}"
+            f"{collages[:1]}..{collages[-1:]}, got {landmark}"
         )
     rng = np.random.default_rng([config.seed, 7, landmark])
     shape = (int(round(config.canonical_size * 0.75)), config.canonical_size)
