@@ -102,7 +102,7 @@ def init_variables(
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in maps.items()}
     head_variables = jax.jit(model.head.init)(key_head, zeros)
     return {
-        "params": {"backbone": backbone_variables["params"], "head": head_variables["params"]},
+        "params": {"backbone": backbone_variables["params"], "head": head_variables.get("params", {})},
         "batch_stats": {"backbone": backbone_variables.get("batch_stats", {})},
     }
 
