@@ -2,9 +2,8 @@
 
 `tests/fixtures/extract_golden.npz` holds the descriptors the extraction command produced for five images
 (landscape, portrait, square, wide) and three fixed models: a seeded random ResNet-18 off the shelf,
-multi-scale
-R-MAC, and an export with learned region weights and whitening read through `--checkpoint`. Regenerate it only
-after an intended change of the numbers: `python tools/make_extract_golden.py`.
+multi-scale R-MAC, and an export with learned region weights and whitening read through `--checkpoint`.
+Regenerate it only after an intended change of the numbers: `python tools/make_extract_golden.py`.
 
 The comparison is exact on a CPU with the vector extensions of the machine that wrote the fixture (recorded in
 it); on another CPU XLA may emit other kernels, so there ulp-scale differences are allowed (atol 2e-7).
