@@ -177,6 +177,20 @@ class SyntheticLandmarksTest(tfds.testing.DatasetBuilderTestCase):
         super().setUpClass()
 
 
+class SyntheticLandmarksHardTest(tfds.testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builders.SyntheticLandmarks
+    BUILDER_CONFIG_NAMES_TO_TEST = ["hard_tiny"]
+    # hard_tiny: 23 training cells x 2 views + 3 collages x 2, 2 val cells x 2, 4 test cells x 3 views
+    # + 4 distractors, 4 x 1 queries
+    SPLITS = {"train": 52, "val": 4, "index": 16, "query": 4}
+    SKIP_CHECKSUMS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.EXAMPLE_DIR = _example_dir("synthetic_landmarks", lambda d: None)
+        super().setUpClass()
+
+
 # --------------------------------------------------------------------- array_record builds and contents
 
 
@@ -288,3 +302,30 @@ def test_empty_distractor_tar_is_an_error(tmp_path):
     _write_tar(tmp_path / "revisitop1m.1.tar.gz", {})
     with pytest.raises(builders.DatasetFileError, match=r"revisitop1m\.1\.tar\.gz: expected JPEG images"):
         _build(builders.Revisitop1m, tmp_path, tmp_path, config="tars_1")
+
+
+def test_synthetic_configs_versions_and_hard_metadata(tmp_path):
+    from remap_jax.data import load_test_set, load_training_set, synthetic
+
+    versions = {c.name: str(builders.SyntheticLandmarks(config=c.name).version)
+                for c in builders.SyntheticLandmarks.BUILDER_CONFIGS}
+    assert versions == {"default": "1.1.0", "tiny": "1.1.0", "hard": "1.2.0", "hard_tiny": "1.2.0"}
+    for config in builders.SyntheticLandmarks.BUILDER_CONFIGS:
+        assert config.synthetic == synthetic.NAMED_CONFIGS[config.name]
+    data_dir = str(tmp_path / "data")
+    train = load_training_set("synthetic_landmarks/hard_tiny", data_dir=data_dir)
+    test = load_test_set("synthetic_landmarks/hard_tiny", data_dir=data_dir)
+    cfg = synthetic.NAMED_CONFIGS["hard_tiny"]
+    ids = synthetic.split_landmark_ids(cfg)
+    assert train.num_images == 52 and train.val.num_images == 4 and test.num_queries == 4
+    assert set(train.labels.tolist()) == set(ids["train"]) | set(synthetic.collage_landmark_ids(cfg))
+    assert train.read(0).shape[2] == 3 and max(test.read_index(0).shape[:2]) == 64
+    meta = builders.SyntheticLandmarks(data_dir=data_dir, config="hard_tiny").info.metadata
+    layout = synthetic.cell_layout(cfg)["landmarks"]
+    assert meta["photos"]["test"] == list(synthetic.split_landmarks(cfg)["test"])
+    assert {int(k): (v["photo"], tuple(v["box"])) for k, v in meta["cells"].items()} == {
+        i: (c.photo, c.box) for i, c in layout.items()
+    }
+    for q, g in enumerate(test.gnd):
+        assert g["easy"].size + g["hard"].size + g["junk"].size == 3  # the query landmark's 3 index views
+        assert test.read_query(q).shape[0] <= test.read_query(q, crop=False).shape[0]

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from remap_jax.data import synthetic as S
 
@@ -67,20 +68,24 @@ def test_split_contents_and_shapes(tiny):
     assert all(v.difficulty != S.JUNK for v in train)  # training views never target junk
 
 
-def test_ground_truth_matches_index_views(tiny):
-    index = tiny["index"]
-    for q, g in zip(tiny["query"], tiny["gnd"], strict=True):
+def _check_ground_truth(data, config):
+    index = data["index"]
+    for q, g in zip(data["query"], data["gnd"], strict=True):
         labelled = np.concatenate([g["easy"], g["hard"], g["junk"]])
         same = [i for i, v in enumerate(index) if v.landmark == q.landmark]
         assert sorted(labelled.tolist()) == same  # every view of the landmark is labelled exactly once
         for i in g["easy"]:
-            assert index[i].visibility >= TINY.easy_visibility
+            assert index[i].visibility >= config.easy_visibility
         for i in g["junk"]:
-            assert index[i].visibility < TINY.junk_visibility
+            assert index[i].visibility < config.junk_visibility
         for i in g["hard"]:
-            assert index[i].visibility >= TINY.junk_visibility
+            assert index[i].visibility >= config.junk_visibility
         x0, y0, x1, y1 = g["bbx"]
         assert 0 <= x0 < x1 <= q.image.shape[1] and 0 <= y0 < y1 <= q.image.shape[0]
+
+
+def test_ground_truth_matches_index_views(tiny):
+    _check_ground_truth(tiny, TINY)
 
 
 def test_positive_pairs_are_same_landmark_and_usable(tiny):
@@ -151,3 +156,187 @@ def test_config_validation():
         S.SyntheticConfig(num_collage_landmarks=-1)
     with pytest.raises(ValueError, match="collage_views_per_landmark"):
         S.SyntheticConfig(collage_views_per_landmark=1)
+
+
+# --------------------------------------------------------------------------- the hard recipe (photo cells)
+
+HARD_TINY = S.NAMED_CONFIGS["hard_tiny"]
+
+
+@pytest.fixture(scope="module")
+def hard_tiny():
+    return S.generate(HARD_TINY)
+
+
+def test_named_configs_are_the_documented_ones():
+    assert S.NAMED_CONFIGS["default"] == S.SyntheticConfig()  # version 1.1.0
+    assert S.NAMED_CONFIGS["tiny"] == dataclasses.replace(TINY, index_views_per_landmark=4, num_distractors=4)
+    hard = S.NAMED_CONFIGS["hard"]
+    assert hard.photo_cells == 6 and hard.views == "strong" and hard.lookalike_distractors == 0.5
+    small = S.NAMED_CONFIGS["hard_tiny"]
+    assert (small.photo_cells, small.views, small.lookalike_distractors) == (6, "strong", 0.5)
+
+
+def test_hard_config_sizes_fit_the_demo_budget():
+    # Counts only (no rendering): the layout scores the photos' cells, nothing more.
+    cfg = S.NAMED_CONFIGS["hard"]
+    ids = S.split_landmark_ids(cfg)
+    assert (len(ids["test"]), len(ids["val"]), len(ids["train"])) == (19, 8, 29)
+    queries = cfg.queries_per_landmark * len(ids["test"])
+    index = cfg.index_views_per_landmark * len(ids["test"]) + cfg.num_distractors
+    train = cfg.train_views_per_landmark * len(ids["train"]) + cfg.num_collage_landmarks * 4
+    assert (queries, index, train) == (76, 756, 1348)
+    assert queries <= 100 and index <= 1000 and 1000 <= train <= 2000
+
+
+def test_photo_cells_tile_each_photo():
+    for photo in range(len(S.LANDMARK_PHOTOS)):
+        cells = S.photo_cells(photo, 6)
+        h, w = S.load_photo(S.LANDMARK_PHOTOS[photo], 384).shape[:2]
+        rows, cols = S.photo_grid(h, w, 6)
+        assert len(cells) == rows * cols and 4 <= len(cells) <= 9
+        area = sum((c.box[2] - c.box[0]) * (c.box[3] - c.box[1]) for c in cells)
+        assert area == pytest.approx(1.0)  # the boxes of a regular grid: disjoint and covering
+        assert {c.box[0] for c in cells} == {i / cols for i in range(cols)}
+        assert all(c.photo == photo and c.texture >= 0 for c in cells)
+    # a mostly blank photo has fewer textured cells than a busy one
+    clock, coffee = S.LANDMARK_PHOTOS.index("clock"), S.LANDMARK_PHOTOS.index("coffee")
+    textured = [sum(c.texture >= 2.0 for c in S.photo_cells(p, 6)) for p in (clock, coffee)]
+    assert textured[0] < textured[1]
+
+
+def test_cell_layout_partitions_the_cells_by_split():
+    cfg = S.NAMED_CONFIGS["hard"]
+    layout = S.cell_layout(cfg)
+    photos = S.split_landmarks(cfg)
+    ids = S.split_landmark_ids(cfg)
+    first = len(S.LANDMARK_PHOTOS) + cfg.num_collage_landmarks
+    assert sorted(layout["landmarks"]) == list(range(first, first + len(layout["landmarks"])))
+    assert not set(layout["landmarks"]) & set(S.collage_landmark_ids(cfg))
+    for split in ("test", "val", "train"):
+        for i in ids[split]:
+            cell = layout["landmarks"][i]
+            assert cell.photo in photos[split] and cell.texture >= cfg.min_cell_texture
+            assert S.landmark_split(i, cfg) == split
+        assert all(c.photo in photos[split] for c in layout["material"][split])
+    for photo in range(len(S.LANDMARK_PHOTOS)):
+        mine = [c for c in layout["landmarks"].values() if c.photo == photo]
+        others = [c for split in layout["material"].values() for c in split if c.photo == photo]
+        assert len(mine) <= cfg.cell_landmarks
+        assert sorted(c.box for c in mine + others) == sorted(c.box for c in S.photo_cells(photo, 6))
+    assert S.landmark_split(S.collage_landmark_ids(cfg)[0], cfg) == "train"
+    with pytest.raises(ValueError, match="cell id"):
+        S.landmark_image(0, cfg)  # with cells, a whole photo is no landmark
+
+
+def test_cell_images_are_cut_from_their_photo():
+    cfg = S.NAMED_CONFIGS["hard"]
+    for cell in list(S.cell_layout(cfg)["landmarks"].values())[:3]:
+        img = S.cell_image(cell, cfg)
+        assert img.dtype == np.uint8 and max(img.shape[:2]) == cfg.canonical_size and not img.flags.writeable
+        photo = S.load_photo(S.LANDMARK_PHOTOS[cell.photo], 384).astype(np.float32)
+        h, w = photo.shape[:2]
+        x0, y0, x1, y1 = cell.box
+        crop = photo[round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)]
+        small = np.asarray(
+            Image.fromarray(img).resize((crop.shape[1], crop.shape[0]), Image.Resampling.BILINEAR), np.float32
+        )
+        assert np.abs(small - crop).mean() < 6.0  # same content, up to resampling
+
+
+def test_hard_split_contents_and_ground_truth(hard_tiny):
+    lms = S.split_landmark_ids(HARD_TINY)
+    assert hard_tiny["landmarks"] == lms
+    train, index = hard_tiny["train"]["views"], hard_tiny["index"]
+    assert len(train) == 2 * len(lms["train"]) + 3 * 2
+    assert {v.landmark for v in train} == set(lms["train"]) | set(S.collage_landmark_ids(HARD_TINY))
+    assert {v.landmark for v in hard_tiny["val"]["views"]} == set(lms["val"])
+    assert len(hard_tiny["query"]) == len(lms["test"]) and len(index) == 3 * len(lms["test"]) + 4
+    assert {v.landmark for v in index} == set(lms["test"]) | {-1}
+    for v in train + index + hard_tiny["query"]:
+        assert v.image.dtype == np.uint8 and max(v.image.shape[:2]) == 64 and v.image.shape[2] == 3
+    _check_ground_truth(hard_tiny, HARD_TINY)
+    views, qidx, pidx = train, hard_tiny["train"]["qidx"], hard_tiny["train"]["pidx"]
+    assert qidx.size > 0
+    for q, p in zip(qidx, pidx, strict=True):
+        assert views[q].landmark == views[p].landmark
+        assert S.JUNK not in (views[q].difficulty, views[p].difficulty)
+
+
+def test_hard_deterministic_by_seed(hard_tiny):
+    again = S.generate(HARD_TINY)
+    for part in ("index", "query"):
+        for a, b in zip(hard_tiny[part], again[part], strict=True):
+            np.testing.assert_array_equal(a.image, b.image)
+            assert (a.landmark, a.visibility, a.difficulty) == (b.landmark, b.visibility, b.difficulty)
+    for a, b in zip(hard_tiny["train"]["views"], again["train"]["views"], strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(hard_tiny["train"]["pidx"], again["train"]["pidx"])
+
+
+def test_strong_views_are_harder_than_standard_ones():
+    # Same landmark, same seeds: strong views see less of it on average and are hard more often.
+    std = dataclasses.replace(HARD_TINY, views="standard", lookalike_distractors=0.0)
+    lm = S.split_landmark_ids(HARD_TINY)["test"][0]
+    vis = {}
+    for cfg in (HARD_TINY, std):
+        views = [S.render_view(np.random.default_rng([3, i]), lm, S.HARD, cfg) for i in range(12)]
+        vis[cfg.views] = np.mean([v.visibility for v in views])
+    assert vis["strong"] < vis["standard"]
+
+
+def _spy_photos(monkeypatch):
+    """Clears the image caches and records every photo name that load_photo is asked for from now on."""
+    for cached in (S.landmark_image, S.cell_image, S.load_photo):
+        cached.cache_clear()
+    requested = []
+    real = S.load_photo
+
+    def spy(name, long_side):
+        requested.append(name)
+        return real(name, long_side)
+
+    monkeypatch.setattr(S, "load_photo", spy)
+    return requested
+
+
+def test_hard_training_split_holds_no_val_or_test_pixel(monkeypatch):
+    cfg = dataclasses.replace(HARD_TINY, num_val_landmarks=0)  # so generate_training renders train only
+    S.cell_layout(cfg)  # the layout scores every photo's cells; rendering starts from here
+    requested = _spy_photos(monkeypatch)
+    data = S.generate_training(cfg)
+    train_photos = {S.LANDMARK_PHOTOS[i] for i in S.split_landmarks(cfg)["train"]}
+    assert not data["val"]["views"] and len(data["train"]["views"]) > 0
+    # every training photo with a landmark cell is read, and nothing but training photos and textures
+    cells = S.cell_layout(cfg)["landmarks"]
+    cell_photos = {S.LANDMARK_PHOTOS[cells[i].photo] for i in S.split_landmark_ids(cfg)["train"]}
+    assert cell_photos <= set(requested) <= train_photos | set(S.BACKGROUND_PHOTOS)
+
+
+def test_hard_test_split_reads_only_test_photos_and_textures(monkeypatch):
+    S.cell_layout(HARD_TINY)
+    requested = _spy_photos(monkeypatch)
+    data = S.generate_test(dataclasses.replace(HARD_TINY, lookalike_distractors=1.0))
+    photos = S.split_landmarks(HARD_TINY)
+    allowed = {S.LANDMARK_PHOTOS[i] for i in photos["test"]} | set(S.BACKGROUND_PHOTOS)
+    assert requested and set(requested) <= allowed
+    distractors = [v for v in data["index"] if v.landmark < 0]
+    assert len(distractors) == 4 and all(v.difficulty == "" and v.visibility == 0.0 for v in distractors)
+    assert all(v.image.std() > 1.0 for v in distractors)  # views of material cells, not blank frames
+
+
+def test_hard_config_validation():
+    with pytest.raises(ValueError, match="cell_landmarks"):
+        S.SyntheticConfig(photo_cells=4, cell_landmarks=5)
+    with pytest.raises(ValueError, match="photo_cells"):
+        S.SyntheticConfig(photo_cells=-1)
+    with pytest.raises(ValueError, match="views: expected one of"):
+        S.SyntheticConfig(views="extreme")
+    with pytest.raises(ValueError, match="lookalike_distractors"):
+        S.SyntheticConfig(lookalike_distractors=0.5)  # needs photo cells
+    with pytest.raises(ValueError, match="lookalike_distractors"):
+        S.SyntheticConfig(photo_cells=6, lookalike_distractors=1.5)
+    with pytest.raises(ValueError, match="no cell of the test photos"):
+        S.split_landmark_ids(dataclasses.replace(HARD_TINY, min_cell_texture=1e9))
+    with pytest.raises(ValueError, match="photo_cells: expected > 0"):
+        S.cell_layout(TINY)

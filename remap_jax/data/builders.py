@@ -494,34 +494,49 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
     """Offline demo dataset: views of scikit-image photos as landmarks (see remap_jax.data.synthetic).
 
     Splits ``train`` and ``val`` (labels + query/positive pairs in metadata), ``index`` and ``query``
-    (revisited-style easy/hard/junk ground truth in metadata and in the query records)."""
+    (revisited-style easy/hard/junk ground truth in metadata and in the query records).
+
+    Configs: ``default`` (whole photos as landmarks), ``hard`` (photos cut into cells, strong views,
+    look-alike distractors: a pretrained network is far from saturating it) and their scaled-down test
+    versions ``tiny`` and ``hard_tiny``. A config keeps the version of the release that last changed its
+    data: default and tiny are still 1.1.0, the hard configs start at 1.2.0."""
 
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "Training split adds 200 collage landmarks (4 views each) cut from the training photos.",
     }
+    _HARD_RELEASE_NOTES = {
+        **RELEASE_NOTES,
+        "1.2.0": "New configs hard and hard_tiny: photos cut into grid cells (4 landmark cells per photo, "
+        "the rest material for backgrounds, occluders, look-alike distractors and the training collages), "
+        "strong views. default and tiny are unchanged (same records as 1.1.0).",
+    }
     BUILDER_CONFIGS = [
         SyntheticLandmarksConfig(
             name="default",
             description="192 px; train: 9 photos x 40 views + 200 collages x 4; 30 queries, 300 index",
+            synthetic=synthetic.NAMED_CONFIGS["default"],
         ),
         SyntheticLandmarksConfig(
             name="tiny",
             description="64 px images, few views: for tests",
-            synthetic=synthetic.SyntheticConfig(
-                image_size=64,
-                canonical_size=96,
-                num_test_landmarks=2,
-                num_val_landmarks=1,
-                train_views_per_landmark=3,
-                val_views_per_landmark=2,
-                queries_per_landmark=2,
-                index_views_per_landmark=4,
-                num_distractors=4,
-                num_collage_landmarks=3,
-                collage_views_per_landmark=2,
-            ),
+            synthetic=synthetic.NAMED_CONFIGS["tiny"],
+        ),
+        SyntheticLandmarksConfig(
+            name="hard",
+            version="1.2.0",
+            release_notes=_HARD_RELEASE_NOTES,
+            description="192 px; 6-cell photos, strong views; train: 29 cells x 12 views + 250 collages x 4; "
+            "76 queries (19 test cells), 756 index (300 distractors, half look-alike)",
+            synthetic=synthetic.NAMED_CONFIGS["hard"],
+        ),
+        SyntheticLandmarksConfig(
+            name="hard_tiny",
+            version="1.2.0",
+            release_notes=_HARD_RELEASE_NOTES,
+            description="the hard recipe at 64 px with few views: for tests",
+            synthetic=synthetic.NAMED_CONFIGS["hard_tiny"],
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
@@ -550,8 +565,15 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
         data = synthetic.generate(cfg)
         meta = self.info.metadata
         meta["config"] = dataclasses.asdict(cfg)
-        meta["landmark_names"] = list(synthetic.LANDMARK_PHOTOS)  # labels past these are training collages
+        # labels past these are training collages, then (photo_cells) the cells of meta["cells"]
+        meta["landmark_names"] = list(synthetic.LANDMARK_PHOTOS)
         meta["landmarks"] = {k: list(v) for k, v in data["landmarks"].items()}
+        if cfg.photo_cells:  # labels of cells: which photo, which part of it (fractions of width / height)
+            meta["photos"] = {k: list(v) for k, v in synthetic.split_landmarks(cfg).items()}
+            meta["cells"] = {
+                str(i): {"photo": cell.photo, "box": list(cell.box)}
+                for i, cell in synthetic.cell_layout(cfg)["landmarks"].items()
+            }
         splits = {}
         for split in ("train", "val"):
             part = data[split]

