@@ -216,6 +216,10 @@ def test_corrupt_files_are_reported(tmp_path):
     cut.write_bytes(full[:-5])
     with pytest.raises(torch_pickle.TorchPickleError, match="is truncated"):
         torch_pickle.load(cut)
+    # Allowed globals used wrongly: a storage class called like a function.
+    misuse = _zip_file(tmp_path / "c.pth", b"\x80\x02ctorch\nFloatStorage\n)R.")
+    with pytest.raises(torch_pickle.TorchPickleError, match=r"not a PyTorch checkpoint \(TypeError"):
+        torch_pickle.load(misuse)
     garbage = tmp_path / "g.pth"
     garbage.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
     with pytest.raises(WeightImportError, match="not a PyTorch checkpoint"):

@@ -6,10 +6,10 @@ Both on-disk formats are read:
 
 - zip (torch >= 1.6, the default since): `<root>/data.pkl` is the pickle, `<root>/data/<key>` holds each
   storage's raw bytes, `<root>/byteorder` says "little" or "big" (little when absent, as torch assumes).
-- legacy (`_use_new_zipfile_serialization=False`, and every file written by torch < 1.6): five things one
-  after the other in one file: the pickled magic number, the protocol version (1001), a sys-info dict, the
-  pickle of the object, the pickled list of storage keys, then for each key an int64 element count and the
-  storage's raw bytes, little endian.
+- legacy (`_use_new_zipfile_serialization=False`, and every file written by torch < 1.6), one stream:
+  the pickled magic number, protocol version (1001) and sys-info dict, the pickle of the object, the
+  pickled list of storage keys, then per key an int64 element count and the storage's raw bytes (little
+  endian).
 
 In both, tensors are pickled as calls of `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
 whose `storage` is a persistent id `("storage", torch.FloatStorage, key, location, numel, ...)`. A tensor here
@@ -18,9 +18,10 @@ and storages shared by several tensors come back as they were saved; the locatio
 
 A `.pth` file is a pickle, and unpickling can call any importable function. The unpickler here resolves
 only the globals a state dict or a training checkpoint of plain Python values needs (`ALLOWED_GLOBALS`:
-OrderedDict, the tensor/parameter rebuild functions, the storage classes and dtypes) to local numpy
-implementations; torch itself is never imported. Any other global is refused with `UnsafePickleError`
-naming it, before anything is called.
+OrderedDict, the tensor/parameter rebuild functions, the storage classes and dtypes, and `_codecs.encode`
+restricted to latin-1, which is how protocol 2 pickles `bytes`) to local numpy implementations; torch
+itself is never imported. Any other global is refused with `UnsafePickleError` naming it, before anything
+is called.
 """
 
 from __future__ import annotations
@@ -223,6 +224,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storage_ref(saved_id)
 
 
+def _unpickle(file, storage_ref, source: str):
+    """One restricted `load()`; a malformed pickle becomes a TorchPickleError (refusals pass unchanged)."""
+    try:
+        return _RestrictedUnpickler(file, storage_ref, source).load()
+    except TorchPickleError:
+        raise
+    except Exception as e:  # whatever the bytes make the unpickler or a rebuild function fail on
+        raise TorchPickleError(f"{source}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
 def _text(value) -> str:
     return value.decode("ascii") if isinstance(value, bytes) else value
 
@@ -280,7 +291,7 @@ def _read_zip(path: str, source: str):
                 raise TorchPickleError(f"{source}: unknown byteorder record {byteorder!r}")
         storages = _ZipStorages(archive, root, byteorder, source)
         with archive.open(pickles[0]) as f:
-            obj = _RestrictedUnpickler(f, storages.ref, source).load()
+            obj = _unpickle(f, storages.ref, source)
         buffers = {key: storages.buffer(ref) for key, ref in storages.refs.items()}
         return _materialise(obj, buffers, byteorder, source)
 
@@ -313,13 +324,8 @@ class _LegacyStorages:
 
 def _read_legacy(path: str, source: str):
     with open(path, "rb") as f:
-        header = lambda: _RestrictedUnpickler(f, _no_persistent_ids(source), source).load()
-        try:
-            magic = header()
-        except UnsafePickleError:
-            raise
-        except Exception as e:  # whatever garbage makes the unpickler fail on
-            raise TorchPickleError(f"{source}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        header = lambda: _unpickle(f, _no_persistent_ids(source), source)
+        magic = header()
         if magic != LEGACY_MAGIC_NUMBER:
             raise TorchPickleError(f"{source}: not a PyTorch checkpoint (bad magic number {magic!r})")
         protocol = header()
@@ -327,7 +333,7 @@ def _read_legacy(path: str, source: str):
             raise TorchPickleError(f"{source}: unsupported legacy protocol version {protocol!r}")
         header()  # sys info: the writer's byte order and C type sizes; the storages are little endian
         storages = _LegacyStorages(source)
-        obj = _RestrictedUnpickler(f, storages.ref, source).load()
+        obj = _unpickle(f, storages.ref, source)
         keys = [_text(k) for k in header()]
         buffers = {}
         for key in keys:
