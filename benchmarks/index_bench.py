@@ -1,16 +1,32 @@
-"""Index benchmark: exact JAX search vs ScaNN product-quantised search (vs faiss IVF-PQ when installed).
+"""Index benchmark: exact JAX search vs ScaNN (default and compact configurations) vs faiss IVF-PQ.
 
 For each database (synthetic clustered vectors, or real descriptors with --real) it measures, side by side in
-one run: build time, memory bytes per vector, queries/s (all queries searched at k=100, one batch), recall@1,
-@10, @100 against exact search, and the speed-up over exact search.
+one run: build time, bytes per vector (the codes, leaf index and re-scoring vectors the index keeps, and the
+resident memory the built index actually added to this process), queries/s (all queries searched at k=100,
+one batch, best of 2), recall@1, @10, @100 against exact search, and the speed-up over exact search.
 
 recall@k = |approximate top-k  intersect  exact top-k| / k, averaged over queries (so recall@1 is the fraction
 of queries whose exact nearest neighbour comes first).
 
+Rows (``--rows``, comma separated; m = each of ``--pq-bytes``):
+
+- ``default``: ``Index.build(db, method="scann")`` with no options (``default_scann_options``), at its own
+  search settings and at the ``--leaves-to-search`` sweep.
+- ``pq``: ``scann PQm``, m bytes of codes alone, every code scored (no tree, no re-scoring).
+- ``tree``: ``scann tree+PQm``: k-means tree (about sqrt(N) leaves) + m-byte codes, no vectors kept.
+- ``tree-int8``: ``scann tree+PQm+int8``: + re-scoring with int8 vectors (D bytes per vector).
+- ``tree-f32``: ``scann tree+PQm+f32``: + re-scoring with float32 vectors (4 D bytes per vector).
+
+With ``--faiss`` (faiss-cpu importable; not a dependency), at each of ``--faiss-pq-bytes``: IVF-PQ with m
+8-bit codes and IVF-PQ fast-scan with 2m 4-bit codes (the counterpart of ScaNN's 4-bit lut16 codes), each
+alone and with re-ranking of the candidates by int8 (``IndexRefine`` + SQ8, D bytes) and float32 (4 D bytes)
+vectors; the same number of lists (``tree_leaves``) and lists probed as ScaNN's leaves.
+
     python benchmarks/index_bench.py --quick            # a few minutes: 20k x 256, PQ 16 and 64
     python benchmarks/index_bench.py                    # 100k and 1M, D=512 and 2048 (1M x 2048 needs --big)
+    python benchmarks/index_bench.py --sizes 1000000 --dims 512 --pq-bytes 64 --rows default,tree,tree-int8
     python benchmarks/index_bench.py --sizes 1000000 --dims 2048 --big   # 8 GB database: once, carefully
-    python benchmarks/index_bench.py --real db.npz --real-queries q.npz  # remap-extract files
+    python benchmarks/index_bench.py --real db.npz --real-queries q.npz  # remap-extract files (or globs)
     PYTHONPATH=/path/to/faiss python benchmarks/index_bench.py --faiss  # faiss-cpu side by side (optional)
     ... --json results.json                             # machine-readable rows
 
@@ -21,6 +37,7 @@ true near neighbours, like a landmark photo; queries are new views of database s
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import gc
 import json
@@ -35,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax.index import Index  # noqa: E402
+from remap_jax.index import Index, _import_scann, default_scann_options, tree_leaves  # noqa: E402
 
 
 def synthetic(
@@ -95,96 +112,154 @@ def _row(name, params, build_s, bytes_per_vector, search_s, found, truth, n_quer
     }
 
 
-def tree_leaves(n: int) -> int:
-    """About sqrt(N) partitions (ScaNN's guidance), rounded to a multiple of 100 from 100k vectors up."""
-    root = math.sqrt(n)
-    return max(1, int(round(root / 100)) * 100) if n >= 100_000 else max(1, int(round(root)))
-
-
 def search_sweep(leaves: int):
-    """Partitions searched per query: about 2%, 4% and 10% of the leaves."""
-    return sorted({max(1, leaves // 50), max(1, leaves // 25), max(1, leaves // 10)})
+    """Partitions searched per query: about 2%, 5% and 10% of the leaves."""
+    return sorted({max(1, leaves // 50), max(1, leaves // 20), max(1, leaves // 10)})
 
 
-def scann_builds(n: int, d: int, pq_list, leaves_sweep=None, reorder_sweep=(100, 300), pure_pq=True):
-    """(name, build options, [search options]) per ScaNN build; several search settings share one build.
+ROW_KINDS = ("default", "pq", "tree", "tree-int8", "tree-f32")
 
-    - ``PQm``: the compact signature alone (m bytes per vector), every code scored (no tree, no re-scoring).
-    - ``tree+PQm+reorder``: k-means tree (about sqrt(N) leaves) + PQ codes + exact float32 re-scoring of the
-      top candidates, swept over leaves searched and candidates re-scored.
-    """
+
+def scann_builds(n: int, d: int, pq_list, pq_bits, kinds, leaves_sweep=None, reorder_sweep=(100, 300)):
+    """(name, build options, [search options]) per ScaNN build; several search settings share one build."""
     leaves = tree_leaves(n)
+    searched = leaves_sweep or search_sweep(leaves)
     builds = []
+    if "default" in kinds:
+        own = default_scann_options(n, d)
+        own_searched = max(1, own["leaves"] // 20) if own["leaves"] else None
+        extra = [{"leaves_to_search": s} for s in searched if own["leaves"] and s != own_searched]
+        builds.append(("scann default", {}, [{}] + extra))
     for m in pq_list:
-        aq = {"anisotropic_threshold": 0.2}
-        if pure_pq:
-            builds.append((f"scann PQ{m}", {"pq_bytes": m, **aq}, [{}]))
-        tree = {
-            "pq_bytes": m,
-            "leaves": leaves,
-            "leaves_to_search": max(1, leaves // 25),
-            "reorder": 300,
-            **aq,
-        }
-        searched = leaves_sweep or search_sweep(leaves)
-        sweep = [{"leaves_to_search": s, "reorder": r} for s in searched for r in reorder_sweep]
-        builds.append((f"scann tree+PQ{m}+reorder", tree, sweep))
+        code = {"pq_bytes": m, "pq_bits": pq_bits}
+        if "pq" in kinds:
+            builds.append((f"scann PQ{m}", {**code, "leaves": 0, "reorder": 0}, [{}]))
+        if "tree" in kinds:
+            builds.append(
+                (f"scann tree+PQ{m}", {**code, "reorder": 0}, [{"leaves_to_search": s} for s in searched])
+            )
+        for kind, dtype in (("tree-int8", "int8"), ("tree-f32", "float32")):
+            if kind in kinds:
+                opts = {**code, "reorder": max(reorder_sweep), "reorder_dtype": dtype}
+                sweep = [{"leaves_to_search": s, "reorder": r} for s in searched for r in reorder_sweep]
+                builds.append((f"scann tree+PQ{m}+{kind.split('-')[1]}", opts, sweep))
     return builds
 
 
-def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _trimmed_rss() -> int:
+    """Resident bytes after a GC and glibc's malloc_trim (freed heap handed back), so deltas are live data."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the figure then includes freed heap
+        pass
+    return _rss_bytes()
+
+
+def _built(build):
+    """(index, build seconds, resident bytes the index added) for ``build()``."""
+    before = _trimmed_rss()
     t0 = time.perf_counter()
-    ix = Index.build(db, method="scann", training_sample_size=train_size, **opts)
+    index = build()
     build_s = time.perf_counter() - t0
+    return index, build_s, max(0, _trimmed_rss() - before)
+
+
+def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
+    ix, build_s, rss = _built(
+        lambda: Index.build(db, method="scann", training_sample_size=train_size, **opts)
+    )
     rows = []
     for search in sweep:
         ix.search_positions(queries[:8], k, **search)  # warm up
         (found, _), search_s = _timed(lambda s=search: ix.search_positions(queries, k, **s), repeats=2)
         params = {
-            **{key: v for key, v in opts.items() if key not in ("leaves_to_search", "reorder")},
+            **{key: ix.options[key] for key in ("leaves", "leaves_to_search", "reorder")},
             **search,
+            "pq": f"{ix.code_bytes}B/{ix.options['pq_bits']}bit",
         }
-        rows.append(
-            _row(name, params, build_s, ix.memory_bytes_per_vector, search_s, found, truth, len(queries))
-        )
+        if not params["leaves"]:
+            params.pop("leaves_to_search")
+        if params["reorder"]:
+            params["reorder"] = f"{params['reorder']} {ix.options['reorder_dtype']}"
+        row = _row(name, params, build_s, ix.memory_bytes_per_vector, search_s, found, truth, len(queries))
+        row["rss_bytes_per_vector"] = rss / len(db)
+        rows.append(row)
     return rows
 
 
-def run_faiss(db, queries, k, m, truth, train_size):
-    """faiss IVF-PQ (m bytes, 8-bit codes) over the same sweep of probed lists, then with exact refinement."""
+def _faiss_ivfpq(db, sample, nlist, subq, bits):
     import faiss
 
-    nlist = tree_leaves(len(db))
-    t0 = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(db.shape[1])
-    base = faiss.IndexIVFPQ(quantizer, db.shape[1], nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    d = db.shape[1]
+    quantizer = faiss.IndexFlatIP(d)
+    if bits == 4:
+        index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, subq, 4, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, subq, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(sample)
+    index.add(db)
+    return index, quantizer  # the quantizer is returned to keep it alive (faiss does not own it here)
+
+
+def _faiss_refined(base, db, sample, kind):
+    """``base`` re-ranked by int8 (SQ8) or float32 vectors; returns (index, vectors) (both kept alive)."""
+    import faiss
+
+    d = db.shape[1]
+    if kind == "int8":
+        vectors = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    else:
+        vectors = faiss.IndexFlatIP(d)
+    vectors.train(sample)
+    vectors.add(db)
+    return faiss.IndexRefine(base, vectors), vectors
+
+
+def run_faiss(db, queries, k, m, truth, train_size, leaves_sweep=None, reorder_sweep=(100,)):
+    """faiss IVF-PQ (m 8-bit codes) and IVF-PQ fast-scan (2m 4-bit codes), each alone and re-ranked by int8
+    (SQ8) and float32 vectors, over the lists-probed sweep. Ids: 8 bytes per vector in the inverted lists."""
+    n, d = db.shape
+    nlist = tree_leaves(n)
     rng = np.random.default_rng(0)
-    sample = db[np.sort(rng.choice(len(db), min(len(db), train_size), replace=False))]
-    base.train(sample)
-    refine = faiss.IndexRefineFlat(base)
-    refine.add(db)  # adds the codes to base and keeps float32 vectors for refinement
-    build_s = time.perf_counter() - t0
+    sample = db[np.sort(rng.choice(n, min(n, train_size), replace=False))]
     rows = []
-    for nprobe in search_sweep(nlist):
-        base.nprobe = nprobe
-        (_, found), search_s = _timed(lambda: base.search(queries, k))
-        # IVF-PQ memory: m code bytes + an 8-byte id per vector in the inverted lists
-        params = {"pq_bytes": m, "nlist": nlist, "nprobe": nprobe}
-        rows.append(_row(f"faiss IVF-PQ{m}", params, build_s, m + 8, search_s, found, truth, len(queries)))
-        refine.k_factor = 3.0
-        (_, found), search_s = _timed(lambda: refine.search(queries, k))
-        rows.append(
-            _row(
-                f"faiss IVF-PQ{m}+refine",
-                {**params, "k_factor": 3},
-                build_s,
-                m + 8 + 4 * db.shape[1],
-                search_s,
-                found,
-                truth,
-                len(queries),
+    for name, subq, bits in ((f"faiss IVF-PQ{m}", m, 8), (f"faiss IVF-PQ{2 * m}x4fs", 2 * m, 4)):
+        if d % subq:
+            continue
+        (base, quantizer), build_s, rss = _built(lambda s=subq, b=bits: _faiss_ivfpq(db, sample, nlist, s, b))
+        code_bytes = subq * bits // 8 + 8
+        refiners = []
+        for kind, extra in (("int8", d), ("f32", 4 * d)):
+            (refine, vectors), refine_s, refine_rss = _built(
+                lambda kind=kind, base=base: _faiss_refined(base, db, sample, kind)
             )
-        )
+            refiners.append((kind, refine, vectors, refine_s, refine_rss, extra))
+        for nprobe in leaves_sweep or search_sweep(nlist):
+            base.nprobe = nprobe
+            (_, found), search_s = _timed(lambda base=base: base.search(queries, k), repeats=2)
+            params = {"nlist": nlist, "nprobe": nprobe}
+            row = _row(name, params, build_s, code_bytes, search_s, found, truth, len(queries))
+            row["rss_bytes_per_vector"] = rss / n
+            rows.append(row)
+            for kind, refine, _, refine_s, refine_rss, extra in refiners:
+                for reorder in reorder_sweep:
+                    refine.k_factor = max(1.0, reorder / k)
+                    (_, found), search_s = _timed(lambda refine=refine: refine.search(queries, k), repeats=2)
+                    params_r = {**params, "rerank": f"{int(refine.k_factor * k)} {kind}"}
+                    row = _row(
+                        f"{name}+{kind}", params_r, build_s + refine_s, code_bytes + extra, search_s, found,
+                        truth, len(queries),
+                    )  # fmt: skip
+                    row["rss_bytes_per_vector"] = (rss + refine_rss) / n
+                    rows.append(row)
+        refiners.clear()
+        gc.collect()
     return rows
 
 
@@ -193,18 +268,21 @@ def bench_dataset(label, db, queries, args, has_faiss):
     k = 100
     print(f"\n== {label}: database {n} x {d}, {len(queries)} queries, k={k}", flush=True)
     print(HEADER, flush=True)
-    t0 = time.perf_counter()
-    exact = Index.build(db, method="exact")
-    build_s = time.perf_counter() - t0
+    exact, build_s, _ = _built(lambda: Index.build(db, method="exact"))
     exact.search_positions(queries[:8], k)  # compile
-    (truth, _), exact_s = _timed(functools.partial(exact.search_positions, queries, k))
+    exact.search_positions(queries, k)  # compile the full query batches too
+    (truth, _), exact_s = _timed(functools.partial(exact.search_positions, queries, k), repeats=2)
     rows = [_row("exact (JAX)", {}, build_s, 4 * d, exact_s, truth, truth, len(queries))]
+    rows[0]["rss_bytes_per_vector"] = 4 * d  # the database itself (not copied by the index)
     print(_format_row(rows[-1], rows[0]), flush=True)
     del exact
     pq_list = [] if args.exact_only else [m for m in args.pq_bytes if m <= d]
+    kinds = [] if args.exact_only else args.rows
     leaves_sweep = [int(x) for x in args.leaves_to_search.split(",")] if args.leaves_to_search else None
     reorder_sweep = [int(x) for x in args.reorder_sweep.split(",")]
-    for name, opts, sweep in scann_builds(n, d, pq_list, leaves_sweep, reorder_sweep, not args.no_pure_pq):
+    if kinds:
+        _import_scann()  # TensorFlow + ScaNN load once, outside the build timings and memory deltas
+    for name, opts, sweep in scann_builds(n, d, pq_list, args.pq_bits, kinds, leaves_sweep, reorder_sweep):
         for row in run_scann(name, opts, sweep, db, queries, k, truth, args.train_size):
             rows.append(row)
             print(_format_row(row, rows[0]), flush=True)
@@ -212,7 +290,7 @@ def bench_dataset(label, db, queries, args, has_faiss):
     if has_faiss and not args.exact_only:
         for m in args.faiss_pq_bytes:
             if m <= d and d % m == 0:
-                for row in run_faiss(db, queries, k, m, truth, args.train_size):
+                for row in run_faiss(db, queries, k, m, truth, args.train_size, leaves_sweep, reorder_sweep):
                     rows.append(row)
                     print(_format_row(row, rows[0]), flush=True)
                 gc.collect()
@@ -227,35 +305,36 @@ def bench_dataset(label, db, queries, args, has_faiss):
     return rows
 
 
+def _params_text(params) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
 def _format_row(r, exact):
-    params = ",".join(
-        f"{k}={v}" for k, v in r["params"].items() if k not in ("pq_bytes", "anisotropic_threshold")
-    )
     return (
-        f"{r['method']:<30} {params:<52} {r['build_s']:>8.1f} {r['bytes_per_vector']:>7d} "
-        f"{r['queries_per_s']:>9.1f} {r['queries_per_s'] / exact['queries_per_s']:>7.1f}x "
+        f"{r['method']:<28} {_params_text(r['params']):<64} {r['build_s']:>7.1f} {r['bytes_per_vector']:>6d} "
+        f"{r.get('rss_bytes_per_vector', float('nan')):>6.0f} {r['queries_per_s']:>9.1f} "
+        f"{r['queries_per_s'] / exact['queries_per_s']:>7.1f}x "
         f"{r['recall@1']:>5.3f} {r['recall@10']:>5.3f} {r['recall@100']:>5.3f}"
     )
 
 
 HEADER = (
-    f"{'method':<30} {'options':<52} {'build s':>8} {'B/vec':>7} {'queries/s':>9} {'vs exact':>8} "
-    f"{'R@1':>5} {'R@10':>5} {'R@100':>5}"
+    f"{'method':<28} {'options':<64} {'build s':>7} {'B/vec':>6} {'RSS/v':>6} {'queries/s':>9} "
+    f"{'vs exact':>8} {'R@1':>5} {'R@10':>5} {'R@100':>5}"
 )
 
 
 def markdown(rows) -> str:
     lines = [
-        "| data | method | options | build s | bytes/vector | queries/s | x exact | R@1 | R@10 | R@100 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| data | method | options | build s | bytes/vector | RSS bytes/vector | queries/s | vs exact | "
+        "R@1 | R@10 | R@100 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        opts = ", ".join(
-            f"{k}={v}" for k, v in r["params"].items() if k not in ("pq_bytes", "anisotropic_threshold")
-        )
         lines.append(
-            f"| {r['dataset']} | {r['method']} | {opts} | {r['build_s']:.1f} | {r['bytes_per_vector']} | "
-            f"{r['queries_per_s']:.0f} | {r['speedup_vs_exact']:.1f} | {r['recall@1']:.3f} | "
+            f"| {r['dataset']} | {r['method']} | {_params_text(r['params'])} | {r['build_s']:.1f} | "
+            f"{r['bytes_per_vector']} | {r.get('rss_bytes_per_vector', float('nan')):.0f} | "
+            f"{r['queries_per_s']:.0f} | {r['speedup_vs_exact']:.1f}x | {r['recall@1']:.3f} | "
             f"{r['recall@10']:.3f} | {r['recall@100']:.3f} |"
         )
     return "\n".join(lines)
@@ -267,6 +346,8 @@ def main(argv=None):
     p.add_argument("--dims", default="512,2048", help="dimensions, comma separated")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--pq-bytes", default="16,32,64,128", help="PQ code sizes (bytes per vector)")
+    p.add_argument("--pq-bits", type=int, default=4, choices=(4, 8), help="bits per ScaNN sub-vector code")
+    p.add_argument("--rows", default=",".join(ROW_KINDS), help=f"ScaNN rows, some of {','.join(ROW_KINDS)}")
     p.add_argument("--clusters", type=int, default=0, help="synthetic landmarks (default n / 100)")
     p.add_argument("--views", type=int, default=10, help="synthetic views per scene")
     p.add_argument("--spread", type=float, default=0.5, help="synthetic scene offset within a landmark")
@@ -274,15 +355,21 @@ def main(argv=None):
     p.add_argument("--train-size", type=int, default=100_000, help="training sample for PQ and trees")
     p.add_argument("--big", action="store_true", help="allow the 1M x 2048 case (8 GB database)")
     p.add_argument("--quick", action="store_true", help="small run: 20k x 128 and 20k x 512, 200 queries")
-    p.add_argument("--real", help="real descriptors .npz (remap-extract format) as the database")
-    p.add_argument("--real-queries", help="query descriptors .npz; default: 1000 database rows held out")
+    p.add_argument(
+        "--real", nargs="+", help="real descriptors .npz files or globs (remap-extract) as database"
+    )
+    p.add_argument(
+        "--real-queries", nargs="+", help="query descriptors .npz files or globs; default: 1000 rows held out"
+    )
     p.add_argument("--faiss", action="store_true", help="add faiss IVF-PQ rows (needs faiss-cpu importable)")
     p.add_argument(
         "--exact-only", action="store_true", help="only exact search (e.g. the 1M x 2048 memory check)"
     )
-    p.add_argument("--leaves-to-search", help="ScaNN leaves searched, comma separated (default 2%%,4%%,10%%)")
-    p.add_argument("--reorder-sweep", default="100,300", help="ScaNN candidates re-scored, comma separated")
-    p.add_argument("--no-pure-pq", action="store_true", help="skip the tree-less PQ builds")
+    p.add_argument(
+        "--leaves-to-search", help="leaves (lists) searched, comma separated (default 2%%,5%%,10%% of them)"
+    )
+    p.add_argument("--reorder-sweep", default="100,300", help="candidates re-scored, comma separated")
+    p.add_argument("--no-pure-pq", action="store_true", help="skip the tree-less PQ builds (rows without pq)")
     p.add_argument("--faiss-pq-bytes", help="PQ sizes for the faiss rows (default: --pq-bytes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows to this JSON file")
@@ -290,6 +377,12 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.dims, args.queries, args.pq_bytes = "20000", "256", 200, "16,64"
     args.pq_bytes = [int(x) for x in args.pq_bytes.split(",")]
+    args.rows = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(args.rows) - set(ROW_KINDS))
+    if unknown:
+        p.error(f"--rows: unknown {unknown}; expected some of {ROW_KINDS}")
+    if args.no_pure_pq:
+        args.rows = [r for r in args.rows if r != "pq"]
     args.faiss_pq_bytes = (
         [int(x) for x in args.faiss_pq_bytes.split(",")] if args.faiss_pq_bytes else args.pq_bytes
     )
@@ -311,18 +404,17 @@ def main(argv=None):
     print(f"machine: {machine}")
     rows = []
     if args.real:
-        from remap_jax.index_cli import read_features
+        from remap_jax.features import load_features
 
-        db, _ = read_features(args.real)
-        db = np.ascontiguousarray(db, np.float32)
+        db, _ = load_features(args.real)
         if args.real_queries:
-            queries, _ = read_features(args.real_queries)
+            queries, _ = load_features(args.real_queries)
         else:
             rng = np.random.default_rng(args.seed)
             held = rng.choice(len(db), min(args.queries, len(db) // 10), replace=False)
             queries, db = db[held], np.delete(db, held, axis=0)
         rows += bench_dataset(
-            f"real {os.path.basename(args.real)}", db, np.asarray(queries, np.float32), args, has_faiss
+            f"real {os.path.basename(args.real[0])}", db, np.asarray(queries, np.float32), args, has_faiss
         )
     else:
         for d in [int(x) for x in args.dims.split(",")]:

@@ -2,24 +2,29 @@
 
 Similarity is the inner product; REMAP descriptors are unit vectors, so it equals the cosine similarity.
 
-- ``method="exact"``: the float32 database is streamed through a jit-compiled chunked matmul + top-k with a
-  running merge, so memory stays bounded (a 1M x 2048 float32 database needs its 8 GB plus about
-  ``chunk_bytes`` per step) and the work runs on the default JAX device.
+- ``method="exact"``: the float32 database is streamed through a jit-compiled chunked matmul on the default
+  JAX device, with a running top-k merged on the device (a deep k, up to the whole database, is sorted once
+  per query on the host instead), so memory stays bounded (a 1M x 2048 float32 database needs its 8 GB
+  plus about ``chunk_bytes`` per step).
 - ``method="scann"``: ScaNN asymmetric hashing with product quantisation: the (truncated) vector is cut into
-  ``pq_bytes`` sub-vectors, each coded by one of 256 centroids (one byte), searched with 8-bit lookup tables
-  (ScaNN ``hash_type="lut256"``, ``lookup_type: INT8``). Optional k-means tree partitioning (``leaves``),
-  anisotropic quantisation (``anisotropic_threshold``) and exact re-scoring of the top candidates
-  (``reorder``).
+  sub-vectors, each coded by one of 16 (``pq_bits=4``, ScaNN ``lut16``) or 256 (``pq_bits=8``, ``lut256``)
+  centroids, ``pq_bytes`` bytes per vector, searched with 8-bit lookup tables. Optionally a k-means tree
+  (``leaves``, ``leaves_to_search``), anisotropic quantisation (``anisotropic_threshold``) and re-scoring of
+  the best candidates with stored float32/bfloat16/int8 vectors (``reorder``, ``reorder_dtype``). Options
+  not given are chosen for the database size and dimension by ``default_scann_options``: a tree of about
+  sqrt(N) leaves from 20k vectors on, dim/8 bytes of 4-bit codes, anisotropic quantisation and float32
+  re-scoring of 100 candidates. ``reorder=0`` keeps the codes only (the compact index).
 - Either method can keep only the first ``truncate_dim`` dimensions (re-normalised), the paper's other
   compact signature; PCA-whitened descriptors put the most significant dimensions first.
 
-A saved index is a folder with ``index.json`` (format, method, options, sizes), ``ids.npy`` and either
-``database.npy`` (exact; memory-mapped on load) or ``scann/`` (ScaNN's own serialisation). ``save`` writes
-to a temporary sibling folder and renames it into place at the end, so an interrupted save never leaves a
-folder that loads.
+A saved index is a folder with ``index.json`` (format, method, every resolved option, sizes), ``ids.npy``
+and either ``database.npy`` (exact; memory-mapped on load) or ``scann/`` (ScaNN's own serialisation).
+``save`` writes to a temporary sibling folder and renames it into place at the end, so an interrupted save
+never leaves a folder that loads.
 
-    index = Index.build(descriptors, ids=names, method="scann", pq_bytes=64, leaves=1000, reorder=200)
+    index = Index.build(descriptors, ids=names, method="scann")   # defaults for N and D, see index.options
     ids, scores = index.search(queries, k=100)      # (Q, 100) ids of the database, (Q, 100) float32
+    compact = Index.build(descriptors, method="scann", pq_bytes=64, reorder=0)   # 64-byte codes only
     index.save("/data/index"); index = Index.load("/data/index")
 """
 
@@ -29,6 +34,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -45,18 +51,59 @@ METHODS = ("exact", "scann")
 REORDER_DTYPES = ("float32", "bfloat16", "int8")
 
 _EXACT_OPTIONS = {"truncate_dim": None, "chunk_bytes": 64 << 20, "query_batch": 256}
-_SCANN_OPTIONS = {
-    "truncate_dim": None,
-    "pq_bytes": None,  # default: one byte per 8 dimensions (dim / 8)
-    "leaves": None,  # k-means tree partitions; None = no tree (score every code)
-    "leaves_to_search": None,  # default: max(1, leaves // 20)
-    "anisotropic_threshold": None,  # ScaNN's anisotropic quantisation threshold (0.2 is ScaNN's usual value)
-    "reorder": 0,  # exact re-scoring of this many candidates per query; 0 = return PQ scores
-    "reorder_dtype": "float32",
-    "training_sample_size": 100_000,
-    "training_iterations": 10,
-    "threads": 0,  # ScaNN training/search threads; 0 = all cores
-}
+_SCANN_OPTIONS = (
+    "truncate_dim",
+    "pq_bytes",
+    "pq_bits",
+    "leaves",
+    "leaves_to_search",
+    "anisotropic_threshold",
+    "reorder",
+    "reorder_dtype",
+    "training_sample_size",
+    "training_iterations",
+    "threads",
+)
+# From this database size on, the default ScaNN index partitions the database with a k-means tree.
+TREE_MIN_VECTORS = 20_000
+
+
+def tree_leaves(n: int) -> int:
+    """About sqrt(N) k-means partitions (ScaNN's guidance), a multiple of 100 from 100k vectors up."""
+    root = math.sqrt(n)
+    return max(1, int(round(root / 100)) * 100) if n >= 100_000 else max(1, int(round(root)))
+
+
+def default_scann_options(n: int, dim: int) -> dict[str, Any]:
+    """The options ``Index.build(x, method="scann")`` uses for a database of ``n`` x ``dim`` (searched dim).
+
+    - 4-bit product quantisation codes of 4 dimensions each (ScaNN's ``lut16`` asymmetric hashing, the fast
+      in-register lookup tables): ``dim / 8`` bytes per vector, trained with anisotropic quantisation
+      (threshold 0.2, which favours the inner products of near neighbours). With ``pq_bytes`` given,
+      ``pq_bits`` stays 4 unless that would cut sub-vectors under one dimension (``2 * pq_bytes > dim``),
+      then 8 (256 centroids per sub-vector, ScaNN ``lut256``);
+    - from ``TREE_MIN_VECTORS`` vectors on, a k-means tree of about sqrt(n) leaves (``tree_leaves``), 5% of
+      them searched per query (``leaves_to_search`` = leaves / 20); below, every code is scored;
+    - the best 100 candidates re-scored exactly with float32 vectors (``reorder``), so the scores returned
+      are exact inner products; this keeps the vectors (4 * dim bytes each) in memory.
+
+    Any option given to ``Index.build`` replaces its default; ``reorder=0`` keeps codes only (compact index,
+    PQ score estimates), ``leaves=0`` scores every code, ``anisotropic_threshold=None`` trains plain PQ.
+    """
+    leaves = tree_leaves(n) if n >= TREE_MIN_VECTORS else 0
+    return {
+        "truncate_dim": None,
+        "pq_bytes": max(1, math.ceil(dim / 8)),
+        "pq_bits": 4,
+        "leaves": leaves,
+        "leaves_to_search": None,  # resolved from the leaves: max(1, leaves // 20)
+        "anisotropic_threshold": 0.2,
+        "reorder": 100,
+        "reorder_dtype": "float32",
+        "training_sample_size": 100_000,
+        "training_iterations": 10,
+        "threads": 0,  # ScaNN training/search threads; 0 = all cores
+    }
 
 
 class IndexFormatError(ValueError):
@@ -121,60 +168,74 @@ def truncate_and_normalize(x: np.ndarray, dim: int | None, eps: float = 1e-12) -
 
 
 def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> dict[str, Any]:
-    defaults = _EXACT_OPTIONS if method == "exact" else _SCANN_OPTIONS
-    unknown = sorted(set(options) - set(defaults))
+    """Every build option of ``method``: the given ones checked, the others at their defaults."""
+    known = set(_EXACT_OPTIONS) if method == "exact" else set(_SCANN_OPTIONS)
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(
             f"Index.build: unknown option(s) {unknown} for method={method!r}; "
-            f"expected some of {sorted(defaults)}"
+            f"expected some of {sorted(known)}"
         )
-    opts = {**defaults, **options}
-    td = opts["truncate_dim"]
+    td = options.get("truncate_dim")
     if td is not None:
         td = int(td)
         if not 1 <= td <= dim:
             raise ValueError(f"truncate_dim: expected 1 <= truncate_dim <= {dim} (descriptor dim), got {td}")
-        opts["truncate_dim"] = td
     eff_dim = td or dim
     if method == "exact":
+        opts = {**_EXACT_OPTIONS, **options, "truncate_dim": td}
         opts["chunk_bytes"] = int(opts["chunk_bytes"])
         opts["query_batch"] = int(opts["query_batch"])
         if opts["chunk_bytes"] <= 0 or opts["query_batch"] <= 0:
             raise ValueError("chunk_bytes and query_batch: expected positive integers")
         return opts
+    # An option given as None means "none" for leaves, reorder and anisotropic_threshold, "default" else.
+    opts = {**default_scann_options(n, eff_dim), **options, "truncate_dim": td}
     pq = opts["pq_bytes"]
-    pq = max(1, eff_dim // 8) if pq is None else int(pq)
-    if not 1 <= pq <= eff_dim:
-        raise ValueError(f"pq_bytes: expected 1 <= pq_bytes <= {eff_dim} (searched dimension), got {pq}")
+    pq = max(1, math.ceil(eff_dim / 8)) if pq is None else int(pq)
+    if options.get("pq_bits") is None:  # 4-bit codes unless that would need sub-vectors under 1 dimension
+        opts["pq_bits"] = 4 if 2 * pq <= eff_dim else 8
+    opts["pq_bits"] = int(opts["pq_bits"])
+    if opts["pq_bits"] not in (4, 8):
+        raise ValueError(f"pq_bits: expected 4 or 8 bits per sub-vector code, got {opts['pq_bits']}")
+    if not 1 <= pq * 8 // opts["pq_bits"] <= eff_dim:
+        raise ValueError(
+            f"pq_bytes: {pq} bytes of {opts['pq_bits']}-bit codes are {pq * 8 // opts['pq_bits']} "
+            f"sub-vectors; expected 1 .. {eff_dim} (the searched dimension)"
+        )
     opts["pq_bytes"] = pq
-    leaves = opts["leaves"]
-    if leaves is not None and int(leaves) > 0:
-        leaves = int(leaves)
-        if leaves > n:
-            raise ValueError(f"leaves: expected at most the database size {n}, got {leaves}")
+    leaves = int(opts["leaves"] or 0)
+    if leaves < 0 or leaves > n:
+        raise ValueError(f"leaves: expected 0 (no tree) .. the database size {n}, got {leaves}")
+    lts = None
+    if leaves:
         lts = opts["leaves_to_search"]
         lts = max(1, leaves // 20) if lts is None else int(lts)
         if not 1 <= lts <= leaves:
             raise ValueError(
                 f"leaves_to_search: expected 1 <= leaves_to_search <= leaves={leaves}, got {lts}"
             )
-        opts["leaves"], opts["leaves_to_search"] = leaves, lts
-    else:
-        opts["leaves"], opts["leaves_to_search"] = None, None
+    opts["leaves"], opts["leaves_to_search"] = leaves, lts
     opts["reorder"] = int(opts["reorder"] or 0)
     if opts["reorder"] < 0:
-        raise ValueError(f"reorder: expected >= 0 candidates, got {opts['reorder']}")
+        raise ValueError(f"reorder: expected >= 0 candidates (0: codes only), got {opts['reorder']}")
     if opts["reorder_dtype"] not in REORDER_DTYPES:
         raise ValueError(f"reorder_dtype: expected one of {REORDER_DTYPES}, got {opts['reorder_dtype']!r}")
     if opts["anisotropic_threshold"] is not None:
         opts["anisotropic_threshold"] = float(opts["anisotropic_threshold"])
     for key in ("training_sample_size", "training_iterations", "threads"):
         opts[key] = int(opts[key])
-    return opts
+    return {key: opts[key] for key in _SCANN_OPTIONS}
 
 
 # ----------------------------------------------------------------------------------------------------
 # exact search (JAX)
+
+
+# From this many neighbours per query on, exact_search computes every score and sorts each query's row once
+# on the host (numpy's radix sort, tens of ns per element) instead of a running top-k that re-sorts k
+# entries per chunk (XLA's CPU sort: about 1 us per element). See benchmarks/eval_bench.py.
+FULL_ORDER_MIN_K = 2048
 
 
 def _next_pow2(n: int) -> int:
@@ -202,6 +263,90 @@ def _exact_step_fn(k: int):
     return jax.jit(step)
 
 
+@functools.cache
+def _order_key_fn():
+    """Jitted (Qb, D) x (C, D) -> (Qb, C) uint32 keys that sort ascending as the float32 scores descend."""
+    import jax
+    import jax.numpy as jnp
+
+    def keys(queries, chunk):
+        scores = jnp.matmul(queries, chunk.T, precision=jax.lax.Precision.HIGHEST)
+        u = jax.lax.bitcast_convert_type(scores, jnp.uint32)
+        sign = jnp.uint32(0x80000000)
+        u = jnp.where(u == sign, jnp.uint32(0), u)  # -0.0 ties with +0.0, as in a float comparison
+        # Negative floats: a larger bit pattern is a smaller score, keep it (keys >= 2^31). Non-negative: a
+        # larger pattern is a larger score, flip it into 0 .. 2^31 - 1 so that larger scores come first.
+        return jnp.where(u >= sign, u, jnp.uint32(0x7FFFFFFF) - u)
+
+    return jax.jit(keys)
+
+
+def _scores_of_keys_inplace(keys: np.ndarray, rows_per_step: int = 64) -> np.ndarray:
+    """Inverse of the order key, in place: (Q, k) uint32 keys -> the same memory as float32 scores."""
+    for start in range(0, keys.shape[0], rows_per_step):
+        part = keys[start : start + rows_per_step]
+        np.subtract(np.uint32(0x7FFFFFFF), part, out=part, where=part < np.uint32(0x80000000))
+    return keys.view(np.float32)
+
+
+def _aligned_empty(shape: tuple[int, int], align: int = 64) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on an ``align``-byte boundary."""
+    count = int(np.prod(shape))
+    raw = np.empty(count + align // 4, np.float32)
+    skip = (-raw.ctypes.data % align) // 4
+    return raw[skip : skip + count].reshape(shape)
+
+
+def _database_chunks(database: np.ndarray, rows: int, progress: bool):
+    """Yields (start, valid rows, device chunk (rows, D) float32); only the last chunk is zero-padded.
+
+    A chunk may alias a staging buffer that the next iteration overwrites: callers must wait for the work
+    they dispatched on a chunk (``jax.block_until_ready``) before taking the next one. The staging buffer is
+    64-byte aligned because the CPU backend then adopts it without a copy (``device_put`` of an unaligned
+    array copies into freshly allocated memory, several times slower than refilling one buffer); a chunk
+    of a float32 database that is already aligned (a memory-mapped .npy) is adopted directly.
+    """
+    import jax
+
+    n, d = database.shape
+    starts = range(0, n, rows)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="exact search", unit="chunk", total=len(starts))
+    staging = None
+    for start in starts:
+        part = database[start : start + rows]
+        direct = (
+            part.shape[0] == rows
+            and part.dtype == np.float32
+            and part.flags.c_contiguous
+            and part.ctypes.data % 64 == 0
+        )
+        if not direct:  # copy into the staging buffer; pad the last chunk (static shapes)
+            staging = _aligned_empty((rows, d)) if staging is None else staging
+            staging[: part.shape[0]] = part
+            staging[part.shape[0] :] = 0
+            part = staging
+        yield start, min(rows, n - start), jax.device_put(part)
+
+
+def _query_batches(queries: np.ndarray, query_batch: int):
+    """Device batches of at most ``query_batch`` (a power of two) queries; a partial last batch is padded to a
+    multiple of 8 rows (few compiled shapes, little wasted work). Returns [(start, count, device array)]."""
+    import jax
+
+    nq, d = queries.shape
+    qb = _next_pow2(query_batch)
+    out = []
+    for start in range(0, nq, qb):
+        count = min(qb, nq - start)
+        padded = np.zeros((-(-count // 8) * 8, d), np.float32)
+        padded[:count] = queries[start : start + count]
+        out.append((start, count, jax.device_put(padded)))
+    return out
+
+
 def exact_search(
     database: np.ndarray,
     queries: np.ndarray,
@@ -215,71 +360,158 @@ def exact_search(
     Args:
       database: (N, D) float32 (may be a read-only memmap); streamed in chunks of about ``chunk_bytes``.
       queries: (Q, D) float32.
-      k: neighbours per query, 1 <= k <= N.
+      k: neighbours per query, 1 <= k <= N; k = N ranks the whole database.
       chunk_bytes: bytes of database per step (rows rounded to a multiple of 128; the last chunk is padded).
-      query_batch: most queries per step (padded to a power of two so few shapes compile).
+      query_batch: most queries per step (a power of two; a partial batch is padded to a multiple of 8).
+      progress: tqdm bar over the database chunks.
     Returns:
       positions (Q, k) int64 row indices into ``database`` by decreasing score, scores (Q, k) float32.
       Equal scores are ordered by lower row first.
-    """
-    import jax
 
+    Below ``FULL_ORDER_MIN_K`` neighbours, each chunk's scores are merged into a running top-k on the device.
+    From there on, the device turns every score into a uint32 order key and each query's keys are sorted
+    once on the host (two stable 16-bit radix passes, so ties stay in row order); this needs 4 bytes per
+    (query, database row) of host memory besides the results, e.g. 280 MB for 70 queries x 1M rows.
+    """
     n, d = database.shape
-    nq = queries.shape[0]
     rows = max(128, (chunk_bytes // (4 * d)) // 128 * 128)
     rows = min(rows, -(-n // 128) * 128)
-    qb = min(_next_pow2(query_batch), max(8, _next_pow2(nq)))
-    step = _exact_step_fn(int(k))
-    q_pad = np.zeros((-(-nq // qb) * qb, d), np.float32)
-    q_pad[:nq] = queries
-    q_batches = [jax.device_put(q_pad[s : s + qb]) for s in range(0, len(q_pad), qb)]
-    best = [
-        (jax.numpy.full((qb, k), -np.inf, np.float32), jax.numpy.full((qb, k), -1, np.int32))
-        for _ in q_batches
-    ]
-    starts = range(0, n, rows)
-    if progress:
-        from tqdm import tqdm
+    k = int(k)
+    if k >= FULL_ORDER_MIN_K:
+        return _exact_search_full_order(database, queries, k, rows, query_batch, progress)
+    import jax
 
-        starts = tqdm(starts, desc="exact search", unit="chunk", total=len(starts))
-    buf = np.zeros((rows, d), np.float32)
-    for start in starts:
-        part = database[start : start + rows]
-        if part.shape[0] < rows:  # pad only the last chunk: static shapes, no full copy of the database
-            buf[: part.shape[0]] = part
-            buf[part.shape[0] :] = 0
-            part = buf
-        chunk = jax.device_put(np.asarray(part, dtype=np.float32))
-        n_valid = min(rows, n - start)
+    batches = _query_batches(queries, query_batch)
+    step = _exact_step_fn(k)
+    best = [
+        (jax.numpy.full((q.shape[0], k), -np.inf, np.float32), jax.numpy.full((q.shape[0], k), -1, np.int32))
+        for _, _, q in batches
+    ]
+    for start, n_valid, chunk in _database_chunks(database, rows, progress):
         best = [
-            step(bs, bp, qbat, chunk, np.int32(start), np.int32(n_valid))
-            for (bs, bp), qbat in zip(best, q_batches, strict=True)
+            step(bs, bp, q, chunk, np.int32(start), np.int32(n_valid))
+            for (bs, bp), (_, _, q) in zip(best, batches, strict=True)
         ]
-    scores = np.concatenate([np.asarray(bs) for bs, _ in best])[:nq]
-    positions = np.concatenate([np.asarray(bp) for _, bp in best])[:nq].astype(np.int64)
-    return positions, scores
+        jax.block_until_ready(best)  # the chunk's staging buffer is refilled next
+    nq = queries.shape[0]
+    scores = np.concatenate(
+        [np.asarray(bs)[:count] for (bs, _), (_, count, _) in zip(best, batches, strict=True)]
+    )
+    positions = np.concatenate(
+        [np.asarray(bp)[:count] for (_, bp), (_, count, _) in zip(best, batches, strict=True)]
+    )
+    return positions.reshape(nq, k).astype(np.int64), scores.reshape(nq, k)
+
+
+def _exact_search_full_order(database, queries, k, rows, query_batch, progress):
+    """``exact_search`` for large k: device order keys of every (query, row), then a host sort per query."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = database.shape[0]
+    nq = queries.shape[0]
+    keys = np.empty((nq, n), np.uint32)
+    batches = _query_batches(queries, query_batch)
+    key_fn = _order_key_fn()
+    for start, n_valid, chunk in _database_chunks(database, rows, progress):
+        for q0, count, q in batches:
+            keys[q0 : q0 + count, start : start + n_valid] = np.asarray(key_fn(q, chunk))[:count, :n_valid]
+    positions = np.empty((nq, k), np.int64)
+
+    def order(i: int) -> None:
+        # Two stable passes of numpy's radix sort (16-bit keys), low half first: the result is sorted by the
+        # whole 32-bit key and, being stable, keeps equal keys (equal scores) in row order.
+        key = keys[i]
+        by_low = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+        by_high = np.argsort((key[by_low] >> 16).astype(np.uint16), kind="stable")
+        ranked = np.take(by_low, by_high[:k], out=positions[i])
+        keys[i, :k] = key[ranked]  # this row's keys in ranked order, decoded to scores below
+
+    # numpy releases the GIL while it sorts and gathers, so the rows sort in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, nq))) as pool:
+        list(pool.map(order, range(nq)))
+    scores = keys if k == n else np.array(keys[:, :k])  # a copy frees the full key buffer on return
+    return positions, _scores_of_keys_inplace(scores)
 
 
 # ----------------------------------------------------------------------------------------------------
 # ScaNN
 
 
+# ScaNN's C++ code logs through its own, statically linked Abseil. Nothing in the process calls
+# absl::InitializeLog(), so Abseil writes every message, INFO included, to stderr, and it reads no environment
+# variable (TF_CPP_MIN_LOG_LEVEL only reaches TensorFlow's own logging). The one switch is the C++ function
+# absl::SetMinLogLevel, exported by ScaNN's extension module: _import_scann calls it once with WARNING.
+_ABSL_SET_MIN_LOG_LEVEL = re.compile(rb"_ZN4absl(?:\d+lts_\d+)?14SetMinLogLevelENS\d*_18LogSeverityAtLeastE")
+_ABSL_MIN_LOG_LEVEL = re.compile(rb"_ZN4absl(?:\d+lts_\d+)?11MinLogLevelEv")
+_ABSL_WARNING = 1  # absl::LogSeverityAtLeast::kWarning
+
+
+def _absl_function(library_path: str, pattern: re.Pattern):
+    """A ctypes handle on the Abseil function whose mangled name (version-dependent) matches ``pattern``
+    in the already loaded shared library ``library_path``, or None if it is not exported."""
+    import ctypes
+    import mmap
+
+    with open(library_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        match = pattern.search(data)
+        name = None if match is None else bytes(match.group()).decode()
+    if name is None:
+        return None
+    try:
+        library = ctypes.CDLL(library_path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        return getattr(library, name)
+    except (OSError, AttributeError):
+        return None
+
+
+def _scann_library_path() -> str | None:
+    import sys
+
+    module = sys.modules.get("scann_pybind")  # imported by scann_ops_pybind under this top-level name
+    return getattr(module, "__file__", None)
+
+
+def _quiet_scann_logging() -> None:
+    """Drops ScaNN's C++ INFO lines; its warnings and errors still reach stderr (see the note above)."""
+    path = _scann_library_path()
+    set_level = _absl_function(path, _ABSL_SET_MIN_LOG_LEVEL) if path else None
+    if set_level is not None:
+        import ctypes
+
+        set_level.argtypes, set_level.restype = [ctypes.c_int], None
+        set_level(_ABSL_WARNING)
+
+
+def _scann_min_log_level() -> int | None:
+    """ScaNN's current Abseil minimum log level (0 INFO, 1 WARNING, 2 ERROR), None if not readable."""
+    path = _scann_library_path()
+    get_level = _absl_function(path, _ABSL_MIN_LOG_LEVEL) if path else None
+    if get_level is None:
+        return None
+    import ctypes
+
+    get_level.restype = ctypes.c_int
+    return int(get_level())
+
+
+@functools.cache
 def _import_scann():
-    # ScaNN imports TensorFlow (seconds); only the scann code path pays for it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # ScaNN imports TensorFlow (seconds); only the scann code path pays for it. Level 1 hides TensorFlow's
+    # INFO lines at import and keeps its warnings and errors; it must be set before TensorFlow loads.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         import scann  # noqa: F401
         from scann.scann_ops.py import scann_builder, scann_ops_pybind
     except ImportError as e:  # pragma: no cover - scann is a pinned dependency
         raise ImportError(f"method='scann' needs the scann package (pip install scann==1.4.2): {e}") from e
+    _quiet_scann_logging()
     return scann_ops_pybind, scann_builder
 
 
 def _build_scann(db: np.ndarray, opts: dict[str, Any]):
     ops, builder_mod = _import_scann()
     n, d = db.shape
-    pq = opts["pq_bytes"]
-    dims_per_block = math.ceil(d / pq)
+    dims_per_block = _dims_per_block(opts, d)
     sample = min(n, opts["training_sample_size"])
     b = ops.builder(db, 10, "dot_product")
     if opts["leaves"]:
@@ -295,7 +527,8 @@ def _build_scann(db: np.ndarray, opts: dict[str, Any]):
         anisotropic_quantization_threshold=float("nan") if aq is None else aq,
         training_sample_size=sample,
         training_iterations=opts["training_iterations"],
-        hash_type="lut256",  # 256 centroids per sub-vector, one byte each, 8-bit (INT8) lookup tables
+        # lut256: 256 centroids per sub-vector (one byte), lut16: 16 centroids (4 bits, in-register tables)
+        hash_type="lut256" if opts["pq_bits"] == 8 else "lut16",
     )
     if opts["reorder"]:
         quantize = {
@@ -312,9 +545,15 @@ def _build_scann(db: np.ndarray, opts: dict[str, Any]):
     return searcher
 
 
+def _dims_per_block(opts: dict[str, Any], d: int) -> int:
+    """Dimensions per PQ sub-vector: ``pq_bytes`` bytes hold ``pq_bytes * 8 / pq_bits`` sub-vector codes."""
+    return math.ceil(d / (opts["pq_bytes"] * 8 // opts.get("pq_bits", 8)))
+
+
 def _code_bytes(opts: dict[str, Any], d: int) -> int:
     """Bytes of PQ code per vector actually used (number of sub-vectors after rounding the block size)."""
-    return math.ceil(d / math.ceil(d / opts["pq_bytes"]))
+    blocks = math.ceil(d / _dims_per_block(opts, d))
+    return math.ceil(blocks * opts.get("pq_bits", 8) / 8)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -353,10 +592,13 @@ class Index:
           method: "exact" or "scann".
           **options: both methods: ``truncate_dim`` (keep the first d dims, re-normalised).
             exact: ``chunk_bytes`` (database bytes per step, default 64 MiB), ``query_batch`` (default 256).
-            scann: ``pq_bytes`` (m sub-vectors x 256 centroids = m bytes per vector; default dim/8),
-            ``leaves`` (k-means tree partitions, default none), ``leaves_to_search`` (default leaves/20),
-            ``anisotropic_threshold`` (default off; 0.2 is ScaNN's usual), ``reorder`` (exactly re-score this
-            many PQ candidates, default 0), ``reorder_dtype`` ("float32", "bfloat16", "int8"),
+            scann (defaults from ``default_scann_options(N, d)``; every resolved value is in
+            ``index.options`` and index.json): ``pq_bytes`` (code bytes per vector, default d/8),
+            ``pq_bits`` (4 or 8 bits per sub-vector code, default 4), ``leaves`` (k-means tree partitions;
+            default about sqrt(N) from 20k vectors, 0 or None: no tree), ``leaves_to_search`` (default
+            leaves/20), ``anisotropic_threshold`` (default 0.2; None: plain PQ), ``reorder`` (re-score this
+            many PQ candidates with stored vectors, default 100; 0 or None: codes only),
+            ``reorder_dtype`` ("float32" (default, exact scores), "bfloat16", "int8"),
             ``training_sample_size`` (100000), ``training_iterations`` (10), ``threads`` (0 = all cores).
         """
         if method not in METHODS:

@@ -1,14 +1,18 @@
 """`remap-index`: build, search and describe retrieval indexes from descriptor files.
 
 Descriptor files are the ``.npz`` files ``remap-extract`` writes: ``descriptors`` (N, D) float32, ``ids`` (N,)
-str, ``failed`` (M,) str (images that could not be described; ignored here).
+str, ``failed`` (M,) str (images that could not be described; ignored here). ``--features`` and ``--queries``
+take one or several files or glob patterns, merged in the order given, each pattern's matches sorted by path
+(see ``remap_jax.features.load_features``).
 
-    remap-index build --features db.npz --out idx/ [--pq-bytes 64] [--leaves 1000] [--reorder 200]
+    remap-index build --features db.npz --out idx/                       # exact (float32 matmul)
+    remap-index build --features db.npz --out idx/ --method scann        # ScaNN, options chosen for N and D
+    remap-index build --features 'parts/*.npz' extra.npz --out idx/ --pq-bytes 64 --reorder 0   # codes only
     remap-index search --index idx/ --queries q.npz --k 100 --out ranks.npz
     remap-index info --index idx/
 
-``ranks.npz`` holds ``ids`` (Q, k) database ids, ``positions`` (Q, k) int64 row numbers in the database
-file, ``scores`` (Q, k) float32 similarities, best first, and ``query_ids`` (Q,).
+``ranks.npz`` holds ``ids`` (Q, k) database ids, ``positions`` (Q, k) int64 row numbers in the merged
+database, ``scores`` (Q, k) float32 similarities, best first, and ``query_ids`` (Q,).
 """
 
 from __future__ import annotations
@@ -19,47 +23,22 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from remap_jax import atomic
+from remap_jax.features import feature_files, load_features
 
 
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
-def read_features(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reads (descriptors (N, D) float32, ids (N,) or None) from a ``remap-extract`` .npz file."""
-    if not os.path.isfile(path):
-        raise CommandError(f"{path}: no such file; expected a .npz written by remap-extract")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "descriptors" not in f.files:
-                raise CommandError(
-                    f"{path}: no 'descriptors' array (found {sorted(f.files)}); expected a .npz written by "
-                    "remap-extract with keys descriptors, ids, failed"
-                )
-            desc = f["descriptors"]
-            ids = f["ids"] if "ids" in f.files else None
-    except (OSError, ValueError) as e:
-        if isinstance(e, CommandError):
-            raise
-        raise CommandError(f"{path}: not a readable .npz file ({e})") from e
-    if desc.ndim != 2:
-        raise CommandError(f"{path}: 'descriptors' expected rank 2 (N, D), got shape {desc.shape}")
-    if ids is not None and ids.shape != (desc.shape[0],):
-        raise CommandError(
-            f"{path}: 'ids' has shape {ids.shape}, expected ({desc.shape[0]},) like descriptors"
-        )
-    return desc, ids
-
-
 def _build(args) -> None:
     from remap_jax.index import Index
 
-    desc, ids = read_features(args.features)
+    files = feature_files(args.features)
+    desc, ids = load_features(files)
     scann_flags = {
         "pq_bytes": args.pq_bytes,
+        "pq_bits": args.pq_bits,
         "leaves": args.leaves,
         "leaves_to_search": args.leaves_to_search,
         "reorder": args.reorder,
@@ -75,11 +54,15 @@ def _build(args) -> None:
     options = dict(given)
     if args.truncate_dim is not None:
         options["truncate_dim"] = args.truncate_dim
-    print(f"building {method} index over {desc.shape[0]} x {desc.shape[1]} descriptors from {args.features}")
+    source = files[0] if len(files) == 1 else f"{len(files)} files ({files[0]} ... {files[-1]})"
+    print(f"building {method} index over {desc.shape[0]} x {desc.shape[1]} descriptors from {source}")
     t0 = time.perf_counter()
     index = Index.build(desc, ids=ids, method=method, **options)
     build_s = time.perf_counter() - t0
     index.save(args.out)
+    if method == "scann":
+        chosen = {k: v for k, v in index.options.items() if v is not None}
+        print("options: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     print(
         f"built in {build_s:.1f} s ({len(index) / max(build_s, 1e-9):.0f} vectors/s); "
         f"{index.code_bytes} code bytes, {index.memory_bytes_per_vector} bytes/vector in memory; "
@@ -91,9 +74,7 @@ def _search(args) -> None:
     from remap_jax.index import Index
 
     index = Index.load(args.index)
-    queries, query_ids = read_features(args.queries)
-    if query_ids is None:
-        query_ids = np.arange(queries.shape[0], dtype=np.int64)
+    queries, query_ids = load_features(args.queries)
     options = {}
     if args.leaves_to_search is not None:
         options["leaves_to_search"] = args.leaves_to_search
@@ -129,29 +110,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remap-index", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="build an index from a descriptor .npz and save it to a folder")
-    b.add_argument("--features", required=True, help=".npz from remap-extract (descriptors, ids)")
+    b = sub.add_parser("build", help="build an index from descriptor .npz files and save it to a folder")
+    b.add_argument(
+        "--features",
+        required=True,
+        nargs="+",
+        action="extend",
+        help=".npz files from remap-extract (descriptors, ids) or glob patterns, merged in the order given",
+    )
     b.add_argument("--out", required=True, help="index folder to write (replaced atomically if an index)")
     b.add_argument(
         "--method",
         choices=("exact", "scann"),
-        help="default: scann when any ScaNN flag is given, else exact",
+        help="default: scann when any ScaNN flag is given, else exact. ScaNN options not given are chosen "
+        "for N and D (remap_jax.index.default_scann_options; `remap-index info` shows them)",
     )
-    b.add_argument("--pq-bytes", type=int, help="PQ code bytes per vector (sub-vectors x 256 centroids)")
-    b.add_argument("--leaves", type=int, help="k-means tree partitions (large databases); default none")
-    b.add_argument("--leaves-to-search", type=int, help="partitions searched per query (default leaves/20)")
-    b.add_argument("--reorder", type=int, help="re-score this many PQ candidates exactly (stores vectors)")
+    b.add_argument("--pq-bytes", type=int, help="PQ code bytes per vector (default D/8)")
     b.add_argument(
-        "--reorder-dtype", choices=("float32", "bfloat16", "int8"), help="stored re-scoring vectors"
+        "--pq-bits", type=int, choices=(4, 8), help="bits per sub-vector code: 4 (16 centroids, default) or 8"
     )
-    b.add_argument("--anisotropic", type=float, help="anisotropic quantisation threshold (e.g. 0.2)")
+    b.add_argument(
+        "--leaves", type=int, help="k-means tree partitions (default about sqrt(N) from 20k vectors; 0: none)"
+    )
+    b.add_argument("--leaves-to-search", type=int, help="partitions searched per query (default leaves/20)")
+    b.add_argument(
+        "--reorder",
+        type=int,
+        help="re-score this many PQ candidates with stored vectors (default 100; 0: codes only, compact)",
+    )
+    b.add_argument(
+        "--reorder-dtype",
+        choices=("float32", "bfloat16", "int8"),
+        help="stored re-scoring vectors (default float32: exact scores)",
+    )
+    b.add_argument("--anisotropic", type=float, help="anisotropic quantisation threshold (default 0.2)")
     b.add_argument("--truncate-dim", type=int, help="keep the first d dimensions, re-normalised")
     b.add_argument("--threads", type=int, help="ScaNN threads (default all cores)")
     b.set_defaults(func=_build)
 
     s = sub.add_parser("search", help="search an index with query descriptors, write ranks .npz")
     s.add_argument("--index", required=True, help="index folder from `remap-index build`")
-    s.add_argument("--queries", required=True, help=".npz from remap-extract (descriptors, ids)")
+    s.add_argument(
+        "--queries",
+        required=True,
+        nargs="+",
+        action="extend",
+        help=".npz files from remap-extract (descriptors, ids) or glob patterns, merged in the order given",
+    )
     s.add_argument("--k", type=int, default=100, help="neighbours per query (default 100)")
     s.add_argument("--out", required=True, help="output .npz: ids, positions, scores, query_ids")
     s.add_argument("--leaves-to-search", type=int, help="scann: override the partitions searched")

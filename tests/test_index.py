@@ -2,6 +2,9 @@
 
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -61,6 +64,26 @@ def test_exact_search_ties_prefer_lower_rows_across_chunks():
     np.testing.assert_array_equal(scores[0], np.ones(200, np.float32))
 
 
+@pytest.mark.parametrize("k", [2500, 1500, 3001])
+def test_exact_full_order_path_matches_a_stable_numpy_sort(monkeypatch, k):
+    # Coarse values: many exact ties (also +0.0 vs -0.0 scores), all scores exact in float32.
+    rng = np.random.default_rng(5)
+    db = rng.integers(-2, 3, (3001, 8)).astype(np.float32) / 2
+    db[[10, 500, 2999]] = 0.0
+    q = rng.integers(-2, 3, (21, 8)).astype(np.float32) / 2
+    q[3] = -q[4]
+    sims = q @ db.T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    monkeypatch.setattr(index_mod, "FULL_ORDER_MIN_K", 1000)  # k = 1500 and up: the host-sort path
+    pos, scores = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8)  # 12 chunks, 3 batches
+    np.testing.assert_array_equal(pos, order)
+    np.testing.assert_array_equal(scores, np.take_along_axis(sims, order, axis=1))
+    assert pos.dtype == np.int64 and scores.dtype == np.float32 and scores.flags.c_contiguous
+    monkeypatch.setattr(index_mod, "FULL_ORDER_MIN_K", 10**9)  # the running device top-k, same answer
+    running, _ = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8)
+    np.testing.assert_array_equal(running, order)
+
+
 def test_exact_k_equals_database_size_and_single_query(data):
     db, q = data
     small = db[:7]
@@ -98,10 +121,12 @@ def test_truncate_dim_keeps_first_dims_renormalised(data):
 # ---- scann -------------------------------------------------------------------------------------------------
 
 
-def test_scann_pq_codes_are_m_bytes_and_recall_is_useful(data, tmp_path):
+@pytest.mark.parametrize("bits,stored_codes", [(8, 8), (4, 16)])
+def test_scann_pq_codes_are_m_bytes_and_recall_is_useful(data, tmp_path, bits, stored_codes):
     db, q = data
     truth, _ = _brute(db, q, 10)
-    ix = Index.build(db, method="scann", pq_bytes=8, anisotropic_threshold=0.2)
+    # codes only: no tree, no re-scoring vectors
+    ix = Index.build(db, method="scann", pq_bytes=8, pq_bits=bits, leaves=0, reorder=0)
     assert ix.code_bytes == 8 and ix.memory_bytes_per_vector == 8
     pos, scores = ix.search_positions(q, 10)
     assert pos.shape == (45, 10) and np.isfinite(scores).all()
@@ -109,10 +134,12 @@ def test_scann_pq_codes_are_m_bytes_and_recall_is_useful(data, tmp_path):
     # Scores are PQ estimates of the inner product: close to, but not equal to, the exact ones.
     exact_scores = np.take_along_axis(q @ db.T, pos, axis=1)
     assert np.abs(scores - exact_scores).mean() < 0.1
-    # The stored codes really are m bytes per vector.
+    # 8 bytes of codes: 8 sub-vectors of 8 bits or 16 of 4 bits (ScaNN saves a 4-bit code in a byte of its
+    # own and packs two per byte in memory).
     ix.save(tmp_path / "ix")
     hashed = np.load(tmp_path / "ix" / "scann" / "hashed_dataset.npy")
-    assert hashed.shape == (len(db), 8) and hashed.dtype == np.uint8
+    assert hashed.shape == (len(db), stored_codes) and hashed.dtype == np.uint8
+    assert hashed.max() < 2**bits
 
 
 def test_scann_full_reorder_gives_exact_results(data):
@@ -149,6 +176,78 @@ def test_scann_truncate_dim(data):
     pos, _ = ix.search_positions(q, 5)
     ref_pos, _ = _brute(truncate_and_normalize(db, 16), truncate_and_normalize(q, 16), 5)
     assert _recall(pos, ref_pos) == 1.0
+
+
+# ---- default ScaNN options ---------------------------------------------------------------------------------
+
+
+def test_default_scann_options_scale_with_the_database():
+    resolve = index_mod._resolve_options
+    small = resolve("scann", {}, 32, 2000)
+    assert small["leaves"] == 0 and small["leaves_to_search"] is None  # below TREE_MIN_VECTORS: no tree
+    assert small["pq_bytes"] == 4 and small["pq_bits"] == 4  # d/8 bytes = d/4 sub-vectors of 4 bits
+    assert small["reorder"] == 100 and small["reorder_dtype"] == "float32"
+    assert small["anisotropic_threshold"] == 0.2
+    mid = resolve("scann", {}, 512, 100_000)
+    assert (mid["leaves"], mid["leaves_to_search"], mid["pq_bytes"]) == (300, 15, 64)
+    big = resolve("scann", {}, 2048, 1_000_000)
+    assert (big["leaves"], big["leaves_to_search"], big["pq_bytes"]) == (1000, 50, 256)
+    edge = resolve("scann", {}, 128, index_mod.TREE_MIN_VECTORS)
+    assert edge["leaves"] == round(index_mod.TREE_MIN_VECTORS**0.5)
+    # given options win; leaves_to_search follows the given leaves; None/0 switch a stage off
+    given = resolve("scann", {"leaves": 40, "reorder": 0, "anisotropic_threshold": None}, 512, 1_000_000)
+    assert (given["leaves"], given["leaves_to_search"], given["reorder"]) == (40, 2, 0)
+    assert given["anisotropic_threshold"] is None
+    assert resolve("scann", {"leaves": None}, 512, 1_000_000)["leaves"] == 0
+    # codes at the truncated dimension; 4-bit codes only while sub-vectors keep at least one dimension
+    assert resolve("scann", {"truncate_dim": 128}, 512, 5000)["pq_bytes"] == 16
+    assert resolve("scann", {"pq_bytes": 32}, 64, 5000)["pq_bits"] == 4
+    assert resolve("scann", {"pq_bytes": 33}, 64, 5000)["pq_bits"] == 8
+    assert sorted(small) == sorted(index_mod._SCANN_OPTIONS)
+
+
+def test_default_scann_index_has_high_recall_and_records_its_options(tmp_path):
+    # Above TREE_MIN_VECTORS, so the default builds the k-means tree; queries are perturbed database rows.
+    n = index_mod.TREE_MIN_VECTORS
+    db = _clustered(n, 32, clusters=200, noise=0.35, seed=3)
+    rng = np.random.default_rng(4)
+    q = _unit(db[rng.choice(n, 100, replace=False)] + 0.1 * rng.standard_normal((100, 32)))
+    ix = Index.build(db, method="scann")
+    assert ix.options["leaves"] == 141 and ix.options["leaves_to_search"] == 7 and ix.options["pq_bits"] == 4
+    pos, scores = ix.search_positions(q, 10)
+    truth, truth_scores = _brute(db, q, 10)
+    assert _recall(pos, truth) >= 0.9
+    found = pos[:, 0] == truth[:, 0]
+    np.testing.assert_allclose(scores[found, 0], truth_scores[found, 0], rtol=1e-5)  # float32 re-scoring
+    ix.save(tmp_path / "ix")
+    assert json.loads((tmp_path / "ix" / "index.json").read_text())["options"] == ix.options
+
+
+def test_compact_index_keeps_codes_only(data):
+    db, q = data
+    ix = Index.build(db, method="scann", reorder=0)
+    assert ix.options["reorder"] == 0 and ix.memory_bytes_per_vector == ix.code_bytes == 4
+    with pytest.raises(ValueError, match="built without re-scoring"):
+        ix.search(q, 10, reorder=50)
+
+
+def test_scann_build_prints_no_info_lines_but_keeps_warnings():
+    # ScaNN's C++ INFO lines (absl) are dropped on import; its warnings still reach stderr. A fresh process,
+    # since the log level is set when scann is first imported.
+    script = (
+        "import numpy as np\n"
+        "from remap_jax.index import Index, _scann_min_log_level\n"
+        "x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)\n"
+        "Index.build(x, method='scann', leaves=30).search(x[:5], 3)\n"
+        "print('level', _scann_min_log_level())\n"
+        "Index.build(np.ones((300, 16), np.float32), method='scann', leaves=10)  # identical points: warns\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "level 1" in out.stdout  # absl WARNING
+    info = [line for line in out.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+    assert info == [], info
+    assert "points are exactly the same" in out.stderr  # a ScaNN warning (W... gmm_utils.cc)
 
 
 # ---- save / load -------------------------------------------------------------------------------------------

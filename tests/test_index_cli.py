@@ -81,6 +81,59 @@ def test_build_scann_with_pq_and_leaves_then_info(files, tmp_path, capsys):
     assert all(set(a) == set(b) for a, b in zip(r["positions"], expected, strict=True))
 
 
+def test_build_and_search_several_files_and_globs(files, tmp_path, capsys):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    db, ids = files["db"], files["db_ids"]
+    for i, (lo, hi) in enumerate([(0, 200), (200, 450), (450, 600)]):  # the glob sorts part-0, -1, -2
+        _write_features(parts / f"part-{i}.npz", db[lo:hi], ids[lo:hi])
+    out = tmp_path / "idx"
+    assert (
+        main(
+            [
+                "build",
+                "--features",
+                str(parts / "part-0.npz"),
+                str(parts / "part-[12].npz"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "from 3 files" in capsys.readouterr().out
+    q = files["q"]
+    _write_features(tmp_path / "q0.npz", q[:5], files["q_ids"][:5])
+    _write_features(tmp_path / "q1.npz", q[5:], files["q_ids"][5:])
+    ranks = tmp_path / "ranks.npz"
+    search = ["search", "--index", str(out), "--queries", str(tmp_path / "q0.npz"), "--queries"]
+    assert main(search + [str(tmp_path / "q1.npz"), "--k", "7", "--out", str(ranks)]) == 0  # repeated flag
+    r = np.load(ranks)
+    expected = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(r["positions"], expected)  # rows of the merged database
+    np.testing.assert_array_equal(r["ids"], ids[expected])
+    np.testing.assert_array_equal(r["query_ids"], files["q_ids"])
+    # the same id in two files is refused, naming it and both files
+    _write_features(parts / "part-3.npz", db[:2], ids[:2])
+    assert main(["build", "--features", str(parts / "*.npz"), "--out", str(tmp_path / "dup")]) == 2
+    err = capsys.readouterr().err
+    assert "'db/0000.jpg'" in err and "part-0.npz (row 0)" in err and "part-3.npz (row 0)" in err
+
+
+def test_build_scann_with_no_options_uses_the_defaults(files, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["build", "--features", files["db_path"], "--out", str(out), "--method", "scann"]) == 0
+    printed = capsys.readouterr().out
+    assert "options: " in printed and "pq_bits=4" in printed and "reorder=100" in printed
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["options"]["pq_bytes"] == 2 and meta["options"]["reorder_dtype"] == "float32"
+    assert meta["options"]["leaves"] == 0  # 600 vectors: below the tree threshold
+    # compact: codes only
+    assert main(["build", "--features", files["db_path"], "--out", str(out), "--reorder", "0"]) == 0
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["method"] == "scann" and meta["memory_bytes_per_vector"] == meta["code_bytes"] == 2
+
+
 def test_truncate_dim_flag(files, tmp_path):
     out = tmp_path / "idx"
     assert main(["build", "--features", files["db_path"], "--out", str(out), "--truncate-dim", "8"]) == 0
