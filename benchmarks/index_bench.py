@@ -85,6 +85,22 @@ def synthetic(
     return draw(n, rng), draw(n_queries, np.random.default_rng(seed + 1))
 
 
+def blobs(n: int, n_queries: int, d: int, clusters: int, noise: float, query_noise: float, seed: int):
+    """Plain clustered unit vectors (``--blobs``): ``clusters`` Gaussian centres, each row a centre plus
+    ``noise`` per dimension; queries are database rows plus ``query_noise`` per dimension, re-normalised.
+    Returns float32 (n, d) and (n_queries, d)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d), dtype=np.float32)
+    db = np.empty((n, d), np.float32)
+    for s in range(0, n, 65536):
+        m = min(65536, n - s)
+        x = centers[rng.integers(0, clusters, m)] + noise * rng.standard_normal((m, d), dtype=np.float32)
+        db[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    q = db[rng.choice(n, n_queries, replace=False)]
+    q = q + query_noise * rng.standard_normal(q.shape, dtype=np.float32) / np.sqrt(d)
+    return db, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     hits = [len(np.intersect1d(a[:k], b[:k], assume_unique=True)) for a, b in zip(found, truth, strict=True)]
     return float(np.mean(hits)) / k
@@ -353,6 +369,13 @@ def main(argv=None):
     p.add_argument("--spread", type=float, default=0.5, help="synthetic scene offset within a landmark")
     p.add_argument("--noise", type=float, default=0.25, help="synthetic view offset within a scene")
     p.add_argument("--train-size", type=int, default=100_000, help="training sample for PQ and trees")
+    p.add_argument(
+        "--blobs",
+        action="store_true",
+        help="plain clustered data instead: --clusters centres (default 1000), --noise per dimension (give "
+        "e.g. 0.35), queries = database rows + --query-noise",
+    )
+    p.add_argument("--query-noise", type=float, default=0.3, help="--blobs: query offset (norm, about)")
     p.add_argument("--big", action="store_true", help="allow the 1M x 2048 case (8 GB database)")
     p.add_argument("--quick", action="store_true", help="small run: 20k x 128 and 20k x 512, 200 queries")
     p.add_argument(
@@ -424,11 +447,17 @@ def main(argv=None):
                         f"\nskipping {n} x {d} ({n * d * 4 / 2**30:.0f} GiB database): pass --big to run it"
                     )
                     continue
-                clusters = args.clusters or max(10, n // 100)
-                db, queries = synthetic(
-                    n, args.queries, d, clusters, args.views, args.spread, args.noise, args.seed
-                )
-                rows += bench_dataset(f"synthetic {n // 1000}k x {d}", db, queries, args, has_faiss)
+                if args.blobs:
+                    clusters = args.clusters or 1000
+                    db, queries = blobs(n, args.queries, d, clusters, args.noise, args.query_noise, args.seed)
+                    label = f"blobs {n // 1000}k x {d}"
+                else:
+                    clusters = args.clusters or max(10, n // 100)
+                    db, queries = synthetic(
+                        n, args.queries, d, clusters, args.views, args.spread, args.noise, args.seed
+                    )
+                    label = f"synthetic {n // 1000}k x {d}"
+                rows += bench_dataset(label, db, queries, args, has_faiss)
                 del db
                 gc.collect()
                 _write_json(args.json, machine, rows)  # partial results survive a later failure

@@ -234,8 +234,9 @@ def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> 
 
 # From this many neighbours per query on, exact_search computes every score and sorts each query's row once
 # on the host (numpy's radix sort, tens of ns per element) instead of a running top-k that re-sorts k
-# entries per chunk (XLA's CPU sort: about 1 us per element). See benchmarks/eval_bench.py.
-FULL_ORDER_MIN_K = 2048
+# entries per chunk (XLA's CPU top-k slows with k). Both cost about linearly in N; measured at 1M x 512, 70
+# queries, 2-core CPU: k=2048 running 7.6 s vs full 9.0 s, k=4096 running 11.8 s vs full 9.3 s.
+FULL_ORDER_MIN_K = 4096
 
 
 def _next_pow2(n: int) -> int:
@@ -641,7 +642,8 @@ class Index:
     def memory_bytes_per_vector(self) -> int:
         """Search-time memory per vector: codes, plus the tree's 4-byte leaf index, plus re-scoring vectors.
 
-        Ids are not counted.
+        Ids are not counted. This is the index's own accounting; ScaNN's bookkeeping adds a few tens of
+        bytes per vector on top (``benchmarks/index_bench.py`` reports the resident memory measured).
         """
         if self.method == "exact":
             return 4 * self.search_dim

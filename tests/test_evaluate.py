@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from remap_jax import evaluate as E
+from remap_jax import index as index_mod
 
 
 def _ranks(*columns):
@@ -183,17 +184,17 @@ def _numpy_ranks(q, db):
 
 
 def test_rank_database_full_depth_is_identical_to_a_stable_sort_with_many_ties():
-    # 2600 images (full depth takes the host-sort path of exact_search), coarse values: exact float32 scores
+    # 4200 images (full depth takes the host-sort path of exact_search), coarse values: exact float32 scores
     # with many ties, including +0.0 / -0.0; duplicates of one image.
     rng = np.random.default_rng(3)
-    db = rng.integers(-2, 3, (2600, 6)).astype(np.float32) / 2
+    db = rng.integers(-2, 3, (4200, 6)).astype(np.float32) / 2
     db[[5, 9, 77, 1300]] = 1.0
     db[100] = 0.0
     q = rng.integers(-2, 3, (13, 6)).astype(np.float32) / 2
     q[0] = 1.0  # the best score, 6, for exactly the all-ones rows
     expected = _numpy_ranks(q, db)
     ranks = E.rank_database(q, db, chunk=300)
-    assert ranks.shape == (2600, 13) and ranks.dtype == np.int64
+    assert 4200 >= index_mod.FULL_ORDER_MIN_K and ranks.shape == (4200, 13) and ranks.dtype == np.int64
     np.testing.assert_array_equal(ranks, expected)
     best = np.flatnonzero((db == 1).all(axis=1))  # [5, 9, 77, 1300] and any other all-ones row
     np.testing.assert_array_equal(ranks[: len(best), 0], best)  # the duplicates, in index order
@@ -201,7 +202,7 @@ def test_rank_database_full_depth_is_identical_to_a_stable_sort_with_many_ties()
     # a top-k cut (running device top-k) is the head of the full ranking, ties at the cut included
     np.testing.assert_array_equal(E.rank_database(q, db, k=50, chunk=300), expected[:50])
     np.testing.assert_array_equal(E.rank_database(q, db, k=5000), expected)  # k beyond N: everything
-    assert E.rank_database(q[:0], db).shape == (2600, 0)
+    assert E.rank_database(q[:0], db).shape == (4200, 0)
 
 
 def test_alpha_qe_and_dba_by_hand():
