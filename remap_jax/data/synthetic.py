@@ -484,7 +484,7 @@ class View:
     """One generated image and what is known about it."""
 
     image: np.ndarray  # uint8 (H, W, 3)
-    landmark: int  # index into LANDMARK_PHOTOS or a collage id (train only), -1 for distractors
+    landmark: int  # a photo id (LANDMARK_PHOTOS), collage id (train only) or cell id; -1 for distractors
     visibility: float  # fraction of the canonical view visible, 0 for distractors
     difficulty: str  # easy / hard / junk ("" for distractors)
     bbox: tuple[float, float, float, float]  # (x0, y0, x1, y1) of the landmark in the image
@@ -691,7 +691,7 @@ def generate_training(config: SyntheticConfig = SyntheticConfig()) -> dict:
 
 
 def generate_test(config: SyntheticConfig = SyntheticConfig(), progress: bool = False) -> dict:
-    """The test part: ``{"index": [View], "query": [View], "gnd": [dict], "landmarks": split_landmarks}``;
+    """The test part: ``{"index": [View], "query": [View], "gnd": [dict], "landmarks": split_landmark_ids}``;
     ``gnd[q]`` has ``easy``, ``hard``, ``junk`` (index positions) and ``bbx`` (x0, y0, x1, y1) for query q.
     Every view has its own seed, so this equals the test part of :func:`generate`."""
     lms = split_landmark_ids(config)
