@@ -199,7 +199,11 @@ def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
             **search,
             "pq": f"{ix.code_bytes}B/{ix.options['pq_bits']}bit",
         }
-        if not params["leaves"]:
+        if params["leaves"]:
+            params["tree"] = ("spherical" if ix.options["spherical_tree"] else "k-means") + (
+                "+residual" if ix.options["residual_codes"] else ""
+            )
+        else:
             params.pop("leaves_to_search")
         if params["reorder"]:
             params["reorder"] = f"{params['reorder']} {ix.options['reorder_dtype']}"
@@ -327,7 +331,7 @@ def _params_text(params) -> str:
 
 def _format_row(r, exact):
     return (
-        f"{r['method']:<28} {_params_text(r['params']):<64} {r['build_s']:>7.1f} {r['bytes_per_vector']:>6d} "
+        f"{r['method']:<28} {_params_text(r['params']):<90} {r['build_s']:>7.1f} {r['bytes_per_vector']:>6d} "
         f"{r.get('rss_bytes_per_vector', float('nan')):>6.0f} {r['queries_per_s']:>9.1f} "
         f"{r['queries_per_s'] / exact['queries_per_s']:>7.1f}x "
         f"{r['recall@1']:>5.3f} {r['recall@10']:>5.3f} {r['recall@100']:>5.3f}"
@@ -335,7 +339,7 @@ def _format_row(r, exact):
 
 
 HEADER = (
-    f"{'method':<28} {'options':<64} {'build s':>7} {'B/vec':>6} {'RSS/v':>6} {'queries/s':>9} "
+    f"{'method':<28} {'options':<90} {'build s':>7} {'B/vec':>6} {'RSS/v':>6} {'queries/s':>9} "
     f"{'vs exact':>8} {'R@1':>5} {'R@10':>5} {'R@100':>5}"
 )
 

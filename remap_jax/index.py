@@ -57,6 +57,8 @@ _SCANN_OPTIONS = (
     "pq_bits",
     "leaves",
     "leaves_to_search",
+    "spherical_tree",
+    "residual_codes",
     "anisotropic_threshold",
     "reorder",
     "reorder_dtype",
@@ -74,8 +76,9 @@ def tree_leaves(n: int) -> int:
     return max(1, int(round(root / 100)) * 100) if n >= 100_000 else max(1, int(round(root)))
 
 
-def default_scann_options(n: int, dim: int) -> dict[str, Any]:
-    """The options ``Index.build(x, method="scann")`` uses for a database of ``n`` x ``dim`` (searched dim).
+def default_scann_options(n: int, dim: int, unit_norm: bool = True) -> dict[str, Any]:
+    """The options ``Index.build(x, method="scann")`` uses for a database of ``n`` x ``dim`` (searched dim);
+    ``unit_norm``: whether its rows are unit vectors (``Index.build`` checks a sample of rows).
 
     - 4-bit product quantisation codes of 4 dimensions each (ScaNN's ``lut16`` asymmetric hashing, the fast
       in-register lookup tables): ``dim / 8`` bytes per vector, trained with anisotropic quantisation
@@ -83,7 +86,13 @@ def default_scann_options(n: int, dim: int) -> dict[str, Any]:
       ``pq_bits`` stays 4 unless that would cut sub-vectors under one dimension (``2 * pq_bytes > dim``),
       then 8 (256 centroids per sub-vector, ScaNN ``lut256``);
     - from ``TREE_MIN_VECTORS`` vectors on, a k-means tree of about sqrt(n) leaves (``tree_leaves``), 5% of
-      them searched per query (``leaves_to_search`` = leaves / 20); below, every code is scored;
+      them searched per query (``leaves_to_search`` = leaves / 20); below, every code is scored. For unit
+      vectors the tree is spherical (``spherical_tree``: unit-length centres), so that putting a vector in
+      the leaf of its nearest centre and sending a query to the centres of largest inner product agree
+      (at 100k x 512, 6 of 300 leaves searched: recall@10 0.97 instead of 0.90, same speed). The codes
+      encode each vector's offset from its leaf centre (``residual_codes``, ScaNN's fast global top-n
+      path), except in a codes-only index on a spherical tree, where unit centres leave offsets too large
+      for 4-bit codes and the vectors themselves are coded (recall@10 0.77 instead of 0.63 at 3 leaves);
     - the best 100 candidates re-scored exactly with float32 vectors (``reorder``), so the scores returned
       are exact inner products; this keeps the vectors (4 * dim bytes each) in memory.
 
@@ -97,6 +106,8 @@ def default_scann_options(n: int, dim: int) -> dict[str, Any]:
         "pq_bits": 4,
         "leaves": leaves,
         "leaves_to_search": None,  # resolved from the leaves: max(1, leaves // 20)
+        "spherical_tree": bool(unit_norm),
+        "residual_codes": None,  # resolved: not (spherical_tree and reorder == 0)
         "anisotropic_threshold": 0.2,
         "reorder": 100,
         "reorder_dtype": "float32",
@@ -158,6 +169,12 @@ def _as_ids(ids, n: int) -> np.ndarray:
     return ids
 
 
+def _rows_are_unit(x: np.ndarray, sample: int = 4096, tol: float = 1e-3) -> bool:
+    """Whether (up to ``sample`` evenly spaced) rows of ``x`` have unit L2 norm within ``tol``."""
+    rows = x[:: max(1, x.shape[0] // sample)]
+    return bool(np.all(np.abs(np.linalg.norm(rows, axis=1) - 1.0) <= tol))
+
+
 def truncate_and_normalize(x: np.ndarray, dim: int | None, eps: float = 1e-12) -> np.ndarray:
     """Keeps the first ``dim`` columns of (N, D) ``x``, L2-normalised; ``dim=None`` returns ``x`` as is."""
     if dim is None:
@@ -167,7 +184,9 @@ def truncate_and_normalize(x: np.ndarray, dim: int | None, eps: float = 1e-12) -
     return t
 
 
-def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> dict[str, Any]:
+def _resolve_options(
+    method: str, options: dict[str, Any], dim: int, n: int, unit_norm: bool = True
+) -> dict[str, Any]:
     """Every build option of ``method``: the given ones checked, the others at their defaults."""
     known = set(_EXACT_OPTIONS) if method == "exact" else set(_SCANN_OPTIONS)
     unknown = sorted(set(options) - known)
@@ -190,7 +209,11 @@ def _resolve_options(method: str, options: dict[str, Any], dim: int, n: int) -> 
             raise ValueError("chunk_bytes and query_batch: expected positive integers")
         return opts
     # An option given as None means "none" for leaves, reorder and anisotropic_threshold, "default" else.
-    opts = {**default_scann_options(n, eff_dim), **options, "truncate_dim": td}
+    opts = {**default_scann_options(n, eff_dim, unit_norm), **options, "truncate_dim": td}
+    opts["spherical_tree"] = bool(opts["spherical_tree"])
+    if opts["residual_codes"] is None:
+        opts["residual_codes"] = not (opts["spherical_tree"] and not opts["reorder"])
+    opts["residual_codes"] = bool(opts["residual_codes"])
     pq = opts["pq_bytes"]
     pq = max(1, math.ceil(eff_dim / 8)) if pq is None else int(pq)
     if options.get("pq_bits") is None:  # 4-bit codes unless that would need sub-vectors under 1 dimension
@@ -521,6 +544,7 @@ def _build_scann(db: np.ndarray, opts: dict[str, Any]):
             num_leaves_to_search=opts["leaves_to_search"],
             training_sample_size=sample,
             min_partition_size=1,
+            spherical=opts.get("spherical_tree", False),
         )
     aq = opts["anisotropic_threshold"]
     b = b.score_ah(
@@ -530,6 +554,7 @@ def _build_scann(db: np.ndarray, opts: dict[str, Any]):
         training_iterations=opts["training_iterations"],
         # lut256: 256 centroids per sub-vector (one byte), lut16: 16 centroids (4 bits, in-register tables)
         hash_type="lut256" if opts["pq_bits"] == 8 else "lut16",
+        residual_quantization=bool(opts["leaves"] and opts.get("residual_codes", True)),
     )
     if opts["reorder"]:
         quantize = {
@@ -597,8 +622,10 @@ class Index:
             ``index.options`` and index.json): ``pq_bytes`` (code bytes per vector, default d/8),
             ``pq_bits`` (4 or 8 bits per sub-vector code, default 4), ``leaves`` (k-means tree partitions;
             default about sqrt(N) from 20k vectors, 0 or None: no tree), ``leaves_to_search`` (default
-            leaves/20), ``anisotropic_threshold`` (default 0.2; None: plain PQ), ``reorder`` (re-score this
-            many PQ candidates with stored vectors, default 100; 0 or None: codes only),
+            leaves/20), ``spherical_tree`` (unit-length tree centres; default: whether the rows are unit
+            vectors), ``residual_codes`` (code offsets from the leaf centre; default True except codes-only
+            on a spherical tree), ``anisotropic_threshold`` (default 0.2; None: plain PQ), ``reorder``
+            (re-score this many PQ candidates with stored vectors, default 100; 0 or None: codes only),
             ``reorder_dtype`` ("float32" (default, exact scores), "bfloat16", "int8"),
             ``training_sample_size`` (100000), ``training_iterations`` (10), ``threads`` (0 = all cores).
         """
@@ -611,7 +638,8 @@ class Index:
         if dim == 0:
             raise ValueError("descriptors: expected dimension >= 1, got shape (N, 0)")
         ids = _as_ids(ids, n)
-        opts = _resolve_options(method, dict(options), dim, n)
+        unit = options.get("truncate_dim") is not None or _rows_are_unit(db)  # truncation re-normalises
+        opts = _resolve_options(method, dict(options), dim, n, unit_norm=unit)
         db = truncate_and_normalize(db, opts["truncate_dim"])
         if method == "exact":
             return cls(method, dim, ids, opts, _database=db)

@@ -187,7 +187,11 @@ def test_default_scann_options_scale_with_the_database():
     assert small["leaves"] == 0 and small["leaves_to_search"] is None  # below TREE_MIN_VECTORS: no tree
     assert small["pq_bytes"] == 4 and small["pq_bits"] == 4  # d/8 bytes = d/4 sub-vectors of 4 bits
     assert small["reorder"] == 100 and small["reorder_dtype"] == "float32"
-    assert small["anisotropic_threshold"] == 0.2
+    assert small["anisotropic_threshold"] == 0.2 and small["spherical_tree"] is True
+    assert resolve("scann", {}, 32, 2000, unit_norm=False)["spherical_tree"] is False
+    assert small["residual_codes"] is True  # offsets from the leaf centre (ScaNN's fast path) ...
+    assert resolve("scann", {"reorder": 0}, 32, 2000)["residual_codes"] is False  # ... but codes only
+    assert resolve("scann", {"reorder": 0}, 32, 2000, unit_norm=False)["residual_codes"] is True
     mid = resolve("scann", {}, 512, 100_000)
     assert (mid["leaves"], mid["leaves_to_search"], mid["pq_bytes"]) == (300, 15, 64)
     big = resolve("scann", {}, 2048, 1_000_000)
@@ -214,6 +218,8 @@ def test_default_scann_index_has_high_recall_and_records_its_options(tmp_path):
     q = _unit(db[rng.choice(n, 100, replace=False)] + 0.1 * rng.standard_normal((100, 32)))
     ix = Index.build(db, method="scann")
     assert ix.options["leaves"] == 141 and ix.options["leaves_to_search"] == 7 and ix.options["pq_bits"] == 4
+    assert ix.options["spherical_tree"]  # unit rows
+    assert not Index.build(db[:30] * 2, method="scann", leaves=3).options["spherical_tree"]
     pos, scores = ix.search_positions(q, 10)
     truth, truth_scores = _brute(db, q, 10)
     assert _recall(pos, truth) >= 0.9
