@@ -2,8 +2,9 @@
 
 For each database (synthetic clustered vectors, or real descriptors with --real) it measures, side by side in
 one run: build time, bytes per vector (the codes, leaf index and re-scoring vectors the index keeps, and the
-resident memory the built index actually added to this process), queries/s (all queries searched at k=100,
-one batch, best of 2), recall@1, @10, @100 against exact search, and the speed-up over exact search.
+resident memory the index takes once saved and loaded again, ids excluded), queries/s (all queries searched
+at k=100, one batch, best of 3; exact search best of 2), recall@1, @10, @100 against exact search, and the
+speed-up over exact search.
 
 recall@k = |approximate top-k  intersect  exact top-k| / k, averaged over queries (so recall@1 is the fraction
 of queries whose exact nearest neighbour comes first).
@@ -46,6 +47,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -177,23 +179,54 @@ def _trimmed_rss() -> int:
     return _rss_bytes()
 
 
-def _built(build):
-    """(index, build seconds, resident bytes the index added) for ``build()``."""
-    before = _trimmed_rss()
+def _built(build, save, load):
+    """(index, build seconds, resident bytes of the index) for ``build()``.
+
+    The built index is saved (``save(index, folder)``), dropped and loaded again (``load(folder)``); the
+    bytes are what the load added to this process, so build-time temporaries that an index keeps until it
+    is freed are not counted (ScaNN holds a few hundred bytes per vector more right after some builds).
+    The loaded index is returned and searched.
+    """
     t0 = time.perf_counter()
     index = build()
     build_s = time.perf_counter() - t0
-    return index, build_s, max(0, _trimmed_rss() - before)
+    with tempfile.TemporaryDirectory(prefix="index_bench-") as tmp:
+        folder = os.path.join(tmp, "index")
+        save(index, folder)
+        del index
+        before = _trimmed_rss()
+        index = load(folder)
+        rss = max(0, _trimmed_rss() - before)
+    return index, build_s, rss
+
+
+def _save_scann(index, folder):
+    index.save(folder)
+
+
+def _save_faiss(index, folder):
+    import faiss
+
+    faiss.write_index(index, folder)
+
+
+def _load_faiss(folder):
+    import faiss
+
+    return faiss.read_index(folder)
 
 
 def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
     ix, build_s, rss = _built(
-        lambda: Index.build(db, method="scann", training_sample_size=train_size, **opts)
+        lambda: Index.build(db, method="scann", training_sample_size=train_size, **opts),
+        _save_scann,
+        Index.load,
     )
+    rss -= ix.ids.nbytes  # ids are not part of bytes/vector either (int64 row numbers here)
     rows = []
     for search in sweep:
         ix.search_positions(queries[:8], k, **search)  # warm up
-        (found, _), search_s = _timed(lambda s=search: ix.search_positions(queries, k, **s), repeats=2)
+        (found, _), search_s = _timed(lambda s=search: ix.search_positions(queries, k, **s), repeats=3)
         params = {
             **{key: ix.options[key] for key in ("leaves", "leaves_to_search", "reorder")},
             **search,
@@ -224,11 +257,13 @@ def _faiss_ivfpq(db, sample, nlist, subq, bits):
         index = faiss.IndexIVFPQ(quantizer, d, nlist, subq, 8, faiss.METRIC_INNER_PRODUCT)
     index.train(sample)
     index.add(db)
-    return index, quantizer  # the quantizer is returned to keep it alive (faiss does not own it here)
+    index.own_fields = True  # the IVF index frees its quantizer; keeps it alive meanwhile
+    quantizer.this.disown()
+    return index
 
 
 def _faiss_refined(base, db, sample, kind):
-    """``base`` re-ranked by int8 (SQ8) or float32 vectors; returns (index, vectors) (both kept alive)."""
+    """``base`` re-ranked by int8 (SQ8) or float32 vectors of the whole database."""
     import faiss
 
     d = db.shape[1]
@@ -238,12 +273,17 @@ def _faiss_refined(base, db, sample, kind):
         vectors = faiss.IndexFlatIP(d)
     vectors.train(sample)
     vectors.add(db)
-    return faiss.IndexRefine(base, vectors), vectors
+    refine = faiss.IndexRefine(base, vectors)
+    refine.own_refine_index = True
+    vectors.this.disown()
+    return refine
 
 
 def run_faiss(db, queries, k, m, truth, train_size, leaves_sweep=None, reorder_sweep=(100,)):
     """faiss IVF-PQ (m 8-bit codes) and IVF-PQ fast-scan (2m 4-bit codes), each alone and re-ranked by int8
     (SQ8) and float32 vectors, over the lists-probed sweep. Ids: 8 bytes per vector in the inverted lists."""
+    import faiss
+
     n, d = db.shape
     nlist = tree_leaves(n)
     rng = np.random.default_rng(0)
@@ -252,31 +292,36 @@ def run_faiss(db, queries, k, m, truth, train_size, leaves_sweep=None, reorder_s
     for name, subq, bits in ((f"faiss IVF-PQ{m}", m, 8), (f"faiss IVF-PQ{2 * m}x4fs", 2 * m, 4)):
         if d % subq:
             continue
-        (base, quantizer), build_s, rss = _built(lambda s=subq, b=bits: _faiss_ivfpq(db, sample, nlist, s, b))
+        base, build_s, rss = _built(
+            lambda s=subq, b=bits: _faiss_ivfpq(db, sample, nlist, s, b), _save_faiss, _load_faiss
+        )
         code_bytes = subq * bits // 8 + 8
         refiners = []
         for kind, extra in (("int8", d), ("f32", 4 * d)):
-            (refine, vectors), refine_s, refine_rss = _built(
-                lambda kind=kind, base=base: _faiss_refined(base, db, sample, kind)
+            refine, refine_s, refine_rss = _built(
+                lambda kind=kind, base=base: _faiss_refined(faiss.clone_index(base), db, sample, kind),
+                _save_faiss,
+                _load_faiss,
             )
-            refiners.append((kind, refine, vectors, refine_s, refine_rss, extra))
+            refiners.append((kind, refine, refine_s, refine_rss, extra))
         for nprobe in leaves_sweep or search_sweep(nlist):
             base.nprobe = nprobe
-            (_, found), search_s = _timed(lambda base=base: base.search(queries, k), repeats=2)
+            (_, found), search_s = _timed(lambda base=base: base.search(queries, k), repeats=3)
             params = {"nlist": nlist, "nprobe": nprobe}
             row = _row(name, params, build_s, code_bytes, search_s, found, truth, len(queries))
             row["rss_bytes_per_vector"] = rss / n
             rows.append(row)
-            for kind, refine, _, refine_s, refine_rss, extra in refiners:
+            for kind, refine, refine_s, refine_rss, extra in refiners:
+                faiss.extract_index_ivf(refine.base_index).nprobe = nprobe
                 for reorder in reorder_sweep:
                     refine.k_factor = max(1.0, reorder / k)
-                    (_, found), search_s = _timed(lambda refine=refine: refine.search(queries, k), repeats=2)
+                    (_, found), search_s = _timed(lambda refine=refine: refine.search(queries, k), repeats=3)
                     params_r = {**params, "rerank": f"{int(refine.k_factor * k)} {kind}"}
                     row = _row(
                         f"{name}+{kind}", params_r, build_s + refine_s, code_bytes + extra, search_s, found,
                         truth, len(queries),
                     )  # fmt: skip
-                    row["rss_bytes_per_vector"] = (rss + refine_rss) / n
+                    row["rss_bytes_per_vector"] = refine_rss / n  # its own copy of the codes included
                     rows.append(row)
         refiners.clear()
         gc.collect()
@@ -288,7 +333,9 @@ def bench_dataset(label, db, queries, args, has_faiss):
     k = 100
     print(f"\n== {label}: database {n} x {d}, {len(queries)} queries, k={k}", flush=True)
     print(HEADER, flush=True)
-    exact, build_s, _ = _built(lambda: Index.build(db, method="exact"))
+    t0 = time.perf_counter()
+    exact = Index.build(db, method="exact")
+    build_s = time.perf_counter() - t0
     exact.search_positions(queries[:8], k)  # compile
     exact.search_positions(queries, k)  # compile the full query batches too
     (truth, _), exact_s = _timed(functools.partial(exact.search_positions, queries, k), repeats=2)
