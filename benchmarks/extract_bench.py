@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remap_jax.backbones import create_backbone, default_taps  # noqa: E402
-from remap_jax.data.images import encode_jpeg, normalize  # noqa: E402
+from remap_jax.data.images import encode_jpeg  # noqa: E402
 from remap_jax.heads import REMAPHead  # noqa: E402
 from remap_jax.model import RetrievalModel, init_variables  # noqa: E402
 
@@ -62,12 +62,10 @@ def measure(arch, dtype, batch, size, repeats, fold_bn=True) -> dict:
     variables = _variables(arch, size)
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8))
-    describe = jax.jit(lambda v, x: model.apply(v, normalize(x)))
+    describe = jax.jit(model.apply)  # uint8 pixels in: the model normalises on the device
     total = _timeit(describe, variables, images, repeats=repeats)
     # the head alone, on the tap maps the backbone produces
-    bvars = {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]}
-    maps = jax.jit(lambda v, x: model.backbone.apply(v, normalize(x), taps=model.taps))(bvars, images)
-    maps = {k: v.astype(jnp.float32) for k, v in maps.items()}
+    maps = jax.jit(lambda v, x: model.apply(v, x, method=RetrievalModel.features))(variables, images)
     head = jax.jit(lambda p, m: model.head.apply({"params": p}, m))
     head_time = _timeit(head, variables["params"]["head"], maps, repeats=repeats)
     return {"arch": arch, "dtype": dtype, "batch": batch, "fold_bn": fold_bn, "variant": "compute",

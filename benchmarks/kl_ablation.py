@@ -12,8 +12,9 @@ alpha = KL (histogram and, unless --quick, KDE estimator), and the difference.
     python benchmarks/kl_ablation.py --config=train/configs/NAME.py --workdir=DIR   # real data if present
     ... --json results.json
 
-Descriptors are computed once per image (region descriptors, cached in --workdir like train.init_head does),
-then pooled per variant with `train.init_head.pool_descriptors`, which the tests check equals `REMAPHead`.
+Descriptors are computed once per image (region descriptors through `remap_jax.Extractor.regions`, cached in
+--workdir like train.init_head does), then pooled per variant with `remap_jax.head_init.pool_descriptors`,
+which the tests check equals `REMAPHead`.
 Test images are described at `config.test_image_size` when its region grid has the same number of regions as
 the training size, else at `config.image_size` (alphas are per region index); the output says which.
 """
@@ -21,6 +22,7 @@ the training size, else at `config.image_size` (alphas are per region index); th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -32,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax import evaluate, whitening  # noqa: E402
+from remap_jax import evaluate, head_init, whitening  # noqa: E402
+from remap_jax.data.images import ImageList  # noqa: E402
 from remap_jax.regions import num_regions  # noqa: E402
-from train import init_head  # noqa: E402
 
 
 def load_config(path: str):
@@ -44,28 +46,8 @@ def load_config(path: str):
     return module.get_config()
 
 
-def describe_list(region_fn, batch_size, images: list[np.ndarray], size, layers) -> dict[str, np.ndarray]:
-    """Region descriptors of in-memory images, resized to `size` (landscape) or its transpose (portrait)."""
-    from remap_jax.data.images import resize_to
-
-    h, w = size
-    out: dict[str, np.ndarray] = {}
-    portrait = np.array([img.shape[0] > img.shape[1] for img in images])
-    for flag, shape in ((False, (h, w)), (True, (w, h))):
-        idx = np.flatnonzero(portrait == flag)
-        if len(idx) == 0:
-            continue
-        def read(i, shape=shape):
-            return resize_to(images[i], shape)
-
-        desc = init_head.describe_regions(region_fn[shape], read, idx, layers, batch_size, progress=True)
-        for layer, v in desc.items():
-            out.setdefault(layer, np.zeros((len(images),) + v.shape[1:], np.float32))[idx] = v
-    return out
-
-
 def pooled(region_desc, alpha, layers):
-    return init_head.pool_descriptors(region_desc, alpha, layers)
+    return head_init.pool_descriptors(region_desc, alpha, layers)
 
 
 def l2(x: np.ndarray) -> np.ndarray:
@@ -113,45 +95,49 @@ def main(argv=None) -> int:
     import jax
 
     from remap_jax.data import load_test_set, load_training_set
-    from remap_jax.data.images import resize_to
+    from remap_jax.extract import Extractor
+    from remap_jax.model import load_exported, model_from_config
+    from train.build import initial_variables, model_spec
+    from train.init_head import init_options
 
     config = load_config(args.config)
     if args.image_size:
         config.image_size = config.test_image_size = tuple(args.image_size)
     if args.levels:
         config.model.levels = args.levels
-    variables = None
+    config.head_init = ""
+    spec = model_spec(config)
     if args.export:
-        from remap_jax.model import load_exported
-
         variables = load_exported(args.export)[1]
-    options = config.init_head
+    else:
+        variables = initial_variables(model_from_config(spec), config, jax.random.key(config.seed))
+    options = init_options(config)
     if args.quick:
-        options.num_positive_pairs = min(options.num_positive_pairs, 400)
+        options = dataclasses.replace(options, num_positive_pairs=min(options.num_positive_pairs, 400))
     estimators = ("histogram",) if args.quick else ("histogram", "kde")
     layers = tuple(config.model.taps)
     t0 = time.perf_counter()
 
+    def extractor(size, resize):
+        return Extractor.from_config(spec, variables, image_size=size, resize=resize,
+                                     batch_size=config.describe_batch_size, workers=config.num_workers)
+
     # Training pairs -> region descriptors (cached) -> KL alphas.
     train_set = load_training_set(config.dataset, data_dir=config.data_dir or None)
-    images, pos, neg = init_head.select_pairs(train_set.labels, train_set.qidx, train_set.pidx,
+    images, pos, neg = head_init.select_pairs(train_set.labels, train_set.qidx, train_set.pidx,
                                               options.num_positive_pairs, options.negatives_per_positive,
                                               config.seed)
-    region_fn, batch_size, feature_shape, regions = init_head.make_region_fn(
-        config, config.describe_batch_size, variables)
     size = tuple(config.image_size)
-    train_desc = init_head.describe_regions(
-        region_fn, lambda i: resize_to(train_set.read(i), size), images, layers, batch_size,
-        cache_dir=os.path.join(args.workdir, "region_cache"), cache_chunk=options.cache_chunk,
-        cache_key=init_head.region_cache_key(config) + (f"|{os.path.abspath(args.export)}" if args.export
-                                                        else ""),
+    train_extractor = extractor(size, "exact")
+    feature_shape, regions = head_init.feature_grid(train_extractor, layers)
+    train_desc = head_init.describe_regions(
+        train_extractor, train_set.read, images, layers, cache_dir=os.path.join(args.workdir, "region_cache"),
+        cache_chunk=options.cache_chunk, cache_key=f"{train_extractor.fingerprint()}|{config.dataset}",
         cache_dtype=options.cache_dtype)
     alphas = {"1 (R-MAC)": np.ones((len(layers), regions.shape[0]), np.float32)}
     for est in estimators:
-        o = options.copy_and_resolve_references()
-        o.estimator = est
-        o.whitening = "none"
-        init = init_head.compute_head_init(train_desc, pos, neg, layers, regions, feature_shape, options=o)
+        o = dataclasses.replace(options, estimator=est, whitening="none")
+        init = head_init.compute_head_init(train_desc, pos, neg, layers, regions, feature_shape, options=o)
         alphas[f"KL ({est})"] = init.alpha
     print(f"KL alphas (histogram), mean 1 over {regions.shape[0]} regions x {len(layers)} layers: min "
           f"{alphas['KL (histogram)'].min():.3f} max {alphas['KL (histogram)'].max():.3f}")
@@ -166,18 +152,9 @@ def main(argv=None) -> int:
         print(f"note: test size {test_size} gives a different region count than {size}; describing the test "
               f"set at {size}")
         test_size = size
-    fns = {}
-    for shape in {test_size, test_size[::-1]}:
-        c = config.copy_and_resolve_references()
-        c.image_size = shape
-        if shape == size:
-            fns[shape] = region_fn
-        else:
-            fns[shape] = init_head.make_region_fn(c, batch_size, variables)[0]
-    queries = [test_set.read_query(i) for i in range(test_set.num_queries)]
-    database = [test_set.read_index(i) for i in range(test_set.num_index)]
-    q_desc = describe_list(fns, batch_size, queries, test_size, layers)
-    db_desc = describe_list(fns, batch_size, database, test_size, layers)
+    test_extractor = extractor(test_size, "fixed")
+    q_desc = test_extractor.regions(ImageList(test_set.read_query, test_set.num_queries), progress=True)
+    db_desc = test_extractor.regions(ImageList(test_set.read_index, test_set.num_index), progress=True)
     t1 = time.perf_counter()
 
     rows, query_aps = [], []

@@ -61,10 +61,11 @@ def run_worker(args) -> list[dict]:
     from jax.sharding import PartitionSpec as P
 
     sys.path.insert(0, ROOT)
-    from train import train as trainer
+    from train import build, optim, validate
+    from train import step as train_step
     from train.configs.base import get_base_config
 
-    mesh = trainer.make_mesh()
+    mesh = train_step.make_mesh()
     n_dev = mesh.devices.size
     data = NamedSharding(mesh, P("data"))
     results = []
@@ -74,17 +75,17 @@ def run_worker(args) -> list[dict]:
         c.image_size = c.test_image_size = (h, w)
         c.num_negatives, c.batch_size, c.queries_per_epoch = args.negatives, tuples, tuples
         c.learning_rate, c.optimizer = 1e-6, "adam"
-        trainer.validate_config(c)
-        model = trainer.build_model(c)
-        variables = trainer.init_variables(model, c, jax.random.key(0))
-        tx, _ = trainer.make_optimizer(c, variables["params"], updates_per_epoch=100)
-        state = jax.device_put(trainer.create_train_state(variables, tx), NamedSharding(mesh, P()))
-        step = trainer.make_train_step(model, tx, loss="triplet", margin=0.1, mesh=mesh)
-        padded = trainer.pad_to_multiple(tuples, n_dev)
+        validate.validate_config(c)
+        model = build.build_model(c)
+        variables = build.initial_variables(model, c, jax.random.key(0))
+        tx, _ = optim.make_optimizer(c, variables["params"], updates_per_epoch=100)
+        state = jax.device_put(train_step.create_train_state(variables, tx), NamedSharding(mesh, P()))
+        step = train_step.make_train_step(model, tx, loss="triplet", margin=0.1, mesh=mesh)
+        padded = train_step.pad_to_multiple(tuples, n_dev)
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (padded, 2 + args.negatives, h, w, 3), dtype=np.uint8)
         weights = (np.arange(padded) < tuples).astype(np.float32)
-        images, weights = trainer.to_global_batch(images, data), trainer.to_global_batch(weights, data)
+        images, weights = train_step.to_global_batch(images, data), train_step.to_global_batch(weights, data)
         t0 = time.perf_counter()
         state, metrics = step(state, images, weights)  # compile + first step
         jax.block_until_ready(metrics)

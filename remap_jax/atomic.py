@@ -1,20 +1,45 @@
-"""Atomic file and folder writes: a reader (or a resumed run) never sees a half-written result.
+"""Atomic file and folder writes, and the project's one JSON writer.
 
 Everything is written next to its destination under a temporary name and renamed into place at the end
 (`os.replace` is atomic within a file system); on any error the temporary is removed and the destination
-is left as it was.
+is left as it was. Files and folders get the permissions `open()` / `os.makedirs()` would give them under
+the user's umask (the temporaries `tempfile` creates are private, 0600 / 0700, until they are renamed).
+
+JSON goes through `write_json` / `to_json`: numpy scalars and arrays become numbers and lists, and NaN or
+infinite floats become `null`, so every file is valid JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "replace_dir", "save_npz"]
+__all__ = ["atomic_write", "jsonable", "make_temp_dir", "replace_dir", "save_npz", "to_json", "write_json"]
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows, else by setting and restoring it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_as_created(path: str, directory: bool) -> None:
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 @contextlib.contextmanager
@@ -26,6 +51,7 @@ def atomic_write(path: str, mode: str = "wb"):
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        _chmod_as_created(tmp, directory=False)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -37,6 +63,48 @@ def save_npz(path: str, **arrays) -> None:
     """`np.savez(path, **arrays)`, atomically. `path` is used as given (no ".npz" is appended)."""
     with atomic_write(path) as f:
         np.savez(f, **arrays)
+
+
+def jsonable(value):
+    """`value` with numpy scalars/arrays turned into Python numbers/lists and NaN/inf floats into None."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"not JSON-serialisable: {value!r} of type {type(value).__name__}")
+
+
+def to_json(obj, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """Valid JSON text of `obj` (see `jsonable`); never writes NaN or Infinity."""
+    return json.dumps(jsonable(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path: str, obj, indent: int | None = 1) -> None:
+    """Writes `obj` as valid JSON to `path`, atomically, with a trailing newline."""
+    text = to_json(obj, indent=indent)
+    with atomic_write(path, "w") as f:
+        f.write(text + "\n")
+
+
+def make_temp_dir(destination: str) -> str:
+    """A new empty hidden folder next to `destination` (same file system), to be filled and then moved into
+    place with `replace_dir`. Its permissions are those `os.makedirs` gives under the umask."""
+    parent = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(destination))}.tmp-", dir=parent)
+    _chmod_as_created(tmp, directory=True)
+    return tmp
 
 
 def replace_dir(tmp: str, directory: str) -> None:

@@ -1,7 +1,7 @@
 """Retrieval evaluation: mAP and mP@k under the revisited Oxford/Paris protocol, classic Oxford/Paris and
 INRIA Holidays mAP, and alpha-query-expansion / alpha-database-side augmentation.
 
-Conventions (see DESIGN.md, "Evaluation protocol"):
+Conventions (the README's "Evaluation" section states the protocol):
 
 * ``ranks`` is an integer array of shape (K, num_queries): column q lists database indices in ranked order
   for query q (best first). K is the database size, or a top-k cut; positives not in the cut count as

@@ -1,42 +1,40 @@
-"""Global descriptor extraction: the `Extractor` API and the `remap-extract` command.
+"""The one image -> descriptor path: `Extractor`.
 
     from remap_jax import Extractor
     extractor = Extractor.from_pretrained("resnet101", weights="resnet101.safetensors")   # off the shelf
     extractor = Extractor.from_checkpoint("/tmp/remap_demo/export")                      # a trained model
-    descriptors = extractor(images)        # list of uint8 (H, W, 3) arrays / paths / bytes -> (N, D) float32
+    descriptors = extractor(images)          # uint8 (H, W, 3) arrays / paths / bytes -> (N, D) float32
+    regions = extractor.regions(images)      # layer -> (N, R, C) L2-normalised region vectors (KL weights)
 
-Images of any size and orientation are resized to a few static shapes so only those are ever compiled:
-`resize="fixed"` (default, the paper's setting) uses `image_size` = (height, width) for landscape images and
-(width, height) for portrait ones (1024x768 / 768x1024); `resize="long_side"` keeps the aspect ratio: the long
-side becomes max(image_size) and the short side is rounded to a multiple of `bucket` pixels. Query images can
-be cropped to a bounding box first (`bboxes`, the revisited protocol). Decoding and resizing run in background
-threads; batches are copied to the device while the previous batch computes; ImageNet normalisation happens
-on the device (uint8 travels, 4x less to copy).
+Everything in the project that turns images into descriptors goes through it: `remap-extract`, evaluation
+(`remap_jax.evaluation`), the trainer's mining and validation, head initialisation (`remap_jax.head_init`)
+and the benchmarks. It holds:
 
-Command:
-
-    remap-extract --arch resnet101 --weights resnet101.safetensors --images DIR --out db.npz
-    remap-extract --checkpoint /tmp/remap_demo/export --images queries.txt --out q.npz --scales 1,1.25
-
-`--images` is a directory (searched recursively) or a text file with one image path per line, optionally
-followed by a bounding box `x0 y0 x1 y1`. The output `.npz` holds `descriptors` (N, D) float32, `ids` (N,)
-(paths as listed, or relative to DIR), `failed` (M,) and `failed_reasons` (M,) for images that could not be
-read, and `meta` (JSON of the settings). Progress is written to `OUT.partial.npz` every `--save-every` batches
-and on interruption; rerunning the same command resumes from it.
+* static shapes: images of any size and orientation are resized to a few shapes so only those are ever
+  compiled. `resize="fixed"` (default, the paper's setting) uses `image_size` = (height, width) for landscape
+  images and (width, height) for portrait ones (1024x768 / 768x1024); `resize="long_side"` keeps the aspect
+  ratio: the long side becomes max(image_size) and the short side is rounded to a multiple of `bucket`;
+  `resize="exact"` resizes every image to `image_size` whatever its orientation (how training images are
+  fed). Partial batches are zero-padded to `batch_size`.
+* input: arrays, paths, encoded bytes, or any lazy sequence of them (`remap_jax.data.images.ImageList` over a
+  dataset's reader); items are read, decoded, cropped (`bboxes`) and resized in `workers` background threads.
+* device work: batches are copied to the device `prefetch` batches ahead of their use and split over the
+  devices of a `data` mesh axis; pixels travel as uint8 and the model normalises them on the device.
+* multi-scale description (MS-REMAP) and, on request, per-region outputs instead of descriptors.
+* cheap variable swaps: `extractor.set_variables(v)` (the trainer does it every epoch); compiled programs are
+  shared between extractors of equal models.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import functools
+import hashlib
 import json
 import os
-import sys
-import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -44,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remap_jax import atomic
-from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, normalize, resize_to
+from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, resize_to
 from remap_jax.model import (
     DTYPES,
     RetrievalModel,
@@ -53,20 +51,24 @@ from remap_jax.model import (
     init_variables,
     load_exported,
     model_from_config,
+    normalise_config,
     scaled_size,
 )
 
-__all__ = ["Described", "Extractor", "Failed", "main", "target_size"]
+__all__ = ["Described", "Extractor", "Failed", "RESIZE_MODES", "ResumeMismatchError", "describe_resumable",
+           "feature_arrays", "target_size"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-RESIZE_MODES = ("fixed", "long_side")
+RESIZE_MODES = ("fixed", "long_side", "exact")
+OUTPUTS = ("descriptors", "regions")
+Progress = bool | Callable[[int], None]
 
 
 class Described(NamedTuple):
-    """A finished batch: `indices` (n,) into the input list, `descriptors` (n, D) float32 unit rows."""
+    """A finished batch: `indices` (n,) into the input list and `descriptors`: (n, D) float32 unit rows, or
+    with `output="regions"` a mapping layer -> (n, R, C) float32 region vectors."""
 
     indices: np.ndarray
-    descriptors: np.ndarray
+    descriptors: Any
 
 
 class Failed(NamedTuple):
@@ -84,6 +86,7 @@ def target_size(
     fixed: `image_size` = (h, w) for landscape/square images, (w, h) for portrait ones.
     long_side: long side = max(image_size), short side = the aspect-preserving length rounded to a multiple of
     `bucket` (at least `bucket`, at most the long side), orientation kept.
+    exact: `image_size` as given, whatever the image's orientation.
     """
     if resize == "fixed":
         h, w = int(image_size[0]), int(image_size[1])
@@ -94,7 +97,14 @@ def target_size(
         short = min(height, width) / max(height, width) * long
         short = int(min(long, max(bucket, round(short / bucket) * bucket)))
         return (short, long) if width >= height else (long, short)
+    if resize == "exact":
+        return int(image_size[0]), int(image_size[1])
     raise ValueError(f"resize: expected one of {RESIZE_MODES}, got {resize!r}")
+
+
+def local_mesh() -> jax.sharding.Mesh:
+    """A 1-D `data` mesh over this process's devices."""
+    return jax.sharding.Mesh(np.array(jax.local_devices()), ("data",))
 
 
 class Extractor:
@@ -103,13 +113,14 @@ class Extractor:
     Args:
       model, variables: the RetrievalModel and its variables (see `remap_jax.model`).
       image_size: (height, width) of landscape inputs; portrait inputs use (width, height).
-      resize: "fixed" or "long_side" (aspect-preserving, short side bucketed to `bucket` pixels).
+      resize: "fixed", "long_side" (aspect-preserving, short side bucketed to `bucket` pixels) or "exact".
       scales, scale_weights: multi-scale description (MS-REMAP); each scale resizes the original image to
         image_size * scale; descriptors are combined by the weights (default equal) and L2-normalised.
       batch_size: images per device call (partial batches are zero-padded: shapes stay static).
       workers: decoding/resizing threads. prefetch: batches copied to the device ahead of the computation.
-      data_parallel: split each batch over all local devices (default: when there are several and
-        batch_size is a multiple of their number).
+      mesh: a mesh with a `data` axis over this process's devices to split batches over (default: all local
+        devices when there are several and batch_size is a multiple of their number).
+      data_parallel: False keeps everything on the first device; True insists on splitting.
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class Extractor:
         batch_size: int = 4,
         workers: int = 4,
         prefetch: int = 2,
+        mesh: jax.sharding.Mesh | None = None,
         data_parallel: bool | None = None,
     ):
         if resize not in RESIZE_MODES:
@@ -150,23 +162,38 @@ class Extractor:
         self.batch_size = int(batch_size)
         self.workers = int(workers)
         self.prefetch = int(prefetch)
-        devices = jax.local_devices()
+        mesh = mesh or local_mesh()
+        devices = list(mesh.devices.flat)
         if data_parallel is None:
             data_parallel = len(devices) > 1 and self.batch_size % len(devices) == 0
         if data_parallel and self.batch_size % len(devices):
             raise ValueError(f"batch_size: {batch_size} is not a multiple of the {len(devices)} devices")
         if data_parallel:
-            mesh = jax.sharding.Mesh(np.array(devices), ("data",))
             self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         else:
-            self._batch_sharding = replicated = jax.sharding.SingleDeviceSharding(devices[0])
-        self._replicated = replicated
-        self.variables = jax.device_put(jax.tree.map(jnp.asarray, _plain(variables)), replicated)
-        self._variables_by_shape: dict[tuple, tuple] = {}
-        self._describe = _describe_fn(model, self.scale_weights)
+            self._batch_sharding = self._replicated = jax.sharding.SingleDeviceSharding(devices[0])
+        self.config: dict | None = None
+        self.set_variables(variables)
 
     # ------------------------------------------------------------------------------------------ builders
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], variables: Mapping, *, dtype: str | None = None,
+                    fold_bn: bool = True, **options) -> Extractor:
+        """An extractor for a model spec (`remap_jax.model`) and its variables. Image size, scales and scale
+        weights come from the spec unless given in `options`."""
+        config = normalise_config(config)
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+        model = model_from_config(config, dtype=None if dtype is None else DTYPES[dtype], fold_bn=fold_bn)
+        options.setdefault("image_size", tuple(config["image_size"]))
+        if "scales" not in options:
+            options["scales"] = tuple(config["scales"])
+            options.setdefault("scale_weights", config["scale_weights"])
+        extractor = cls(model, variables, **options)
+        extractor.config = config
+        return extractor
 
     @classmethod
     def from_pretrained(
@@ -196,33 +223,37 @@ class Extractor:
         weights=None: seeded random backbone (for tests and timing only; a warning says so).
         Other keyword options go to `Extractor(...)` (resize, scales, batch_size, ...).
         """
-        from remap_jax.backbones import create_backbone, default_taps, load_pretrained
+        from remap_jax.backbones import create_backbone, default_taps, input_normalization, load_pretrained
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
         taps = tuple(taps) if taps else default_taps(arch)
         backbone = create_backbone(arch, dtype=DTYPES[dtype], fold_bn=fold_bn)
-        fields = dict(
-            levels=levels,
-            overlap=overlap,
-            include_global=include_global,
-            p_init=p_init,
-            alpha_init=alpha,
-            whiten=whitening is not None,
-            whitening_init=whitening,
-        )
-        model = RetrievalModel(backbone=backbone, head=build_head(head, taps, **fields), taps=taps)
+        fields = dict(levels=levels, overlap=overlap, include_global=include_global, p_init=p_init,
+                      whiten=whitening is not None)
+        mean, std = input_normalization(arch)
+        model = RetrievalModel(backbone=backbone, head=build_head(head, taps, **fields), taps=taps,
+                               pixel_mean=tuple(float(v) for v in mean),
+                               pixel_std=tuple(float(v) for v in std))
         if weights is None:
             warnings.warn(
                 f"Extractor.from_pretrained({arch!r}): no weights given, using a random backbone "
-                f"(seed {seed}); "
-                "descriptors are meaningless for retrieval",
+                f"(seed {seed}); descriptors are meaningless for retrieval",
                 stacklevel=2,
             )
             backbone_variables = None
         else:
             backbone_variables = load_pretrained(arch, weights)
-        variables = init_variables(model, jax.random.key(seed), (1, *image_size, 3), backbone_variables)
+        head_params = {}
+        if alpha is not None:
+            from remap_jax.heads import stream_name
+
+            head_params.update({stream_name(layer): {"alpha": a} for layer, a in alpha.items()})
+        if whitening is not None:
+            w, b = (np.asarray(a, np.float32) for a in whitening)
+            head_params["whiten"] = {"kernel": w.T, "bias": b}
+        variables = init_variables(model, jax.random.key(seed), (1, *image_size, 3), backbone_variables,
+                                   head_params=head_params)
         return cls(model, variables, image_size=image_size, **options)
 
     @classmethod
@@ -237,16 +268,26 @@ class Extractor:
         ):
             path = os.path.join(path, "export")
         config, variables = load_exported(path)
-        if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
-        model = model_from_config(config, dtype=None if dtype is None else DTYPES[dtype], fold_bn=fold_bn)
-        options.setdefault("image_size", tuple(config["image_size"]))
-        if "scales" not in options:
-            options["scales"] = tuple(config["scales"])
-            options.setdefault("scale_weights", config["scale_weights"])
-        extractor = cls(model, variables, **options)
-        extractor.config = config
-        return extractor
+        return cls.from_config(config, variables, dtype=dtype, fold_bn=fold_bn, **options)
+
+    # ------------------------------------------------------------------------------------------ variables
+
+    def set_variables(self, variables: Mapping) -> None:
+        """Replaces the model's variables (same structure); cheap: no recompilation."""
+        self.variables = jax.device_put(jax.tree.map(jnp.asarray, _plain(variables)), self._replicated)
+        self._variables_by_shape: dict[tuple, tuple] = {}
+
+    def fingerprint(self) -> str:
+        """A digest of the model, its variables and the resizing settings: equal fingerprints describe
+        images identically (used to validate caches of descriptors)."""
+        digest = hashlib.sha1()
+        settings = (repr(self.model), self.image_size, self.resize, self.bucket, self.scales,
+                    self.scale_weights)
+        digest.update(repr(settings).encode())
+        for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables):
+            digest.update(jax.tree_util.keystr(path).encode())
+            digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+        return digest.hexdigest()[:20]
 
     # ------------------------------------------------------------------------------------------- running
 
@@ -255,76 +296,100 @@ class Extractor:
         """Descriptor size D."""
         size = self.image_size
         shapes = tuple(jax.ShapeDtypeStruct((1, *scaled_size(size, s), 3), jnp.uint8) for s in self.scales)
-        out = jax.eval_shape(self._describe, self._variables_for(size), shapes)
+        out = jax.eval_shape(self._compiled("descriptors"), self._variables_for(size), shapes)
         return int(out.shape[-1])
 
-    def __call__(self, images: Sequence[Any], bboxes: Sequence[Any] | None = None, progress: bool = False):
+    def __call__(self, images: Sequence[Any], bboxes: Sequence[Any] | None = None,
+                 progress: Progress = False) -> np.ndarray:
         """Describes `images` (uint8 (H, W, 3) arrays, paths or encoded bytes) -> (N, D) float32.
 
         bboxes: optional per-image (x0, y0, x1, y1) crop (None entries: whole image).
+        progress: a tqdm bar with images/s (True), or a callable given the count of each finished batch.
         Raises ImageDecodeError listing every input that could not be described.
         """
-        images = list(images)
+        out = self._collect(images, bboxes, progress, "descriptors")
+        return np.zeros((0, self.dim), np.float32) if out is None else out
+
+    def regions(self, images: Sequence[Any], bboxes: Sequence[Any] | None = None,
+                progress: Progress = False) -> dict[str, np.ndarray]:
+        """Per-region outputs: layer -> (N, R, C) float32 L2-normalised R-MAC region vectors of every tapped
+        layer (the grid of the model's head), what KL region weights are computed from. Single scale only."""
+        out = self._collect(images, bboxes, progress, "regions")
+        if out is None:
+            raise ValueError("images: expected at least one image to describe, got none")
+        return out
+
+    def _collect(self, images, bboxes, progress, output):
+        images = images if isinstance(images, Sequence) else list(images)
         out = None
         failures = []
-        for item in self.describe_iter(images, bboxes, progress=progress):
+        for item in self.describe_iter(images, bboxes, progress=progress, output=output):
             if isinstance(item, Failed):
                 failures.append(item)
                 continue
+            values = item.descriptors if isinstance(item.descriptors, Mapping) else {None: item.descriptors}
             if out is None:
-                out = np.zeros((len(images), item.descriptors.shape[1]), np.float32)
-            out[item.indices] = item.descriptors
+                out = {k: np.zeros((len(images), *v.shape[1:]), np.float32) for k, v in values.items()}
+            for k, v in values.items():
+                out[k][item.indices] = v
         if failures:
             listing = "; ".join(f"#{f.index}: {f.reason}" for f in failures[:10])
             raise ImageDecodeError(
                 f"images: {len(failures)} of {len(images)} could not be described: {listing}"
             )
-        if out is None:
-            out = np.zeros((0, self.dim), np.float32)
-        return out
+        return out[None] if out is not None and None in out else out
 
     def describe_iter(
         self,
         sources: Sequence[Any],
         bboxes: Sequence[Any] | None = None,
         indices: Sequence[int] | None = None,
-        progress: bool = False,
+        progress: Progress = False,
+        output: str = "descriptors",
     ) -> Iterator[Described | Failed]:
         """Yields `Described` batches and `Failed` inputs, in completion order (not input order).
 
         indices: which positions of `sources` to describe (default all); the rest are skipped (resuming).
-        progress: a tqdm bar with images/s.
+        progress: a tqdm bar with images/s (True), or a callable given the count of each finished batch.
+        output: "descriptors" or "regions" (see `regions`).
         """
+        if output not in OUTPUTS:
+            raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+        if output == "regions" and len(self.scales) != 1:
+            raise ValueError(f"output='regions': needs a single scale, the extractor has {self.scales}")
         if bboxes is not None and len(bboxes) != len(sources):
             raise ValueError(
                 f"bboxes: expected {len(sources)} (one per image, None for none), got {len(bboxes)}"
             )
         todo = list(range(len(sources))) if indices is None else [int(i) for i in indices]
+        fn = self._compiled(output)
         bar = None
-        if progress:
+        report = progress if callable(progress) else None
+        if progress is True:
             from tqdm import tqdm
 
             bar = tqdm(total=len(todo), unit="img", desc="describe", dynamic_ncols=True)
+            report = bar.update
         pending: collections.deque = collections.deque()
         try:
             for item in self._device_batches(sources, bboxes, todo):
                 if isinstance(item, Failed):
-                    if bar is not None:
-                        bar.update(1)
+                    if report is not None:
+                        report(1)
                     yield item
                     continue
                 idx, count, device_batch, size = item
                 # Dispatch is asynchronous: the next batch is prepared/copied while this one computes.
-                pending.append((idx, count, self._describe(self._variables_for(size), device_batch)))
+                pending.append((idx, count, fn(self._variables_for(size), device_batch)))
                 if len(pending) > 1:
                     done = self._finish(pending.popleft())
-                    if bar is not None:
-                        bar.update(len(done.indices))
+                    if report is not None:
+                        report(len(done.indices))
                     yield done
             while pending:
                 done = self._finish(pending.popleft())
-                if bar is not None:
-                    bar.update(len(done.indices))
+                if report is not None:
+                    report(len(done.indices))
                 yield done
         finally:
             if bar is not None:
@@ -333,10 +398,17 @@ class Extractor:
     @staticmethod
     def _finish(item) -> Described:
         idx, count, out = item
-        return Described(np.asarray(idx, np.int64), np.asarray(out, np.float32)[:count])
+        values = jax.tree.map(lambda v: np.asarray(v, np.float32)[:count], out)
+        return Described(np.asarray(idx, np.int64), values)
 
-    def _prepare(self, source, bbox) -> tuple[tuple[int, int], tuple[np.ndarray, ...]]:
-        """Decode (or check) one image, crop, resize to every scale's static shape (in a worker thread)."""
+    def _compiled(self, output: str):
+        if output == "regions":
+            return _regions_fn(self.model)
+        return _describe_fn(self.model, self.scale_weights)
+
+    def _prepare(self, sources, i: int, bbox) -> tuple[tuple[int, int], tuple[np.ndarray, ...]]:
+        """Read (or check), decode, crop and resize item i to every scale's static shape (in a worker)."""
+        source = sources[i]
         if isinstance(source, np.ndarray):
             img = source
             if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8 or 0 in img.shape:
@@ -362,7 +434,7 @@ class Extractor:
                     if i is None:
                         return
                     bbox = None if bboxes is None else bboxes[i]
-                    queue.append((i, pool.submit(self._prepare, sources[i], bbox)))
+                    queue.append((i, pool.submit(self._prepare, sources, i, bbox)))
 
             refill()
             while queue:
@@ -421,10 +493,10 @@ class Extractor:
         from remap_jax import heads
         from remap_jax.regions import num_regions
 
-        head = self.model.head
-        head_params = self.variables["params"].get("head", {})
+        head = getattr(self.model, "head", None)
         if not isinstance(head, heads.REMAPHead):
             return self.variables
+        head_params = self.variables["params"].get("head", {})
         apply = lambda v, x: self.model.backbone.apply(v, x, taps=tuple(self.model.taps))  # noqa: E731
         backbone_vars = {
             "params": self.variables["params"]["backbone"],
@@ -454,18 +526,110 @@ class Extractor:
         return {**self.variables, "params": params}
 
 
+class ResumeMismatchError(ValueError):
+    """A partial file was written with other settings than the run that would resume from it."""
+
+
+def feature_arrays(descriptors: np.ndarray, ids: Sequence[str], failed: Sequence[tuple[str, str]],
+                   meta: Mapping) -> dict[str, np.ndarray]:
+    """The arrays of a feature file (what `remap-extract` writes and `remap-index` reads): `descriptors`
+    (N, D) float32, `ids` (N,), `failed` (M,) and `failed_reasons` (M,) strings, `meta` (JSON text)."""
+    return dict(
+        descriptors=np.asarray(descriptors, np.float32),
+        ids=np.array(list(ids), dtype=str).reshape(-1),
+        failed=np.array([f[0] for f in failed], dtype=str).reshape(-1),
+        failed_reasons=np.array([f[1] for f in failed], dtype=str).reshape(-1),
+        meta=np.array(atomic.to_json(meta, indent=None, sort_keys=True)),
+    )
+
+
+def describe_resumable(
+    extractor: Extractor,
+    sources: Sequence[Any],
+    ids: Sequence[str],
+    *,
+    bboxes: Sequence[Any] | None = None,
+    partial: str | None = None,
+    meta: Mapping | None = None,
+    save_every: int = 50,
+    progress: Progress = False,
+    on_mismatch: str = "raise",
+    on_failed: Callable[[str, str], None] | None = None,
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]], int]:
+    """Describes `sources` (ids: one unique string per source), keeping progress in the feature file
+    `partial` so that an interrupted run resumes where it stopped.
+
+    Finished rows are written to `partial` (atomically) every `save_every` batches and when the run is
+    interrupted; a later call with the same `meta` describes only what is missing. A `partial` written with
+    another `meta` raises ResumeMismatchError (`on_mismatch="raise"`) or is ignored (`"restart"`).
+    `on_failed(id, reason)` is called for each input that cannot be read.
+
+    Returns:
+      (descriptors (N_ok, D) float32 in input order, their ids, failed [(id, reason)], images described now).
+      The partial file is left in place: the caller removes it once the result is saved.
+    """
+    ids = [str(i) for i in ids]
+    if len(ids) != len(sources):
+        raise ValueError(f"ids: expected one per source ({len(sources)}), got {len(ids)}")
+    meta = json.loads(atomic.to_json(meta or {}, indent=None, sort_keys=True))
+    done_ids: list[str] = []
+    done_desc: list[np.ndarray] = []
+    failed: list[tuple[str, str]] = []
+    if partial and os.path.exists(partial):
+        with np.load(partial) as f:
+            old_meta = json.loads(str(f["meta"]))
+            if old_meta == meta:
+                done_ids = [str(i) for i in f["ids"]]
+                done_desc = [f["descriptors"]]
+                failed = list(zip((str(i) for i in f["failed"]), (str(r) for r in f["failed_reasons"]),
+                                  strict=True))
+            elif on_mismatch == "raise":
+                raise ResumeMismatchError(f"{partial} was written with other settings ({old_meta})")
+    finished = set(done_ids) | {i for i, _ in failed}
+    todo = [k for k, i in enumerate(ids) if i not in finished]
+    since_save = 0
+    described_now = 0
+
+    def save_partial():
+        desc = np.concatenate(done_desc) if done_desc else np.zeros((0, extractor.dim), np.float32)
+        atomic.save_npz(partial, **feature_arrays(desc, done_ids, failed, meta))
+
+    try:
+        for item in extractor.describe_iter(sources, bboxes, indices=todo, progress=progress):
+            if isinstance(item, Failed):
+                failed.append((ids[item.index], item.reason))
+                if on_failed is not None:
+                    on_failed(ids[item.index], item.reason)
+                continue
+            done_ids.extend(ids[k] for k in item.indices)
+            done_desc.append(item.descriptors)
+            described_now += len(item.indices)
+            since_save += 1
+            if partial and since_save >= save_every:
+                save_partial()
+                since_save = 0
+    except BaseException:
+        if partial and (done_ids or failed):
+            save_partial()
+        raise
+    order = {i: k for k, i in enumerate(ids)}
+    perm = np.argsort([order[i] for i in done_ids], kind="stable")
+    desc = np.concatenate(done_desc) if done_desc else np.zeros((0, extractor.dim), np.float32)
+    return desc[perm], [done_ids[k] for k in perm], failed, described_now
+
+
 def _describe_fn(model: RetrievalModel, weights: tuple[float, ...] | None):
     """jit(per-scale variables, per-scale uint8 batches -> (B, D)), shared by extractors of equal models so
-    that rebuilding an Extractor (e.g. per evaluation) reuses the compiled programs."""
+    that rebuilding an Extractor reuses the compiled programs."""
     try:
         return _describe_fn_cached(model, weights)
-    except TypeError:  # an unhashable field (e.g. an alpha_init array): no sharing
+    except TypeError:  # an unhashable field (e.g. a custom module holding an array): no sharing
         return _make_describe_fn(model, weights)
 
 
 def _make_describe_fn(model, weights):
     def describe(variables_per_scale, batches):
-        descs = [model.apply(v, normalize(b)) for v, b in zip(variables_per_scale, batches, strict=True)]
+        descs = [model.apply(v, b) for v, b in zip(variables_per_scale, batches, strict=True)]
         return combine_scales(descs, weights)
 
     return jax.jit(describe)
@@ -474,272 +638,26 @@ def _make_describe_fn(model, weights):
 _describe_fn_cached = functools.lru_cache(maxsize=16)(_make_describe_fn)
 
 
+@functools.lru_cache(maxsize=16)
+def _regions_fn(model: RetrievalModel):
+    """jit(variables, uint8 batch -> layer -> (B, R, C)): the head's R-MAC grid on every tapped layer."""
+    from remap_jax import heads
+
+    head = getattr(model, "head", None)
+    if not hasattr(head, "levels"):
+        raise ValueError(f"output='regions': the model's head {type(head).__name__} has no R-MAC region "
+                         "grid; use a remap or rmac head")
+
+    def regions(variables_per_scale, batches):
+        (variables,), (batch,) = variables_per_scale, batches
+        features = model.apply(variables, batch, method=RetrievalModel.features)
+        return heads.region_descriptors(features, tuple(model.taps), head.levels, head.overlap,
+                                        head.include_global)
+
+    return jax.jit(regions)
+
+
 def _plain(tree):
     if isinstance(tree, Mapping):
         return {k: _plain(v) for k, v in tree.items()}
     return tree
-
-
-# ------------------------------------------------------------------------------------------------- command
-
-
-def list_images(spec: str) -> tuple[list[str], list[str], list[Any]]:
-    """`--images` argument -> (ids, paths, bboxes). A directory is searched recursively for image files
-    (ids = paths relative to it, sorted); a text file lists `path [x0 y0 x1 y1]` per line (relative paths are
-    relative to the list file; `#` starts a comment)."""
-    if os.path.isdir(spec):
-        ids = []
-        for root, dirs, files in os.walk(spec):
-            dirs.sort()
-            for name in files:
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    ids.append(os.path.relpath(os.path.join(root, name), spec))
-        ids.sort()
-        if not ids:
-            raise ValueError(f"--images {spec!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
-        return ids, [os.path.join(spec, i) for i in ids], [None] * len(ids)
-    if not os.path.isfile(spec):
-        raise ValueError(f"--images {spec!r}: no such directory or list file")
-    base = os.path.dirname(os.path.abspath(spec))
-    ids, paths, bboxes = [], [], []
-    with open(spec) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            bbox = None
-            if len(parts) >= 5:
-                try:
-                    bbox = tuple(float(v) for v in parts[-4:])
-                    parts = parts[:-4]
-                except ValueError:
-                    bbox = None
-            name = " ".join(parts) if bbox is not None else line
-            ids.append(name)
-            paths.append(name if os.path.isabs(name) else os.path.join(base, name))
-            bboxes.append(bbox)
-    if not ids:
-        raise ValueError(f"--images {spec!r}: the list file names no images")
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"--images {spec!r}: duplicate entries {dup}; ids must be unique")
-    return ids, paths, bboxes
-
-
-def partial_path(out: str) -> str:
-    """`db.npz` -> `db.partial.npz`: where progress is kept while extracting."""
-    stem = out[:-4] if out.endswith(".npz") else out
-    return stem + ".partial.npz"
-
-
-def _result_arrays(done_ids, done_desc, failed, meta, dim):
-    descriptors = np.concatenate(done_desc, axis=0) if done_desc else np.zeros((0, dim), np.float32)
-    return dict(
-        descriptors=descriptors.astype(np.float32),
-        ids=np.array(done_ids, dtype=str).reshape(-1),
-        failed=np.array([f[0] for f in failed], dtype=str).reshape(-1),
-        failed_reasons=np.array([f[1] for f in failed], dtype=str).reshape(-1),
-        meta=np.array(json.dumps(meta, sort_keys=True)),
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="remap-extract",
-        description="Extract global REMAP descriptors for a folder or list of images into an .npz file.",
-    )
-    src = p.add_argument_group("model (either --arch [--weights] or --checkpoint)")
-    src.add_argument(
-        "--arch", help="backbone: resnet18/34/50/101/152, resnext101_32x8d, resnext101_64x4d, vgg16"
-    )
-    src.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch")
-    src.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
-    src.add_argument("--taps", help="comma-separated tap names for --arch (default: last two blocks)")
-    src.add_argument("--head", default="remap", help="pooling head for --arch: remap, rmac, gem, mac, spoc")
-    src.add_argument("--levels", type=int, default=4, help="R-MAC levels of the remap/rmac head")
-    src.add_argument("--whitening", help=".npz with W (out, in) and b (out,) whitening for --arch")
-    p.add_argument("--images", required=True, help="image directory (recursive) or list file")
-    p.add_argument(
-        "--out", required=True, help="output .npz (descriptors, ids, failed, failed_reasons, meta)"
-    )
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="compute dtype (default float32 / the checkpoint's)"
-    )
-    p.add_argument("--scales", help="comma-separated input-size multipliers, e.g. 1,1.25 (MS-REMAP)")
-    p.add_argument("--scale-weights", help="comma-separated weights, one per scale (default equal)")
-    p.add_argument(
-        "--image-size", help="HEIGHT,WIDTH of landscape inputs (default 768,1024 / the checkpoint's)"
-    )
-    p.add_argument("--resize", choices=RESIZE_MODES, default="fixed")
-    p.add_argument("--bucket", type=int, default=64, help="short-side multiple for --resize long_side")
-    p.add_argument("--workers", type=int, default=4, help="decoding threads")
-    p.add_argument("--save-every", type=int, default=50, help="write OUT.partial.npz every N batches")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT.partial.npz")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def _floats(text: str | None, name: str):
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise SystemExit(f"remap-extract: {name} {text!r}: expected comma-separated numbers") from None
-
-
-def make_extractor(args) -> tuple[Extractor, dict]:
-    """The Extractor the command line asks for, and the settings recorded in the output's `meta`."""
-    options: dict[str, Any] = dict(
-        batch_size=args.batch_size, workers=args.workers, resize=args.resize, bucket=args.bucket
-    )
-    scales, weights, size = (
-        _floats(args.scales, "--scales"),
-        _floats(args.scale_weights, "--scale-weights"),
-        None,
-    )
-    if args.image_size:
-        size = tuple(int(v) for v in _floats(args.image_size, "--image-size"))
-        options["image_size"] = size
-    if scales:
-        options["scales"] = scales
-    if weights:
-        options["scale_weights"] = weights
-    if args.checkpoint:
-        if args.arch or args.weights:
-            raise SystemExit("remap-extract: give either --checkpoint or --arch/--weights, not both")
-        extractor = Extractor.from_checkpoint(args.checkpoint, dtype=args.dtype, **options)
-        source = {"checkpoint": os.path.abspath(args.checkpoint)}
-    elif args.arch:
-        whitening = None
-        if args.whitening:
-            with np.load(args.whitening) as f:
-                whitening = (f["W"], f["b"])
-        taps = tuple(t for t in (args.taps or "").split(",") if t) or None
-        if size:
-            options["image_size"] = size
-        extractor = Extractor.from_pretrained(
-            args.arch,
-            args.weights,
-            taps=taps,
-            head=args.head,
-            levels=args.levels,
-            whitening=whitening,
-            dtype=args.dtype or "float32",
-            **options,
-        )
-        source = {
-            "arch": args.arch,
-            "weights": args.weights and os.path.abspath(args.weights),
-            "taps": list(extractor.model.taps),
-            "head": args.head,
-            "levels": args.levels,
-            "whitening": args.whitening and os.path.abspath(args.whitening),
-        }
-    else:
-        raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint")
-    meta = {
-        **source,
-        "dtype": args.dtype,
-        "image_size": list(extractor.image_size),
-        "resize": extractor.resize,
-        "bucket": extractor.bucket,
-        "scales": list(extractor.scales),
-        "scale_weights": extractor.scale_weights and list(extractor.scale_weights),
-    }
-    return extractor, meta
-
-
-def run(args) -> dict:
-    """Runs an extraction (resuming from OUT.partial.npz) and writes OUT; returns a summary dict."""
-    ids, paths, bboxes = list_images(args.images)
-    extractor, meta = make_extractor(args)
-    partial = partial_path(args.out)
-    done_ids: list[str] = []
-    done_desc: list[np.ndarray] = []
-    failed: list[tuple[str, str]] = []
-    if os.path.exists(partial) and not args.no_resume:
-        with np.load(partial) as f:
-            old_meta = json.loads(str(f["meta"]))
-            if old_meta != json.loads(json.dumps(meta, sort_keys=True)):
-                raise SystemExit(
-                    f"remap-extract: {partial} was written with other settings ({old_meta}); "
-                    "rerun with the same arguments, or pass --no-resume to start over"
-                )
-            done_ids = [str(i) for i in f["ids"]]
-            done_desc = [f["descriptors"]]
-            failed = list(
-                zip((str(i) for i in f["failed"]), (str(r) for r in f["failed_reasons"]), strict=True)
-            )
-        print(f"resuming from {partial}: {len(done_ids)} described, {len(failed)} failed", file=sys.stderr)
-    finished = set(done_ids) | {i for i, _ in failed}
-    todo = [k for k, i in enumerate(ids) if i not in finished]
-    batches_since_save = 0
-    start = time.perf_counter()
-    described_now = 0
-
-    def save_partial():
-        atomic.save_npz(partial, **_result_arrays(done_ids, done_desc, failed, meta, extractor.dim))
-
-    try:
-        for item in extractor.describe_iter(paths, bboxes, indices=todo, progress=not args.quiet):
-            if isinstance(item, Failed):
-                failed.append((ids[item.index], item.reason))
-                print(f"failed: {ids[item.index]}: {item.reason}", file=sys.stderr)
-                continue
-            done_ids.extend(ids[k] for k in item.indices)
-            done_desc.append(item.descriptors)
-            described_now += len(item.indices)
-            batches_since_save += 1
-            if batches_since_save >= args.save_every:
-                save_partial()
-                batches_since_save = 0
-    except BaseException:
-        if done_ids or failed:
-            save_partial()
-            print(
-                f"interrupted: progress saved to {partial}; rerun the same command to resume", file=sys.stderr
-            )
-        raise
-    elapsed = time.perf_counter() - start
-    arrays = _result_arrays(done_ids, done_desc, failed, meta, extractor.dim)
-    order = {i: k for k, i in enumerate(ids)}
-    perm = np.argsort([order[i] for i in arrays["ids"]], kind="stable")
-    arrays["descriptors"], arrays["ids"] = arrays["descriptors"][perm], arrays["ids"][perm]
-    atomic.save_npz(args.out, **arrays)
-    if os.path.exists(partial):
-        os.remove(partial)
-    rate = described_now / elapsed if elapsed > 0 else float("nan")
-    summary = {
-        "out": args.out,
-        "described": len(arrays["ids"]),
-        "failed": len(failed),
-        "dim": int(arrays["descriptors"].shape[1]),
-        "seconds": elapsed,
-        "images_per_s": rate,
-    }
-    print(
-        f"wrote {args.out}: {summary['described']} descriptors of dim {summary['dim']}, "
-        f"{summary['failed']} failed; "
-        f"{described_now} described in this run at {rate:.2f} img/s",
-        file=sys.stderr,
-    )
-    return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"remap-extract: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130  # progress was saved by run(); the message says how to resume
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,6 @@ __all__ = [
     "MAC",
     "RMAC",
     "REMAPHead",
-    "ROIStream",
     "RegionWeighting",
     "SPoC",
     "Whitening",
@@ -179,20 +178,6 @@ def _finish(vectors: jnp.ndarray, whiten: bool, out_dim, whitening_init) -> jnp.
     elif out_dim is not None or whitening_init is not None:
         raise ValueError("out_dim/whitening_init: given but whiten=False")
     return l2_normalize(vectors)
-
-
-class ROIStream(nn.Module):
-    """One REMAP stream on a single map: (B, H, W, C) -> (B, C) = sum_i max(alpha_i, 0) * L2(zeta_i(map))."""
-
-    levels: int = 4
-    overlap: float = 0.4
-    include_global: bool = False
-    alpha_init: Any = None
-
-    @nn.compact
-    def __call__(self, fmap: jnp.ndarray) -> jnp.ndarray:
-        regions = region_descriptors({"map": fmap}, ("map",), self.levels, self.overlap, self.include_global)
-        return RegionWeighting(self.alpha_init, name="weights")(regions["map"])
 
 
 class REMAPHead(nn.Module):

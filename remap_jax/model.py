@@ -1,34 +1,37 @@
-"""A retrieval model = backbone taps + pooling head; multi-scale description; the export format.
+"""The one description of a retrieval model (the model spec), the model it builds, and the export format.
 
-    model = RetrievalModel(create_backbone("resnet50"), REMAPHead(("layer4.1", "layer4.2")), taps=...)
-    variables = {"params": {"backbone": ..., "head": ...}, "batch_stats": {"backbone": ...}}
-    descriptors = model.apply(variables, images)            # (B, H, W, 3) normalised -> (B, D) unit rows
-    descriptors = describe_multiscale(model, variables, images, scales=(1.0, 1.25))   # MS-REMAP
+A *model spec* is a flat mapping, the `config.json` of an export and the `model` part of a training config:
+
+    spec = {"arch": "resnet101", "taps": ["layer4.1", "layer4.2"], "head": "remap", "levels": 4,
+            "image_size": [768, 1024]}                      # every other field takes its default
+    model = model_from_config(spec)                         # RetrievalModel: backbone taps -> head
+    variables = init_variables(model, jax.random.key(0), (1, 768, 1024, 3), backbone_variables=...)
+    descriptors = model.apply(variables, pixels)            # (B, H, W, 3) RGB in [0, 255] -> (B, D) unit rows
+
+Fields (`SPEC_DEFAULTS` holds the defaults; `arch` and `taps` are required):
+  `arch`: backbone name (`remap_jax.backbones.ARCHS`), `taps`: tap names in concatenation order,
+  `head`: "remap" | "rmac" | "gem" | "mac" | "spoc", and the head fields `levels`, `overlap`, `include_global`
+  (the R-MAC grid), `whiten`, `out_dim` (0 or null = the concatenated size), `p_init` (GeM),
+  `dtype`: "float32" | "bfloat16" (compute dtype; parameters stay float32),
+  `image_size`: [height, width] of landscape inputs (portrait images use [width, height]),
+  `scales`: input-size multipliers, `scale_weights`: one weight per scale (null: equal weights).
+A head field is added in one place: `HEAD_FIELDS` / `SPEC_DEFAULTS` here (and the head class). Training
+configs take their `model` fields from `SPEC_DEFAULTS` (train/configs/base.py), so they get it too.
 
 Export format (what the trainer writes at `{workdir}/export/` and `Extractor.from_checkpoint` reads), a
-directory holding:
-
-* `config.json` -- a flat JSON object:
-    `format`: "remap-jax-export", `version`: 1,
-    `arch`: backbone name (see `remap_jax.backbones.ARCHS`), `taps`: list of tap names,
-    `head`: "remap" | "rmac" | "gem" | "mac" | "spoc", and the head's fields `levels`, `overlap`,
-    `include_global`, `whiten`, `out_dim` (null = input size), `p_init` (GeM),
-    `dtype`: "float32" | "bfloat16" (compute dtype),
-    `image_size`: [height, width] of landscape inputs (portrait images use [width, height]),
-    `scales`: list of input-size multipliers, `scale_weights`: list (optional, default equal weights).
-  Unknown keys are kept and ignored; missing optional keys take the defaults above.
-* `params.msgpack` -- the variables `{"params": {"backbone", "head"}, "batch_stats": {"backbone"}}` as
-  `flax.serialization.msgpack_serialize` of nested dicts of float32 arrays; or, instead, `checkpoint/`:
-  the same tree saved by Orbax (`ocp.StandardCheckpointer`).
+directory holding `config.json` (the spec plus `format`: "remap-jax-export", `version`: 1; unknown keys are
+kept and ignored) and `params.msgpack`: the variables `{"params": {"backbone", "head"}, "batch_stats":
+{"backbone"}}` as `flax.serialization.msgpack_serialize` of nested dicts of float32 arrays; or, instead,
+`checkpoint/`: the same tree saved by Orbax (`ocp.StandardCheckpointer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remap_jax import atomic
+from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 EXPORT_FORMAT = "remap-jax-export"
 EXPORT_VERSION = 1
@@ -46,34 +50,58 @@ PARAMS_FILE = "params.msgpack"
 ORBAX_DIR = "checkpoint"
 HEAD_KINDS = ("remap", "rmac", "gem", "mac", "spoc")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONFIG_DEFAULTS = {
+# The head's fields: passed to the head class that has them (see `build_head`).
+HEAD_FIELDS = ("levels", "overlap", "include_global", "whiten", "out_dim", "p_init")
+# What describes the network (a training config's `model` holds exactly these, plus `pretrained`).
+MODEL_FIELDS = ("arch", "taps", "head", *HEAD_FIELDS, "dtype")
+SPEC_DEFAULTS = {
     "head": "remap",
     "levels": 4,
     "overlap": 0.4,
     "include_global": False,
     "whiten": True,
-    "out_dim": None,
+    "out_dim": 0,
     "p_init": 3.0,
     "dtype": "float32",
     "image_size": [768, 1024],
     "scales": [1.0],
     "scale_weights": None,
 }
+CONFIG_DEFAULTS = SPEC_DEFAULTS  # the name export readers used before the spec had its own
 
 
 class RetrievalModel(nn.Module):
-    """Backbone taps -> head. images (B, H, W, 3) float ImageNet-normalised -> (B, D) float32 unit vectors.
+    """Pixels -> backbone taps -> head. images (B, H, W, 3) RGB pixel values in [0, 255] (uint8 or float)
+    -> (B, D) float32 unit vectors.
 
-    Tap maps are cast to float32 before the head (the backbone may compute in bfloat16).
+    The model normalises its input with the statistics its backbone was trained with (`pixel_mean`,
+    `pixel_std`: RGB, for pixels scaled to [0, 1]); this is the only place images are normalised. Tap maps
+    are cast to float32 before the head (the backbone may compute in bfloat16).
     """
 
     backbone: nn.Module
     head: nn.Module
     taps: tuple[str, ...]
+    pixel_mean: tuple[float, float, float] = tuple(float(v) for v in IMAGENET_MEAN)
+    pixel_std: tuple[float, float, float] = tuple(float(v) for v in IMAGENET_STD)
+
+    def normalize(self, images: jax.Array) -> jax.Array:
+        """(..., 3) pixels in [0, 255] -> float32 `(x / 255 - mean) / std`."""
+        mean, std = np.asarray(self.pixel_mean, np.float32), np.asarray(self.pixel_std, np.float32)
+        return normalize(images, mean, std)
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        """Pixels -> {tap: (B, h, w, C) float32}: what the head pools."""
+        maps = self.backbone(self.normalize(images), taps=tuple(self.taps))
+        return {k: v.astype(jnp.float32) for k, v in maps.items()}
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        maps = self.backbone(images, taps=tuple(self.taps))
-        return self.head({k: v.astype(jnp.float32) for k, v in maps.items()})
+        return self.head(self.features(images))
+
+
+def backbone_variables_of(variables: Mapping) -> dict:
+    """The backbone's own variables {"params", "batch_stats"} out of a RetrievalModel's variables."""
+    return {collection: tree["backbone"] for collection, tree in variables.items() if "backbone" in tree}
 
 
 def init_variables(
@@ -81,36 +109,55 @@ def init_variables(
     key: jax.Array,
     input_shape=(1, 224, 224, 3),
     backbone_variables: Mapping | None = None,
+    head_params: Mapping | None = None,
 ) -> dict:
     """Variables {"params": {"backbone", "head"}, "batch_stats": {"backbone"}} for `model`.
 
     The backbone gets `backbone_variables` (e.g. `load_pretrained(...)`) or a seeded random init
-    (`remap_jax.backbones.init_like`); the head is initialised by its own `init` (alpha_init / whitening_init
-    or their defaults) on zero maps of the right shapes. Much cheaper than `jax.jit(model.init)`, which
-    compiles the random initialiser of every backbone layer.
+    (`remap_jax.backbones.init_like`); the head is initialised by its own `init` (alpha ones, identity
+    whitening, ...) on zero maps of the right shapes, then `head_params` (a subtree of the head's parameters,
+    e.g. KL region weights and whitening from `remap_jax.head_init.head_param_tree`) replaces what it names.
+    Much cheaper than `jax.jit(model.init)`, which compiles the random initialiser of every backbone layer.
     """
     from remap_jax.backbones import init_like
 
     images = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     key_backbone, key_head = jax.random.split(key)
+    apply = functools.partial(model.backbone.apply, taps=tuple(model.taps))
     if backbone_variables is None:
         bshapes = jax.eval_shape(functools.partial(model.backbone.init, taps=tuple(model.taps)), key, images)
         backbone_variables = init_like(dict(bshapes), key_backbone)
     backbone_variables = dict(backbone_variables)
-    apply = functools.partial(model.backbone.apply, taps=tuple(model.taps))
     maps = jax.eval_shape(apply, backbone_variables, images)
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in maps.items()}
-    head_variables = jax.jit(model.head.init)(key_head, zeros)
+    head = dict(jax.jit(model.head.init)(key_head, zeros).get("params", {}))
+    if head_params:
+        head = _replace_params(jax.tree.map(np.asarray, head), head_params)
     return {
-        "params": {"backbone": backbone_variables["params"], "head": head_variables.get("params", {})},
+        "params": {"backbone": backbone_variables["params"], "head": head},
         "batch_stats": {"backbone": backbone_variables.get("batch_stats", {})},
     }
 
 
-def build_head(kind: str, layers: Sequence[str], **fields) -> nn.Module:
-    """The head class named `kind` with `layers`; fields the class does not have are dropped."""
-    import dataclasses
+def _replace_params(params: dict, replacement: Mapping, path: str = "head") -> dict:
+    out = dict(params)
+    for name, value in replacement.items():
+        if name not in params:
+            raise ValueError(f"head parameters: {path}/{name} is not a parameter of this head; it has "
+                             f"{sorted(params)}")
+        if isinstance(value, Mapping):
+            out[name] = _replace_params(dict(params[name]), value, f"{path}/{name}")
+            continue
+        value = np.asarray(value, np.float32)
+        if value.shape != np.shape(params[name]):
+            raise ValueError(f"head parameters: {path}/{name} has shape {value.shape}, the model needs "
+                             f"{np.shape(params[name])} (was it computed for another image size or taps?)")
+        out[name] = value
+    return out
 
+
+def build_head(kind: str, layers: Sequence[str], **fields) -> nn.Module:
+    """The head class named `kind` on `layers`; fields the class does not have are dropped."""
     from remap_jax import heads
 
     classes = {"remap": heads.REMAPHead, "rmac": heads.RMAC, "gem": heads.GeM, "mac": heads.MAC,
@@ -119,47 +166,81 @@ def build_head(kind: str, layers: Sequence[str], **fields) -> nn.Module:
         raise ValueError(f"head: unknown head kind {kind!r}; expected one of {', '.join(HEAD_KINDS)}")
     cls = classes[kind]
     names = {f.name for f in dataclasses.fields(cls)}
+    if fields.get("out_dim") == 0:
+        fields["out_dim"] = None
     return cls(layers=tuple(layers), **{k: v for k, v in fields.items() if k in names and k != "layers"})
 
 
 def model_from_config(config: Mapping[str, Any], dtype: Any = None, fold_bn: bool = False) -> RetrievalModel:
-    """RetrievalModel from an export config (see module docstring). `dtype` overrides config["dtype"]."""
-    from remap_jax.backbones import create_backbone
+    """RetrievalModel from a model spec (see module docstring). `dtype` overrides config["dtype"]."""
+    from remap_jax.backbones import create_backbone, input_normalization
 
     config = normalise_config(config)
     compute = DTYPES[config["dtype"]] if dtype is None else jnp.dtype(dtype)
     backbone = create_backbone(config["arch"], dtype=compute, fold_bn=fold_bn)
-    fields = {k: config[k] for k in ("levels", "overlap", "include_global", "whiten", "out_dim", "p_init")}
-    head = build_head(config["head"], config["taps"], **fields)
-    return RetrievalModel(backbone=backbone, head=head, taps=tuple(config["taps"]))
+    head = build_head(config["head"], config["taps"], **{k: config[k] for k in HEAD_FIELDS})
+    mean, std = input_normalization(config["arch"])  # what the backbone's weights were trained with
+    return RetrievalModel(backbone=backbone, head=head, taps=tuple(config["taps"]),
+                          pixel_mean=tuple(float(v) for v in mean), pixel_std=tuple(float(v) for v in std))
+
+
+def spec_errors(config: Mapping[str, Any], *, backbone: bool = True) -> list[str]:
+    """What is wrong with a model spec: one "field = value: expected ..." string per bad field.
+
+    backbone=False skips `arch` and `taps` (a custom backbone that is not in the registry).
+    """
+    from remap_jax.backbones import ARCHS, valid_taps
+
+    c = {**SPEC_DEFAULTS, **dict(config)}
+    errors = [f"{key}: missing required field (got {sorted(config)})" for key in ("arch", "taps")
+              if backbone and key not in config]
+    if errors:
+        return errors
+
+    def check(ok: bool, field: str, expected: str) -> None:
+        if not ok:
+            errors.append(f"{field} = {c[field]!r}: expected {expected}")
+
+    if backbone:
+        check(c["arch"] in ARCHS, "arch", f"one of {', '.join(ARCHS)}")
+        taps = c["taps"]
+        check(isinstance(taps, (list, tuple)) and len(taps) >= 1 and all(isinstance(t, str) for t in taps),
+              "taps", "a non-empty list of backbone block names")
+        if not errors:
+            valid = valid_taps(c["arch"])
+            bad = [t for t in taps if t not in valid]
+            if bad:
+                errors.append(f"taps: {bad} are not blocks of {c['arch']}; valid: {', '.join(valid)}")
+    check(c["head"] in HEAD_KINDS, "head", f"one of {', '.join(HEAD_KINDS)}")
+    check(isinstance(c["levels"], int) and c["levels"] >= 1, "levels", "an int >= 1")
+    check(isinstance(c["overlap"], (int, float)) and 0 <= c["overlap"] < 1, "overlap", "in [0, 1)")
+    check(c["out_dim"] is None or (isinstance(c["out_dim"], int) and c["out_dim"] >= 0), "out_dim",
+          ">= 0 (0 keeps the input dimension)")
+    check(isinstance(c["p_init"], (int, float)) and c["p_init"] > 0, "p_init", "> 0")
+    check(c["dtype"] in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
+    size = c["image_size"]
+    check(isinstance(size, (list, tuple)) and len(size) == 2
+          and all(isinstance(v, int) and v >= 1 for v in size), "image_size", "[height, width], ints >= 1")
+    scales = c["scales"]
+    check(isinstance(scales, (list, tuple)) and len(scales) >= 1 and all(float(s) > 0 for s in scales),
+          "scales", "a non-empty list of positive multipliers")
+    weights = c["scale_weights"]
+    check(weights is None or (isinstance(weights, (list, tuple)) and len(weights) == len(scales)),
+          "scale_weights", f"null or one weight per scale ({len(scales)})")
+    return errors
 
 
 def normalise_config(config: Mapping[str, Any]) -> dict:
-    """Fills defaults and validates an export config; raises ValueError naming the bad field."""
-    from remap_jax.backbones import ARCHS, valid_taps
-
-    out = {**CONFIG_DEFAULTS, **dict(config)}
-    for key in ("arch", "taps"):
-        if key not in config:
-            raise ValueError(f"export config: missing required field {key!r} (got {sorted(config)})")
-    if out["arch"] not in ARCHS:
-        raise ValueError(f"export config: arch {out['arch']!r} unknown; expected one of {', '.join(ARCHS)}")
+    """A model spec with defaults filled and types made canonical; ValueError names every bad field."""
+    errors = spec_errors(config)
+    if errors:
+        raise ValueError("model spec: " + "; ".join(errors))
+    out = {**SPEC_DEFAULTS, **dict(config)}
     out["taps"] = list(out["taps"])
-    bad = [t for t in out["taps"] if t not in valid_taps(out["arch"])]
-    if bad or not out["taps"]:
-        raise ValueError(f"export config: taps {out['taps']} invalid for {out['arch']} (bad: {bad})")
-    if out["head"] not in HEAD_KINDS:
-        raise ValueError(f"export config: head {out['head']!r}; expected one of {', '.join(HEAD_KINDS)}")
-    if out["dtype"] not in DTYPES:
-        raise ValueError(f"export config: dtype {out['dtype']!r}; expected one of {', '.join(DTYPES)}")
-    if len(out["image_size"]) != 2 or min(out["image_size"]) < 1:
-        raise ValueError(f"export config: image_size expected [height, width], got {out['image_size']}")
     out["image_size"] = [int(v) for v in out["image_size"]]
     out["scales"] = [float(s) for s in out["scales"]]
-    if out["scale_weights"] is not None and len(out["scale_weights"]) != len(out["scales"]):
-        raise ValueError(
-            f"export config: scale_weights {out['scale_weights']}: expected one per scale {out['scales']}"
-        )
+    if out["scale_weights"] is not None:
+        out["scale_weights"] = [float(w) for w in out["scale_weights"]]
     if out["out_dim"] in (0, None):
         out["out_dim"] = None
     return out
@@ -193,9 +274,9 @@ def describe_multiscale(
 ) -> jax.Array:
     """Multi-scale descriptors (B, D): describe at each scale, weighted sum, L2.
 
-    `images` is either one (B, H, W, 3) normalised batch, resized here to each scale with antialiased
-    bilinear interpolation, or a sequence with one batch per scale (already at its size; the Extractor
-    resizes every scale from the original image). jit-compatible: scales are static.
+    `images` is either one (B, H, W, 3) pixel batch, resized here to each scale with antialiased bilinear
+    interpolation, or a sequence with one batch per scale (already at its size; the Extractor resizes every
+    scale from the original image). jit-compatible: scales are static.
     """
     if isinstance(images, (list, tuple)):
         if len(images) != len(scales):
@@ -208,7 +289,8 @@ def describe_multiscale(
         batches = []
         for s in scales:
             size = scaled_size((h, w), s)
-            resized = images if size == (h, w) else jax.image.resize(images, (b, *size, c), "linear")
+            resized = images if size == (h, w) else jax.image.resize(images.astype(jnp.float32),
+                                                                      (b, *size, c), "linear")
             batches.append(resized)
     return combine_scales([model.apply(variables, x) for x in batches], weights)
 
@@ -227,14 +309,11 @@ def save_exported(path: str | os.PathLike, config: Mapping[str, Any], variables:
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **dict(config)}
     normalise_config(config)  # fail before writing anything
     state = jax.tree.map(lambda x: np.asarray(x, np.float32), _plain(variables))
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    tmp = atomic.make_temp_dir(path)
     try:
-        with open(os.path.join(tmp, PARAMS_FILE), "wb") as f:
+        with atomic.atomic_write(os.path.join(tmp, PARAMS_FILE)) as f:
             f.write(serialization.msgpack_serialize(state))
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2, default=_json_default)
+        atomic.write_json(os.path.join(tmp, CONFIG_FILE), config, indent=2)
         atomic.replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -269,9 +348,8 @@ def load_exported(path: str | os.PathLike) -> tuple[dict, dict]:
     else:
         raise FileNotFoundError(f"checkpoint {path!r}: neither {PARAMS_FILE} nor {ORBAX_DIR}/ found")
     variables = jax.tree.map(np.asarray, _plain(variables))
-    for key in ("params",):
-        if key not in variables:
-            raise ValueError(f"checkpoint {path!r}: variables lack {key!r} (found {sorted(variables)})")
+    if "params" not in variables:
+        raise ValueError(f"checkpoint {path!r}: variables lack 'params' (found {sorted(variables)})")
     return config, variables
 
 
@@ -280,13 +358,3 @@ def _plain(tree):
     if isinstance(tree, Mapping):
         return {str(k): _plain(v) for k, v in tree.items()}
     return tree
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(np.asarray(value).tolist())
-    raise TypeError(f"export config: value {value!r} of type {type(value).__name__} is not JSON-serialisable")

@@ -1,11 +1,11 @@
-"""Tests for load_training_set / load_test_set (array_record random access) and the grain input pipeline."""
+"""Tests for load_training_set / load_test_set (array_record random access) and lazy image lists."""
 
 import numpy as np
 import pytest
 from test_data_builders import write_fake_revisitop1m, write_fake_roxford
 
 from remap_jax.data import load_test_set, load_training_set
-from remap_jax.data.pipeline import fit_image, image_batches, load_batch
+from remap_jax.data.images import ImageList
 
 
 @pytest.fixture(scope="module")
@@ -90,82 +90,19 @@ def test_roxford_with_distractors_from_manual_dir(tmp_path):
     np.testing.assert_array_equal(ts.gnd[1]["easy"], [3])
 
 
-# ---------------------------------------------------------------------------------------------- pipeline
+def test_image_list_reads_lazily_in_order(train_set):
+    reads = []
 
+    def read(i):
+        reads.append(i)
+        return train_set.read(i)
 
-def test_fit_image_modes():
-    img = np.full((10, 20, 3), 200, np.uint8)
-    assert fit_image(img, (8, 8), "squash").shape == (8, 8, 3)
-    padded = fit_image(img, (8, 8), "pad")
-    assert padded.shape == (8, 8, 3)
-    assert np.all(padded[:4] == 200) and np.all(padded[4:, :, 0] == 124)  # bottom padded with the mean
-    cropped = fit_image(img, (8, 8), "crop")
-    assert cropped.shape == (8, 8, 3) and np.all(cropped == 200)
-    with pytest.raises(ValueError, match="mode"):
-        fit_image(img, (8, 8), "stretch")
-
-
-def _fake_reader(i):
-    return np.full((6 + i % 3, 9, 3), i, np.uint8)
-
-
-def test_batches_are_deterministic_and_checkpointable():
-    def run(seed):
-        ds = image_batches(_fake_reader, 10, image_size=(4, 4), batch_size=3, seed=seed, flip=True)
-        it = iter(ds)
-        return [next(it)["index"].tolist() for _ in range(5)]
-
-    first, again, other = run(0), run(0), run(1)
-    assert first == again and first != other
-    # each epoch (3 batches of 3 from 10 items, remainder dropped) covers distinct items
-    assert len(set(sum(first[:3], []))) == 9
-
-    ds = image_batches(_fake_reader, 10, image_size=4, batch_size=4, seed=3)
-    it = iter(ds)
-    next(it)
-    state = it.get_state()
-    assert isinstance(state, dict)
-    expected = [next(it) for _ in range(3)]
-    it2 = iter(ds)
-    it2.set_state(state)
-    for want in expected:
-        got = next(it2)
-        np.testing.assert_array_equal(got["index"], want["index"])
-        np.testing.assert_array_equal(got["images"], want["images"])
-
-
-def test_batch_values_are_normalised_images():
-    ds = image_batches(_fake_reader, 3, image_size=(2, 3), batch_size=3, shuffle=False, num_epochs=1)
-    (batch,) = list(ds)
-    assert batch["images"].shape == (3, 2, 3, 3) and batch["images"].dtype == np.float32
-    expected = load_batch(_fake_reader, [0, 1, 2], (2, 3))
-    np.testing.assert_allclose(batch["images"], expected)
-    np.testing.assert_array_equal(batch["index"], [0, 1, 2])
-
-
-def test_extraction_batches_pad_the_last_batch():
-    ds = image_batches(_fake_reader, 7, image_size=4, batch_size=3, shuffle=False, num_epochs=1)
-    batches = list(ds)
-    assert [b["images"].shape[0] for b in batches] == [3, 3, 3]
-    assert batches[-1]["valid"].tolist() == [True, False, False]
-    assert sum(int(b["valid"].sum()) for b in batches) == 7
-    assert np.concatenate([b["index"][b["valid"]] for b in batches]).tolist() == list(range(7))
-
-
-def test_pipeline_errors():
-    with pytest.raises(ValueError, match="empty"):
-        image_batches(_fake_reader, 0, image_size=4, batch_size=2)
-    with pytest.raises(ValueError, match="batch_size"):
-        image_batches(_fake_reader, 3, image_size=4, batch_size=0)
-    with pytest.raises(ValueError, match="image_size"):
-        image_batches(_fake_reader, 3, image_size=(4, 0), batch_size=1)
-
-
-def test_pipeline_over_a_training_set(train_set):
-    ds = image_batches(train_set.read, train_set.num_images, image_size=32, batch_size=4, seed=0, mode="pad")
-    batch = next(iter(ds))
-    assert batch["images"].shape == (4, 32, 32, 3)
-    assert np.isfinite(batch["images"]).all()
+    images = ImageList(read, [5, 2, 7], transform=lambda im: im[:4])
+    assert len(images) == 3 and reads == []  # nothing read yet
+    np.testing.assert_array_equal(images[1], train_set.read(2)[:4])
+    assert reads == [2]
+    assert len(images[1:]) == 2 and list(images[1:].indices) == [2, 7]
+    assert len(ImageList(read, 4)) == 4
 
 
 def test_any_tar_prefix_config(tmp_path):
@@ -174,14 +111,3 @@ def test_any_tar_prefix_config(tmp_path):
     assert get_builder("revisitop1m/tars_3", str(tmp_path)).builder_config.num_tars == 3
     assert get_builder("revisitop1m/tars_10", str(tmp_path)).builder_config.num_tars == 10
     assert get_builder("gldv2_clean/tars_42", str(tmp_path)).builder_config.num_tars == 42
-
-
-def test_shards_are_disjoint_and_cover_the_data():
-    seen = []
-    for index in range(3):
-        ds = image_batches(_fake_reader, 10, image_size=2, batch_size=1, shuffle=False, num_epochs=1,
-                           shard=(index, 3))
-        seen.append([int(b["index"][0]) for b in ds])
-    assert sorted(sum(seen, [])) == list(range(10)) and seen[0] == [0, 3, 6, 9]
-    with pytest.raises(ValueError, match="shard"):
-        image_batches(_fake_reader, 10, image_size=2, batch_size=1, shard=(3, 3))

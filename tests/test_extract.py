@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from remap_jax import Extractor, atomic
-from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, normalize, resize_to
-from remap_jax.extract import Described, Failed, list_images, main, partial_path, target_size
+from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, resize_to
+from remap_jax.extract import Described, Failed, target_size
+from remap_jax.extract_cli import list_images, main, partial_path
 from remap_jax.model import combine_scales, save_exported
 
 SIZE = (64, 96)  # landscape (height, width): stride-32 maps of 2x3, tiny and fast
@@ -54,7 +55,7 @@ def _manual(extractor, img, size=None, scales=(1.0,), weights=None):
     descs = []
     for s in scales:
         scaled = (round(size[0] * s), round(size[1] * s))
-        x = normalize(resize_to(img, scaled))[None]
+        x = resize_to(img, scaled)[None]
         # region weights refitted to this map size where the extractor does so (constant alpha only)
         descs.append(_jit_apply(extractor.model)(extractor._fit_alpha(scaled), x))
     return np.asarray(combine_scales(descs, weights))[0]
@@ -249,9 +250,9 @@ def test_command_resumes_after_interruption(tmp_path, monkeypatch, capsys):
     original = Extractor.describe_iter
     seen = []
 
-    def interrupted(self, sources, bboxes=None, indices=None, progress=False):
+    def interrupted(self, sources, bboxes=None, indices=None, progress=False, output="descriptors"):
         seen.append(list(indices))
-        for n, item in enumerate(original(self, sources, bboxes, indices, progress)):
+        for n, item in enumerate(original(self, sources, bboxes, indices, progress, output)):
             if n == 3:
                 raise KeyboardInterrupt
             yield item
@@ -270,9 +271,9 @@ def test_command_resumes_after_interruption(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def counting(self, sources, bboxes=None, indices=None, progress=False):
+    def counting(self, sources, bboxes=None, indices=None, progress=False, output="descriptors"):
         calls.append(list(indices))
-        yield from original(self, sources, bboxes, indices, progress)
+        yield from original(self, sources, bboxes, indices, progress, output)
 
     monkeypatch.setattr(Extractor, "describe_iter", counting)
     assert main([*ARGS, "--images", str(folder), "--out", out]) == 0

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from remap_jax.extract import main
+from remap_jax.extract_cli import main
 from remap_jax.model import save_exported
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "extract_golden.npz")

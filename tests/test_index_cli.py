@@ -206,7 +206,7 @@ def _retrieval_problem(num_queries=6, per_landmark=8, distractors=200, d=32, see
 
 
 def test_eval_descriptors_through_exact_and_scann_indexes():
-    from train.eval import evaluate_descriptors
+    from remap_jax.evaluation import evaluate_descriptors
 
     q, db, gnd = _retrieval_problem()
     plain = evaluate_descriptors(q, db, gnd)
@@ -243,17 +243,13 @@ class _FakeTestSet:
 
 def test_eval_command_index_flags(tmp_path, monkeypatch, capsys):
     import remap_jax.data
+    import remap_jax.evaluation
     import train.eval as cmd
 
     q, db, gnd = _retrieval_problem()
     fake = _FakeTestSet(q, db, gnd)
-    vectors = {"queries": iter([q]), "index": iter([db])}
-
-    def fake_describe_fn(args):
-        # run_eval describes all queries, then the whole index, in one batch each (batch size below)
-        return lambda images: next(vectors["queries"]) if images[0][0, 0, 0] < 100 else next(vectors["index"])
-
-    monkeypatch.setattr(cmd, "make_describe_fn", fake_describe_fn)
+    monkeypatch.setattr(cmd, "make_extractor", lambda args: "extractor")
+    monkeypatch.setattr(remap_jax.evaluation, "describe_test_set", lambda extractor, test_set, **kw: (q, db))
     monkeypatch.setattr(remap_jax.data, "load_test_set", lambda *a, **k: fake)
     out = tmp_path / "out"
     common = ["--arch", "resnet18", "--dataset", "fake", "--out", str(out), "--batch-size", "1000"]

@@ -11,6 +11,7 @@ import pytest
 
 from remap_jax import backbones as bb
 from remap_jax import heads
+from remap_jax.data.images import normalize
 from remap_jax.model import (
     RetrievalModel,
     combine_scales,
@@ -28,7 +29,8 @@ CONFIG = {"arch": "resnet18", "taps": list(TAPS), "head": "remap", "levels": 2, 
 
 
 def _images(shape=(2, 96, 128, 3), seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+    """Pixel values in [0, 255] (what the model takes; it normalises them itself)."""
+    return jnp.asarray(np.random.default_rng(seed).uniform(0, 255, shape), jnp.float32)
 
 
 @functools.cache
@@ -60,7 +62,7 @@ def test_model_structure_and_output():
     backbone = bb.create_backbone("resnet18")
     maps = _jit_apply(backbone)(
         {"params": variables["params"]["backbone"], "batch_stats": variables["batch_stats"]["backbone"]},
-        _images(), taps=TAPS,
+        normalize(_images()), taps=TAPS,
     )
     head = heads.REMAPHead(layers=TAPS, levels=2, out_dim=256)
     manual = _jit_apply(head)({"params": variables["params"]["head"]}, maps)
@@ -121,6 +123,8 @@ def test_export_round_trip(tmp_path):
     config, loaded = load_exported(path)
     assert config["arch"] == "resnet18" and config["format"] == "remap-jax-export" and config["version"] == 1
     assert config["overlap"] == 0.4 and config["scale_weights"] is None  # defaults filled
+    with open(os.path.join(path, "config.json")) as f:
+        assert json.load(f)["out_dim"] == 256
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, variables))
     rebuilt = model_from_config(config)
     assert rebuilt == model  # same module: the compiled program is reused
@@ -151,13 +155,38 @@ def test_export_orbax_variant(tmp_path):
 def test_export_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_exported(str(tmp_path))
-    with pytest.raises(ValueError, match="missing required field 'taps'"):
+    with pytest.raises(ValueError, match="taps: missing required field"):
         save_exported(str(tmp_path / "e"), {"arch": "resnet18"}, {})
-    with pytest.raises(ValueError, match="taps.*invalid for resnet18.*layer9"):
+    with pytest.raises(ValueError, match=r"taps: \['layer9'\] are not blocks of resnet18"):
         model_from_config({"arch": "resnet18", "taps": ["layer9"]})
-    with pytest.raises(ValueError, match="head 'netvlad'"):
+    with pytest.raises(ValueError, match="head = 'netvlad': expected one of"):
         model_from_config({**CONFIG, "head": "netvlad"})
     (tmp_path / "config.json").write_text(json.dumps(CONFIG))
     with pytest.raises(FileNotFoundError, match="neither params.msgpack"):
         load_exported(str(tmp_path))
     assert not os.path.exists(tmp_path / "e")
+
+
+def test_head_params_replace_the_initial_head():
+    model, _ = _model_and_variables()
+    alpha = np.linspace(0.5, 1.5, 8).astype(np.float32)
+    variables = init_variables(model, jax.random.key(0), (1, 96, 128, 3),
+                               head_params={heads.stream_name("layer4.1"): {"alpha": alpha}})
+    np.testing.assert_array_equal(variables["params"]["head"][heads.stream_name("layer4.1")]["alpha"], alpha)
+    assert np.all(variables["params"]["head"][heads.stream_name("layer4.0")]["alpha"] == 1.0)
+    with pytest.raises(ValueError, match="has shape \\(3,\\), the model needs \\(8,\\)"):
+        init_variables(model, jax.random.key(0), (1, 96, 128, 3),
+                       head_params={heads.stream_name("layer4.1"): {"alpha": np.ones(3)}})
+    with pytest.raises(ValueError, match="head/stream_layer9 is not a parameter"):
+        init_variables(model, jax.random.key(0), (1, 96, 128, 3),
+                       head_params={"stream_layer9": {"alpha": alpha}})
+
+
+def test_spec_errors_name_every_bad_field():
+    from remap_jax.model import spec_errors
+
+    errors = spec_errors({**CONFIG, "levels": 0, "dtype": "float8", "scale_weights": [1.0, 2.0]})
+    assert any(e.startswith("levels = 0: expected") for e in errors)
+    assert any(e.startswith("dtype = 'float8'") for e in errors)
+    assert any(e.startswith("scale_weights") for e in errors)
+    assert spec_errors(CONFIG) == []

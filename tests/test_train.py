@@ -18,8 +18,10 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from train import train as trainer
+from train import checkpoints, loop, optim, validate
+from train import step as train_step
 from train.configs.base import get_base_config
+from train.input import ImageSource
 
 SIZE = 32
 
@@ -27,6 +29,7 @@ SIZE = 32
 class TinyBackbone(nn.Module):
     @nn.compact
     def __call__(self, x):
+        x = (x.astype(jnp.float32) / 255.0 - 0.5) / 0.25  # uint8 pixels in, like RetrievalModel
         x = nn.Conv(8, (3, 3), strides=2, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=True, name="bn1")(x)
         x = nn.relu(x)
@@ -134,15 +137,15 @@ def _batch(b=8, t=4, seed=0):
 
 def _step_once(mesh, config, images, weights, steps=1):
     variables = _variables()
-    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
-    state = jax.device_put(trainer.create_train_state(variables, tx),
+    tx, _ = optim.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    state = jax.device_put(train_step.create_train_state(variables, tx),
                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    step = trainer.make_train_step(TinyModel(), tx, loss="triplet", margin=0.5, mesh=mesh)
+    step = train_step.make_train_step(TinyModel(), tx, loss="triplet", margin=0.5, mesh=mesh)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     out = []
     for _ in range(steps):
-        state, metrics = step(state, trainer.to_global_batch(images, sharding),
-                              trainer.to_global_batch(weights, sharding))
+        state, metrics = step(state, train_step.to_global_batch(images, sharding),
+                              train_step.to_global_batch(weights, sharding))
         out.append(jax.device_get(metrics))
     return jax.device_get(state.params), out
 
@@ -169,12 +172,12 @@ def test_train_step_shards_batch_and_replicates_state():
     mesh = Mesh(np.array(jax.devices()), ("data",))
     config = tiny_config()
     variables = _variables()
-    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
-    step = trainer.make_train_step(TinyModel(), tx, loss="triplet", margin=0.5, mesh=mesh)
-    state = trainer.create_train_state(variables, tx)
+    tx, _ = optim.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    step = train_step.make_train_step(TinyModel(), tx, loss="triplet", margin=0.5, mesh=mesh)
+    state = train_step.create_train_state(variables, tx)
     bn_mean = np.array(variables["batch_stats"]["backbone"]["bn1"]["mean"])
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    images = trainer.to_global_batch(_batch(), data)
+    images = train_step.to_global_batch(_batch(), data)
     assert len(images.addressable_shards) == 8 and images.addressable_shards[0].data.shape[0] == 1
     new_state, _ = step(state, images, np.ones((8,), np.float32))
     kernel = new_state.params["backbone"]["conv1"]["kernel"]
@@ -204,10 +207,10 @@ def test_gradient_accumulation_equals_full_batch():
     p_full, _ = _step_once(mesh, tiny_config(**base), images, w)
     config = tiny_config(grad_accum_steps=2, **base)
     variables = _variables()
-    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    tx, _ = optim.make_optimizer(config, variables["params"], updates_per_epoch=10)
     alpha0 = np.array(variables["params"]["head"]["alpha"])
-    state = trainer.create_train_state(variables, tx)
-    step = trainer.make_train_step(TinyModel(), tx, loss="triplet", margin=0.5, mesh=mesh)
+    state = train_step.create_train_state(variables, tx)
+    step = train_step.make_train_step(TinyModel(), tx, loss="triplet", margin=0.5, mesh=mesh)
     state, _ = step(state, images[:8], w[:8])
     np.testing.assert_array_equal(jax.device_get(state.params)["head"]["alpha"], alpha0)  # no update yet
     state, _ = step(state, images[8:], w[8:])
@@ -217,12 +220,12 @@ def test_gradient_accumulation_equals_full_batch():
 
 def test_param_groups_and_frozen_group():
     params = _variables()["params"]
-    labels = trainer.param_labels(params)
+    labels = optim.param_labels(params)
     assert labels["head"]["alpha"] == "alpha"
     assert labels["head"]["whiten"]["kernel"] == "whitening"
     assert set(jax.tree_util.tree_leaves(labels["backbone"])) == {"backbone"}
     config = tiny_config(lr_mult_whitening=0.0, lr_mult_alpha=100.0)
-    tx, schedule = trainer.make_optimizer(config, params, updates_per_epoch=10)
+    tx, schedule = optim.make_optimizer(config, params, updates_per_epoch=10)
     grads = jax.tree_util.tree_map(jnp.ones_like, params)  # pushes every parameter down
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -234,10 +237,12 @@ def test_param_groups_and_frozen_group():
 def _one_step_with_frozen_mask(config, variables):
     """One contrastive train step on 1 device with `config`'s frozen mask -> (params after, metrics)."""
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    frozen = trainer.frozen_mask(config, variables["params"])
-    tx, _ = trainer.make_optimizer(config, variables["params"], updates_per_epoch=10)
-    step = trainer.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh, frozen=frozen)
-    state, metrics = step(trainer.create_train_state(variables, tx), _batch(b=4), np.ones((4,), np.float32))
+    frozen = optim.frozen_mask(config, variables["params"])
+    tx, _ = optim.make_optimizer(config, variables["params"], updates_per_epoch=10)
+    step = train_step.make_train_step(TinyModel(), tx, loss="contrastive", margin=0.7, mesh=mesh,
+                                      frozen=frozen)
+    state = train_step.create_train_state(variables, tx)
+    state, metrics = step(state, _batch(b=4), np.ones((4,), np.float32))
     return jax.device_get(state.params), metrics
 
 
@@ -245,8 +250,8 @@ def test_frozen_backbone_blocks_freeze_only_the_named_modules():
     config = tiny_config(frozen_backbone_blocks=("conv1", "bn"), optimizer="sgd", learning_rate=0.5,
                          warmup_steps=0, schedule="constant")
     variables = _variables()
-    trainer.check_frozen_blocks(config, variables["params"])
-    labels = trainer.param_labels(variables["params"], config.frozen_backbone_blocks)
+    optim.check_frozen_blocks(config, variables["params"])
+    labels = optim.param_labels(variables["params"], config.frozen_backbone_blocks)
     assert set(jax.tree_util.tree_leaves(labels["backbone"]["conv1"])) == {"frozen"}
     assert set(jax.tree_util.tree_leaves(labels["backbone"]["bn1"])) == {"frozen"}
     assert set(jax.tree_util.tree_leaves(labels["backbone"]["conv2"])) == {"backbone"}
@@ -259,15 +264,15 @@ def test_frozen_backbone_blocks_freeze_only_the_named_modules():
 def test_frozen_backbone_blocks_must_name_backbone_modules():
     params = _variables()["params"]
     with pytest.raises(ValueError, match=r"frozen_backbone_blocks: 'layer1' matches no module .*'conv1'"):
-        trainer.check_frozen_blocks(tiny_config(frozen_backbone_blocks=("conv1", "layer1")), params)
+        optim.check_frozen_blocks(tiny_config(frozen_backbone_blocks=("conv1", "layer1")), params)
     with pytest.raises(ValueError, match="config.frozen_backbone_blocks"):
-        trainer.validate_config(tiny_config(frozen_backbone_blocks=("conv1", "")))
+        validate.validate_config(tiny_config(frozen_backbone_blocks=("conv1", "")))
 
 
 @pytest.mark.parametrize("name", ["exponential", "cosine", "constant"])
 def test_schedules_warm_up_then_decay(name):
     config = tiny_config(schedule=name, warmup_steps=4, num_epochs=5, decay_per_epoch=0.1)
-    s = trainer.make_schedule(config, 1.0, updates_per_epoch=10)
+    s = optim.make_schedule(config, 1.0, updates_per_epoch=10)
     assert float(s(0)) == 0.0 and float(s(2)) == pytest.approx(0.5)
     assert float(s(4)) == pytest.approx(1.0)
     if name == "constant":
@@ -280,14 +285,14 @@ def test_config_values_are_checked_before_compute():
     config = tiny_config(margin=-1.0, optimizer="lamb")
     config.model.head = "netvlad"
     with pytest.raises(ValueError) as e:
-        trainer.validate_config(config)
+        validate.validate_config(config)
     msg = str(e.value)
     assert "config.margin = -1.0: expected > 0" in msg
     assert "config.optimizer = 'lamb'" in msg and "config.model.head = 'netvlad'" in msg
 
 
 def _run(workdir, config=None, **kw):
-    return trainer.train_and_evaluate(config or tiny_config(), str(workdir), model=TinyModel(),
+    return loop.train_and_evaluate(config or tiny_config(), str(workdir), model=TinyModel(),
                                       training_set=kw.pop("training_set", FakeTrainingSet()),
                                       test_set=kw.pop("test_set", FakeTestSet()), export_fn=_export, **kw)
 
@@ -382,7 +387,8 @@ def test_resuming_a_checkpoint_of_another_config_fails_clearly(tmp_path):
         _run(tmp_path, tiny_config(checkpoint_every_steps=1, optimizer="adam"), step_hook=crash_at_2,
              test_set=None)
     assert _checkpoint_steps(tmp_path)
-    with pytest.raises(trainer.CheckpointMismatchError, match=r"different model, optimiser .* new --workdir"):
+    mismatch = r"different model, optimiser .* new --workdir"
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=mismatch):
         _run(tmp_path, tiny_config(optimizer="sgd", momentum=0.0), test_set=None)
 
 
@@ -391,7 +397,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = tiny_config(learning_rate=1e30, warmup_steps=0, schedule="constant", checkpoint_every_steps=1,
                          lr_mult_alpha=0.0, num_epochs=1, eval_every_epochs=0)
     expected = r"loss is nan at step 2 .*last good checkpoint is step 1"
-    with pytest.raises(trainer.NonFiniteLossError, match=expected):
+    with pytest.raises(loop.NonFiniteLossError, match=expected):
         _run(tmp_path, config, test_set=None)
     ckpts = _checkpoint_steps(tmp_path)
     assert ckpts == [1]
@@ -402,7 +408,7 @@ def test_frozen_backbone_gets_no_gradient_and_no_update():
                          schedule="constant")
     variables = _variables()
     before = jax.device_get(variables["params"])
-    frozen = trainer.frozen_mask(config, variables["params"])
+    frozen = optim.frozen_mask(config, variables["params"])
     assert all(jax.tree_util.tree_leaves(frozen["backbone"]))
     assert not any(jax.tree_util.tree_leaves(frozen["head"]))
     after, metrics = _one_step_with_frozen_mask(config, variables)
@@ -411,22 +417,15 @@ def test_frozen_backbone_gets_no_gradient_and_no_update():
     assert np.isfinite(metrics["grad_norm"])
 
 
-def test_describe_images_buckets_small_batches_to_powers_of_two():
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    shapes = []
-
-    def describe(variables, images):  # records the batch shape of every call; stands in for the jitted fn
-        shapes.append(images.shape[0])
-        return np.asarray(images, np.float32).reshape(images.shape[0], -1)[:, :2] + variables
-
+def test_image_source_prefetch_with_one_worker_does_not_deadlock():
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (40, SIZE, SIZE, 3), dtype=np.uint8)
-    source = trainer.ImageSource(lambda i: images[i], (SIZE, SIZE), workers=1)  # prefetch must not deadlock
-    for n in range(1, 17):
-        out = trainer.describe_images(describe, 0.0, source, np.arange(n), batch_size=16, mesh=mesh)
-        np.testing.assert_array_equal(out, images[:n].reshape(n, -1)[:, :2].astype(np.float32))
-    assert set(shapes) == {1, 2, 4, 8, 16}  # 5 static shapes for 16 different counts
-    shapes.clear()
-    out = trainer.describe_images(describe, 0.0, source, np.arange(40), batch_size=16, mesh=mesh)
-    assert shapes == [16, 16, 16] and out.shape == (40, 2)
+    images = rng.integers(0, 255, (6, SIZE + 3, SIZE, 3), dtype=np.uint8)
+    source = ImageSource(lambda i: images[i], (SIZE, SIZE), cache=True, workers=1)
+    ids = np.array([[0, 1], [2, 5]])
+    got = source.prefetch(ids).result(timeout=30)
+    assert got.shape == (2, 2, SIZE, SIZE, 3) and got.dtype == np.uint8
+    from remap_jax.data.images import resize_to
+
+    np.testing.assert_array_equal(got[1, 1], resize_to(images[5], (SIZE, SIZE)))
+    assert source.read(5) is source.read(5)  # cached
     source.close()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from train import train as trainer
+from train import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["demo", "remap_resnet101", "remap_resnext101", "rmac_resnet101", "gem_resnet101"]
@@ -17,7 +17,7 @@ def test_shipped_configs_validate(name):
     import importlib
 
     config = importlib.import_module(f"train.configs.{name}").get_config()
-    trainer.validate_config(config)
+    validate.validate_config(config)
     assert config.is_type_safe
     if name != "demo":  # the paper's setting: 40 regions at 768x1024, two taps of the last stage
         assert tuple(config.image_size) == (768, 1024) and config.model.levels == 4

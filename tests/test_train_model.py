@@ -1,13 +1,18 @@
-"""The trainer with the real parts: ResNet-18 + REMAPHead from a config, optimiser groups on the real
-parameter tree, head initialisation from train.init_head, and the export read back by remap_jax.Extractor."""
+"""The trainer with the real parts: ResNet-18 + REMAPHead from a config's model spec, optimiser groups on the
+real parameter tree, head initialisation from a head_init file, and the trainer's evaluation describing
+exactly like `Extractor.from_checkpoint` of its export."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import train as trainer
+from remap_jax import Extractor
+from remap_jax.head_init import HeadInit, save_head_init
+from remap_jax.model import save_exported
+from train import build, optim, validate
 from train.configs.demo import get_config
+from train.loop import make_describers
+from train.step import make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -19,34 +24,41 @@ def config():
     return c
 
 
-def test_build_model_groups_and_export_roundtrip(config, tmp_path):
-    from remap_jax import Extractor
-    from remap_jax.model import save_exported
-
-    model = trainer.build_model(config)
-    variables = trainer.init_variables(model, config, jax.random.key(0))
-    labels = trainer.param_labels(variables["params"])
+def test_build_model_groups_and_the_seeded_backbone(config):
+    model = build.build_model(config)
+    variables = build.initial_variables(model, config, jax.random.key(0))
+    labels = optim.param_labels(variables["params"])
     assert labels["head"]["stream_layer4_0"]["alpha"] == "alpha"
     assert labels["head"]["whiten"]["kernel"] == "whitening"
     assert set(jax.tree_util.tree_leaves(labels["backbone"])) == {"backbone"}
     # the backbone is the seeded random init train.init_head also describes with
     from remap_jax.backbones import init_backbone
 
-    ref = init_backbone("resnet18", jax.random.PRNGKey(config.seed), (1, 64, 64, 3))
+    ref = init_backbone("resnet18", jax.random.PRNGKey(config.seed))
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"]["backbone"], ref["params"])
-    trainer.check_eval_shapes(model, variables, config)
+    build.check_eval_shapes(model, variables, config)
+    spec = build.model_spec(config)
+    assert spec["taps"] == ["layer4.0", "layer4.1"] and spec["image_size"] == [64, 64] and spec["levels"] == 1
 
-    save_exported(tmp_path / "export", trainer.export_config(config), variables)
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
-    got = Extractor.from_checkpoint(str(tmp_path / "export"))(images)
-    want = model.apply(variables, trainer.normalize_on_device(jnp.asarray(np.stack(images))))
-    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-3, atol=1e-4)
+
+def test_trainer_evaluation_equals_the_exported_model(config, tmp_path):
+    """The describer the trainer evaluates with and `Extractor.from_checkpoint` of its export agree."""
+    model = build.build_model(config)
+    variables = build.initial_variables(model, config, jax.random.key(0))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(np.asarray, variables["params"])
+    params["head"]["whiten"]["kernel"] = params["head"]["whiten"]["kernel"] + 0.01 * rng.normal(
+        size=params["head"]["whiten"]["kernel"].shape).astype(np.float32)
+    variables = {**variables, "params": params}
+    _, test_describer = make_describers(model, build.model_spec(config), variables, config, make_mesh())
+    save_exported(tmp_path / "export", build.model_spec(config), variables)
+    exported = Extractor.from_checkpoint(str(tmp_path / "export"), batch_size=test_describer.batch_size)
+    shapes = ((64, 80, 3), (90, 60, 3), (64, 64, 3))  # landscape, portrait, square
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in shapes]
+    np.testing.assert_array_equal(test_describer(images), exported(images))
 
 
 def test_head_init_file_sets_alpha_and_whitening(config, tmp_path):
-    from train.init_head import HeadInit, save_head_init
-
     d = 1024  # two resnet18 layer4 taps of 512 channels
     rng = np.random.default_rng(0)
     alpha = np.array([[0.5], [2.0]], np.float32)
@@ -56,22 +68,22 @@ def test_head_init_file_sets_alpha_and_whitening(config, tmp_path):
                                   (2, 2)))
     c = config.copy_and_resolve_references()
     c.head_init = path
-    trainer.validate_config(c)
-    model = trainer.build_model(c)
-    params = trainer.init_variables(model, c, jax.random.key(0))["params"]["head"]
+    validate.validate_config(c)
+    model = build.build_model(c)
+    params = build.initial_variables(model, c, jax.random.key(0))["params"]["head"]
     np.testing.assert_allclose(params["stream_layer4_0"]["alpha"], [0.5])
     np.testing.assert_allclose(params["stream_layer4_1"]["alpha"], [2.0])
     np.testing.assert_allclose(params["whiten"]["kernel"], w.T)
     np.testing.assert_allclose(params["whiten"]["bias"], b)
     c.model.taps = ("layer3.1", "layer4.1")
     with pytest.raises(ValueError, match="computed for layers"):
-        trainer.build_model(c)
+        build.initial_variables(build.build_model(c), c, jax.random.key(0))
 
 
 def test_eval_size_with_another_region_count_is_refused(config):
     c = config.copy_and_resolve_references()
     c.test_image_size = (128, 160)
-    model = trainer.build_model(c)
-    variables = trainer.init_variables(model, c, jax.random.key(0))
+    model = build.build_model(c)
+    variables = build.initial_variables(model, c, jax.random.key(0))
     with pytest.raises(ValueError, match=r"config.test_image_size = \(128, 160\).*same region count"):
-        trainer.check_eval_shapes(model, variables, c)
+        build.check_eval_shapes(model, variables, c)

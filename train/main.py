@@ -28,10 +28,10 @@ def main(argv):
     config = FLAGS.config
     if not FLAGS["verbosity"].present:  # Orbax logs every checkpoint step at INFO; -v 0 brings it back
         logging.set_verbosity(logging.WARNING)
-    from train import train  # heavy imports (jax, optax, orbax) only after the flags parsed
+    from train import loop, validate  # heavy imports (jax, optax, orbax) only after the flags parsed
 
     try:
-        train.validate_config(config)
+        validate.validate_config(config)
     except ValueError as e:
         print(e, file=sys.stderr)
         sys.exit(2)
@@ -40,13 +40,11 @@ def main(argv):
     multi_host = config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if multi_host and not jax.distributed.is_initialized():
         jax.distributed.initialize()
-    logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count(), jax.default_backend())
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{jax.process_count()} process(es); workdir {FLAGS.workdir}", flush=True)
     try:
-        train.train_and_evaluate(config, FLAGS.workdir)
-    except train.NonFiniteLossError as e:
+        loop.train_and_evaluate(config, FLAGS.workdir)
+    except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -1,4 +1,4 @@
-"""Datasets (TFDS builders), the synthetic demo dataset, image helpers and the input pipeline.
+"""Datasets (TFDS builders), the synthetic demo dataset and image helpers.
 
 `import remap_jax.data` is cheap: TensorFlow / TFDS are imported only when a builder or a loader is used.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -19,6 +19,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageDecodeError",
+    "ImageList",
     "crop_bbox",
     "denormalize",
     "encode_jpeg",
@@ -190,15 +191,17 @@ def crop_bbox(img: np.ndarray, bbox: Sequence[float]) -> np.ndarray:
     return img[cy0:cy1, cx0:cx1].copy()
 
 
-def normalize(images):
-    """ImageNet normalisation: uint8 (..., 3) in [0, 255] -> float32 ``(x / 255 - mean) / std``.
+def normalize(images, mean: np.ndarray = IMAGENET_MEAN, std: np.ndarray = IMAGENET_STD):
+    """Input normalisation: pixels (..., 3) in [0, 255] -> float32 ``(x / 255 - mean) / std``.
 
-    Works on numpy and on JAX arrays (the arithmetic follows the input's array type).
+    `mean`, `std`: RGB statistics for pixels scaled to [0, 1] (default ImageNet's, what torchvision weights
+    expect; `remap_jax.model.RetrievalModel` passes its backbone's). Works on numpy and on JAX arrays (the
+    arithmetic follows the input's array type).
     """
     if images.shape[-1] != 3:
         raise ValueError(f"images: expected channels-last RGB (..., 3), got shape {tuple(images.shape)}")
     x = images.astype(np.float32) * np.float32(1.0 / 255.0)
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 def denormalize(images) -> np.ndarray:
@@ -213,3 +216,31 @@ def encode_jpeg(img: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
     return buf.getvalue()
+
+
+class ImageList(Sequence):
+    """A lazy sequence of images: item k is ``transform(read(indices[k]))``, read only when indexed.
+
+    What the Extractor takes to describe a dataset without loading it first (it indexes items in its
+    decoding threads), e.g. ``ImageList(test_set.read_index, test_set.num_index)``.
+
+    Args:
+      read: index -> uint8 (H, W, 3) image (or a path / encoded bytes).
+      indices: the dataset indices, in order, or a count n for ``range(n)``.
+      transform: optional function applied to each image after reading.
+    """
+
+    def __init__(self, read: Callable[[int], np.ndarray], indices: Sequence[int] | int,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None):
+        self._read = read
+        self.indices = np.arange(indices) if isinstance(indices, (int, np.integer)) else np.asarray(indices)
+        self._transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return ImageList(self._read, self.indices[k], self._transform)
+        img = self._read(int(self.indices[k]))
+        return img if self._transform is None else self._transform(img)

@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -264,8 +264,3 @@ def load_test_set(
         dsource = _source(dbuilder, "index")
         test = test.with_distractors(len(dsource), lambda i: _read(dsource, i, distractors), distractors)
     return test
-
-
-def read_many(read: Callable[[int], np.ndarray], indices: Sequence[int]) -> list[np.ndarray]:
-    """Reads several images with one reader (convenience for describe functions)."""
-    return [read(int(i)) for i in indices]

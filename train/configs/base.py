@@ -1,15 +1,18 @@
 """The schema every training config starts from: all fields, their types and defaults.
 
 Experiment files (`demo.py`, `remap_resnet101.py`, ...) call `get_base_config()` and change values; they never
-add keys. `train.train.validate_config` checks values before any compute. ml_collections locks the key set
+add keys. `train.validate.validate_config` checks values before any compute. ml_collections locks the key set
 and the types, so `--config.num_epoch=3` (typo) or `--config.num_epochs=three` fail at parse time.
 
 Defaults follow the REMAP / cnnimageretrieval recipe for fine-tuning a pretrained ResNet on SfM-120k.
 """
 
+import dataclasses
+
 import ml_collections
 
-from train.init_head import default_init_config
+from remap_jax.head_init import HeadInitOptions
+from remap_jax.model import HEAD_FIELDS, SPEC_DEFAULTS
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -28,24 +31,23 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.cache_images = False  # keep decoded, resized training images in RAM (small datasets only)
     c.num_workers = 8  # image decoding threads
 
-    # ---- model
+    # ---- model: the fields of a model spec (remap_jax.model), exported with the weights, plus `pretrained`
     c.model = ml_collections.ConfigDict()
     c.model.arch = "resnet101"  # remap_jax.backbones.create_backbone name
     c.model.taps = ("layer4.1", "layer4.2")  # backbone blocks fed to the head
-    c.model.head = "remap"  # remap | rmac | gem | mac | spoc
-    c.model.levels = 4  # R-MAC scales (levels=4 at a 24x32 map -> 40 regions)
-    c.model.include_global = False  # add the whole-map region
-    c.model.whiten = True  # trainable whitening dense layer (REMAP)
-    c.model.out_dim = 0  # descriptor dimension after whitening; 0 = same as input
-    c.model.p_init = 3.0  # GeM initial p
-    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    # head: remap | rmac | gem | mac | spoc; its fields (levels: R-MAC scales, levels=4 at a 24x32 map -> 40
+    # regions; overlap; include_global: add the whole-map region; whiten: trainable whitening dense layer;
+    # out_dim: descriptor size after whitening, 0 = same as input; p_init: GeM's initial p) and dtype
+    # (compute dtype: float32 | bfloat16; parameters stay float32) take the spec's defaults.
+    for field in ("head", *HEAD_FIELDS, "dtype"):
+        c.model[field] = SPEC_DEFAULTS[field]
     c.model.pretrained = ""  # torchvision/timm backbone weights (.safetensors/.npz/.pth); "" = random init
     # head initialisation written by `python -m train.init_head` (KL alpha per layer + whitening (W, b)).
     # "" = alpha ones (R-MAC) and identity whitening.
     c.head_init = ""
     # options of `python -m train.init_head` (pairs, KL estimator, whitening method); see
-    # train.init_head.default_init_config for every field.
-    c.init_head = default_init_config()
+    # remap_jax.head_init.HeadInitOptions for every field.
+    c.init_head = ml_collections.ConfigDict(dataclasses.asdict(HeadInitOptions()))
 
     # ---- tuples and hard-negative mining
     c.num_negatives = 5  # negatives per (query, positive) tuple

@@ -23,9 +23,7 @@ def get_config():
     c.model.arch = "resnet18"
     # REMAP taps: the last block of stage 3 and both blocks of stage 4 (measured: layer3.1 adds ~2 points)
     c.model.taps = ("layer3.1", "layer4.0", "layer4.1")
-    c.model.head = "remap"
     c.model.levels = 3
-    c.model.out_dim = 0
 
     c.num_negatives = 3
     c.queries_per_epoch = 160
@@ -39,14 +37,11 @@ def get_config():
     c.margin = 0.7
     c.num_epochs = 5
     c.batch_size = 8
-    c.optimizer = "adam"
     c.learning_rate = 1e-3
     # A randomly initialised backbone fine-tuned on these landmarks overfits them (measured: test medium mAP
     # drops, also with only layer4 training at 1e-4); the REMAP head (region weights alpha and the
     # whitening layer) learns what carries over to unseen landmarks. Frozen, the backbone costs no backward.
     c.lr_mult_backbone = 0.0
-    c.lr_mult_alpha = 1.0
-    c.lr_mult_whitening = 1.0
     c.weight_decay = 0.0
     c.schedule = "cosine"
     c.warmup_steps = 5
@@ -55,5 +50,4 @@ def get_config():
     c.eval_every_epochs = 5  # the 2-landmark val split is noisy: validate (and export) the final model
     c.checkpoint_every_steps = 20
     c.keep_checkpoints = 2
-    c.describe_batch_size = 16
     return c

@@ -11,13 +11,9 @@ from train.configs.remap_resnet101 import get_config as get_remap_config
 
 def get_config():
     c = get_remap_config()
-    c.model.head = "gem"
+    c.model.head = "gem"  # p starts at the default p_init = 3, trained at lr_mult_head = 10x
     c.model.taps = ("layer4.2",)
-    c.model.p_init = 3.0
-    c.model.whiten = True
     c.loss = "contrastive"
     c.margin = 0.85
-    c.lr_mult_head = 10.0  # GeM p
     c.lr_mult_whitening = 1.0
-    c.lr_mult_alpha = 1.0
     return c

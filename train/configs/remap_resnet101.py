@@ -2,7 +2,7 @@ r"""REMAP, ResNet-101, the paper's setting: taps on the last two blocks (layer4.
 (levels=4 on the 24x32 map of 768x1024 inputs), KL-initialised alpha and whitening initialisation, trained
 end to end with a triplet loss and hard-negative mining on SfM-120k (or GLDv2-clean).
 
-    # 1. ImageNet backbone weights (torchvision resnet101, converted to .safetensors; see the README)
+    # 1. ImageNet backbone weights (torchvision's resnet101-63fe2227.pth; see the README)
     # 2. KL region weights + learned whitening from the off-the-shelf network
     python -m train.init_head --config=train/configs/remap_resnet101.py --workdir=$W/init \
         --config.model.pretrained=$WEIGHTS/resnet101.safetensors
@@ -18,35 +18,10 @@ from train.configs.base import get_base_config
 
 
 def get_config():
-    c = get_base_config()
-    c.dataset = "sfm120k"
-    c.test_dataset = "roxford5k"
-    c.image_size = (768, 1024)
-    c.test_image_size = (768, 1024)
-
-    c.model.arch = "resnet101"
-    c.model.taps = ("layer4.1", "layer4.2")
-    c.model.head = "remap"
-    c.model.levels = 4
-    c.model.whiten = True
-    c.model.out_dim = 0
-
-    c.num_negatives = 5
-    c.queries_per_epoch = 2000
-    c.pool_size = 20000
-    c.mining_candidates = 50
-    c.loss = "triplet"
-    c.margin = 0.1
-
-    c.num_epochs = 30
-    c.batch_size = 5
-    c.optimizer = "adam"
-    c.learning_rate = 1e-6
+    c = get_base_config()  # the base config is this setting: SfM-120k, ResNet-101, layer4.1 + layer4.2, L=4,
+    # triplet loss (margin 0.1), 5 negatives, 2000 queries / 20000-image pool per epoch, Adam 1e-6
     c.lr_mult_alpha = 10.0  # alpha and whitening start from their KL / Lw initialisation; let them move
     c.lr_mult_whitening = 10.0
-    c.weight_decay = 1e-6
-    c.schedule = "exponential"
-    c.decay_per_epoch = 0.01
     c.checkpoint_every_steps = 200
     c.describe_batch_size = 8
     return c

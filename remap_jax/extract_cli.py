@@ -1,0 +1,231 @@
+"""The `remap-extract` command: global descriptors of a folder or list of images into a feature file.
+
+    remap-extract --arch resnet101 --weights resnet101.safetensors --images DIR --out db.npz
+    remap-extract --checkpoint /tmp/remap_demo/export --images queries.txt --out q.npz --scales 1,1.25
+
+`--images` is a directory (searched recursively) or a text file with one image path per line, optionally
+followed by a bounding box `x0 y0 x1 y1`. The output `.npz` holds `descriptors` (N, D) float32, `ids` (N,)
+(paths as listed, or relative to DIR), `failed` (M,) and `failed_reasons` (M,) for images that could not be
+read, and `meta` (JSON of the settings). Progress is written to `OUT.partial.npz` every `--save-every` batches
+and on interruption; rerunning the same command resumes from it. The description itself is
+`remap_jax.extract.Extractor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from remap_jax import atomic
+from remap_jax.extract import RESIZE_MODES, Extractor, ResumeMismatchError, describe_resumable, feature_arrays
+from remap_jax.model import DTYPES
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def list_images(spec: str) -> tuple[list[str], list[str], list[Any]]:
+    """`--images` argument -> (ids, paths, bboxes). A directory is searched recursively for image files
+    (ids = paths relative to it, sorted); a text file lists `path [x0 y0 x1 y1]` per line (relative paths are
+    relative to the list file; `#` starts a comment)."""
+    if os.path.isdir(spec):
+        ids = []
+        for root, dirs, files in os.walk(spec):
+            dirs.sort()
+            for name in files:
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    ids.append(os.path.relpath(os.path.join(root, name), spec))
+        ids.sort()
+        if not ids:
+            raise ValueError(f"--images {spec!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        return ids, [os.path.join(spec, i) for i in ids], [None] * len(ids)
+    if not os.path.isfile(spec):
+        raise ValueError(f"--images {spec!r}: no such directory or list file")
+    base = os.path.dirname(os.path.abspath(spec))
+    ids, paths, bboxes = [], [], []
+    with open(spec) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            bbox = None
+            if len(parts) >= 5:
+                try:
+                    bbox = tuple(float(v) for v in parts[-4:])
+                    parts = parts[:-4]
+                except ValueError:
+                    bbox = None
+            name = " ".join(parts) if bbox is not None else line
+            ids.append(name)
+            paths.append(name if os.path.isabs(name) else os.path.join(base, name))
+            bboxes.append(bbox)
+    if not ids:
+        raise ValueError(f"--images {spec!r}: the list file names no images")
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"--images {spec!r}: duplicate entries {dup}; ids must be unique")
+    return ids, paths, bboxes
+
+
+def partial_path(out: str) -> str:
+    """`db.npz` -> `db.partial.npz`: where progress is kept while extracting."""
+    stem = out[:-4] if out.endswith(".npz") else out
+    return stem + ".partial.npz"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="remap-extract",
+        description="Extract global REMAP descriptors for a folder or list of images into an .npz file.",
+    )
+    src = p.add_argument_group("model (either --arch [--weights] or --checkpoint)")
+    src.add_argument(
+        "--arch", help="backbone: resnet18/34/50/101/152, resnext101_32x8d, resnext101_64x4d, vgg16, ..."
+    )
+    src.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch")
+    src.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
+    src.add_argument("--taps", help="comma-separated tap names for --arch (default: last two blocks)")
+    src.add_argument("--head", default="remap", help="pooling head for --arch: remap, rmac, gem, mac, spoc")
+    src.add_argument("--levels", type=int, default=4, help="R-MAC levels of the remap/rmac head")
+    src.add_argument("--whitening", help=".npz with W (out, in) and b (out,) whitening for --arch")
+    p.add_argument("--images", required=True, help="image directory (recursive) or list file")
+    p.add_argument(
+        "--out", required=True, help="output .npz (descriptors, ids, failed, failed_reasons, meta)"
+    )
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="compute dtype (default float32 / the checkpoint's)"
+    )
+    p.add_argument("--scales", help="comma-separated input-size multipliers, e.g. 1,1.25 (MS-REMAP)")
+    p.add_argument("--scale-weights", help="comma-separated weights, one per scale (default equal)")
+    p.add_argument(
+        "--image-size", help="HEIGHT,WIDTH of landscape inputs (default 768,1024 / the checkpoint's)"
+    )
+    p.add_argument("--resize", choices=RESIZE_MODES, default="fixed")
+    p.add_argument("--bucket", type=int, default=64, help="short-side multiple for --resize long_side")
+    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument("--save-every", type=int, default=50, help="write OUT.partial.npz every N batches")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT.partial.npz")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _floats(text: str | None, name: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"remap-extract: {name} {text!r}: expected comma-separated numbers") from None
+
+
+def make_extractor(args) -> tuple[Extractor, dict]:
+    """The Extractor the command line asks for, and the settings recorded in the output's `meta`."""
+    options: dict[str, Any] = dict(
+        batch_size=args.batch_size, workers=args.workers, resize=args.resize, bucket=args.bucket
+    )
+    scales, weights = _floats(args.scales, "--scales"), _floats(args.scale_weights, "--scale-weights")
+    if args.image_size:
+        options["image_size"] = tuple(int(v) for v in _floats(args.image_size, "--image-size"))
+    if scales:
+        options["scales"] = scales
+    if weights:
+        options["scale_weights"] = weights
+    if args.checkpoint:
+        if args.arch or args.weights:
+            raise SystemExit("remap-extract: give either --checkpoint or --arch/--weights, not both")
+        extractor = Extractor.from_checkpoint(args.checkpoint, dtype=args.dtype, **options)
+        source = {"checkpoint": os.path.abspath(args.checkpoint)}
+    elif args.arch:
+        whitening = None
+        if args.whitening:
+            with np.load(args.whitening) as f:
+                whitening = (f["W"], f["b"])
+        taps = tuple(t for t in (args.taps or "").split(",") if t) or None
+        extractor = Extractor.from_pretrained(
+            args.arch, args.weights, taps=taps, head=args.head, levels=args.levels, whitening=whitening,
+            dtype=args.dtype or "float32", **options,
+        )
+        source = {
+            "arch": args.arch,
+            "weights": args.weights and os.path.abspath(args.weights),
+            "taps": list(extractor.model.taps),
+            "head": args.head,
+            "levels": args.levels,
+            "whitening": args.whitening and os.path.abspath(args.whitening),
+        }
+    else:
+        raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint")
+    meta = {
+        **source,
+        "dtype": args.dtype,
+        "image_size": list(extractor.image_size),
+        "resize": extractor.resize,
+        "bucket": extractor.bucket,
+        "scales": list(extractor.scales),
+        "scale_weights": extractor.scale_weights and list(extractor.scale_weights),
+    }
+    return extractor, meta
+
+
+def run(args) -> dict:
+    """Runs an extraction (resuming from OUT.partial.npz) and writes OUT; returns a summary dict."""
+    ids, paths, bboxes = list_images(args.images)
+    extractor, meta = make_extractor(args)
+    partial = partial_path(args.out)
+    if os.path.exists(partial) and args.no_resume:
+        os.remove(partial)
+    elif os.path.exists(partial):
+        with np.load(partial) as f:
+            done, failed = len(f["ids"]), len(f["failed"])
+        print(f"resuming from {partial}: {done} described, {failed} failed", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        desc, done_ids, failed, described_now = describe_resumable(
+            extractor, paths, ids, bboxes=bboxes, partial=partial, meta=meta, save_every=args.save_every,
+            progress=not args.quiet,
+            on_failed=lambda i, reason: print(f"failed: {i}: {reason}", file=sys.stderr),
+        )
+    except ResumeMismatchError as e:
+        raise SystemExit(f"remap-extract: {e}; rerun with the same arguments, or pass --no-resume to start "
+                         "over") from None
+    except BaseException:
+        if os.path.exists(partial):
+            print(f"interrupted: progress saved to {partial}; rerun the same command to resume",
+                  file=sys.stderr)
+        raise
+    elapsed = time.perf_counter() - start
+    atomic.save_npz(args.out, **feature_arrays(desc, done_ids, failed, meta))
+    if os.path.exists(partial):
+        os.remove(partial)
+    rate = described_now / elapsed if elapsed > 0 else float("nan")
+    summary = {"out": args.out, "described": len(done_ids), "failed": len(failed), "dim": int(desc.shape[1]),
+               "seconds": elapsed, "images_per_s": rate}
+    print(
+        f"wrote {args.out}: {summary['described']} descriptors of dim {summary['dim']}, "
+        f"{summary['failed']} failed; {described_now} described in this run at {rate:.2f} img/s",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"remap-extract: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130  # progress was saved by run(); the message says how to resume
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Training images: decoded, resized uint8 images of a dataset by index, loaded in threads, optionally cached.
+
+This feeds the train step's tuples (every image squashed to `config.image_size`, like the paper's training).
+Describing images (mining, validation, evaluation) goes through `remap_jax.Extractor`, which reads through
+`ImageSource.read` so cached images are decoded once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from remap_jax.data.images import resize_to
+
+
+class ImageSource:
+    """uint8 (H, W, 3) images of a dataset by index, resized to `size`, decoded in `workers` threads.
+
+    Args:
+      read: i -> uint8 (H, W, 3) (e.g. `TrainingSet.read`).
+      size: (height, width) every image is resized to (static shapes under jit).
+      cache: keep resized images in memory (small datasets).
+      workers: decoding threads.
+    """
+
+    def __init__(self, read: Callable[[int], np.ndarray], size: Sequence[int], *, cache: bool = False,
+                 workers: int = 4):
+        self._read = read
+        self.size = (int(size[0]), int(size[1]))
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        # Prefetched batches run `get` on their own thread: on the decoding pool, `get` would wait for its
+        # own per-image tasks queued behind it (a deadlock with workers=1).
+        self._prefetcher = ThreadPoolExecutor(max_workers=1)
+
+    def read(self, i: int) -> np.ndarray:
+        """Image i at `size` (from the cache when it is there)."""
+        i = int(i)
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        img = resize_to(self._read(i), self.size)
+        if self._cache is not None:
+            self._cache[i] = img
+        return img
+
+    def get(self, ids: np.ndarray) -> np.ndarray:
+        """uint8 (*ids.shape, H, W, 3)."""
+        ids = np.asarray(ids)
+        flat = list(self._pool.map(self.read, ids.ravel().tolist()))
+        return np.stack(flat).reshape(ids.shape + self.size + (3,))
+
+    def prefetch(self, ids: np.ndarray):
+        """Start loading `ids` in the background; `.result()` gives `get(ids)`."""
+        return self._prefetcher.submit(self.get, ids)
+
+    def close(self) -> None:
+        self._prefetcher.shutdown(wait=False)
+        self._pool.shutdown(wait=False)
