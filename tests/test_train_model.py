@@ -87,3 +87,18 @@ def test_eval_size_with_another_region_count_is_refused(config):
     variables = build.initial_variables(model, c, jax.random.key(0))
     with pytest.raises(ValueError, match=r"config.test_image_size = \(128, 160\).*same region count"):
         build.check_eval_shapes(model, variables, c)
+
+
+def test_installed_weights_package_as_the_pretrained_backbone(config):
+    from remap_jax.backbones import load_pretrained
+
+    c = config.copy_and_resolve_references()
+    c.model.arch, c.model.taps, c.model.pretrained = "efficientnet_lite0", ("blocks.15", "head"), "installed"
+    validate.validate_config(c)
+    variables = build.initial_variables(build.build_model(c), c, jax.random.key(0))
+    want = load_pretrained("efficientnet_lite0")
+    np.testing.assert_array_equal(variables["params"]["backbone"]["stem"]["conv"]["kernel"],
+                                  want["params"]["stem"]["conv"]["kernel"])
+    c.model.arch, c.model.taps = "resnet18", ("layer4.1",)
+    with pytest.raises(ValueError, match="no pip package ships resnet18 weights"):
+        validate.validate_config(c)

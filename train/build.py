@@ -15,6 +15,8 @@ import numpy as np
 from remap_jax.head_init import head_param_tree, load_head_init
 from remap_jax.model import MODEL_FIELDS, init_variables, model_from_config, normalise_config
 
+INSTALLED = "installed"  # config.model.pretrained value: the weights the arch's pip package installs
+
 
 def model_spec(config: ml_collections.ConfigDict) -> dict | None:
     """The spec of the model `config` trains (images at `test_image_size`, one scale); None for a custom
@@ -32,16 +34,19 @@ def build_model(config: ml_collections.ConfigDict):
 
 
 def initial_variables(model, config: ml_collections.ConfigDict, key) -> dict:
-    """Variables training starts from: the backbone from `config.model.pretrained` (else the seeded random
-    init `train.init_head` describes with), the head from `config.head_init` (else alpha ones, identity
-    whitening). With `config.model.arch = ""` (a custom model) everything comes from `model.init`."""
+    """Variables training starts from: the backbone from `config.model.pretrained` (a weights file, or
+    "installed" for the arch's pip weights package; else the seeded random init `train.init_head` describes
+    with), the head from `config.head_init` (else alpha ones, identity whitening). With
+    `config.model.arch = ""` (a custom model) everything comes from `model.init`."""
     h, w = config.image_size
     if not config.model.arch:
         variables = jax.jit(model.init)(key, jnp.zeros((1, h, w, 3), jnp.float32))
         return jax.tree_util.tree_map(np.asarray, dict(variables))
     from remap_jax.backbones import init_backbone, load_pretrained
 
-    if config.model.pretrained:
+    if config.model.pretrained == INSTALLED:
+        backbone = load_pretrained(config.model.arch)  # the arch's pip weights package
+    elif config.model.pretrained:
         backbone = load_pretrained(config.model.arch, config.model.pretrained)
     else:
         backbone = init_backbone(config.model.arch, jax.random.PRNGKey(config.seed))

