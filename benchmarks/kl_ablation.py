@@ -97,8 +97,7 @@ def main(argv=None) -> int:
     from remap_jax.data import load_test_set, load_training_set
     from remap_jax.extract import Extractor
     from remap_jax.model import load_exported, model_from_config
-    from train.build import initial_variables, model_spec
-    from train.init_head import init_options
+    from train.build import init_options, initial_variables, model_spec
 
     config = load_config(args.config)
     if args.image_size:

@@ -13,6 +13,7 @@ from remap_jax import head_init
 from remap_jax.head_init import HeadInitOptions
 from remap_jax.regions import rmac_regions
 from train import init_head as init_head_command
+from train.build import init_options
 
 LAYERS = ("layer4.1", "layer4.2")
 FEATURE_SHAPE = (3, 4)
@@ -207,18 +208,18 @@ def test_init_options_reject_unknown_keys_and_bad_values():
     import ml_collections
 
     config = ml_collections.ConfigDict({"init_head": {"bins": 64}})
-    assert init_head_command.init_options(config).bins == 64
-    assert init_head_command.init_options(ml_collections.ConfigDict({"seed": 0})).bins == 32
+    assert init_options(config).bins == 64
+    assert init_options(ml_collections.ConfigDict({"seed": 0})).bins == 32
     config = ml_collections.ConfigDict({"init_head": {"binz": 64}})
     with pytest.raises(ValueError, match="unknown keys"):
-        init_head_command.init_options(config)
+        init_options(config)
     bad = [("estimator", "parzen", "'histogram' or 'kde'"), ("smoothing", 0.0, "> 0"),
            ("whitening", "zca", "'lw', 'pca' or 'none'"), ("whitening_power", 2.0, r"in \[0, 1\]"),
            ("cache_dtype", "int8", "float16")]
     for field, value, expected in bad:
         config = ml_collections.ConfigDict({"init_head": {field: value}})
         with pytest.raises(ValueError, match=f"config.init_head.{field}: expected .*{expected}"):
-            init_head_command.init_options(config)
+            init_options(config)
 
 
 def _features(seed=0, batch=3, shape=(3, 4), channels=(8, 6)):

@@ -102,3 +102,29 @@ def test_installed_weights_package_as_the_pretrained_backbone(config):
     c.model.arch, c.model.taps = "resnet18", ("layer4.1",)
     with pytest.raises(ValueError, match="no pip package ships resnet18 weights"):
         validate.validate_config(c)
+
+
+def test_main_job_evaluates_off_the_shelf_initialises_the_head_then_trains(config, tmp_path, capsys):
+    """config.initialise_head: off-the-shelf table -> KL alphas + whitening (workdir/init) -> training."""
+    from test_train import FakeTestSet, FakeTrainingSet
+
+    from remap_jax.head_init import load_head_init
+    from train.loop import train_and_evaluate
+
+    c = config.copy_and_resolve_references()
+    c.image_size = c.test_image_size = (64, 64)
+    c.initialise_head, c.lr_mult_backbone = True, 0.0
+    c.num_epochs, c.queries_per_epoch, c.batch_size, c.pool_size, c.mining_candidates = 1, 8, 4, 24, 8
+    c.num_negatives, c.eval_every_epochs, c.describe_batch_size, c.num_workers = 2, 1, 8, 2
+    c.init_head.num_positive_pairs, c.init_head.bins = 60, 8
+    summary = train_and_evaluate(c, str(tmp_path), training_set=FakeTrainingSet(), test_set=FakeTestSet())
+    init = load_head_init(str(tmp_path / "init" / "head_init.npz"), c.model.taps)
+    assert init.w.shape == (1024, 1024) and np.all(np.isfinite(init.alpha))
+    for name in ("eval_off_the_shelf.json", "eval_before.json", "eval_after.json", "init/region_weights.png"):
+        assert (tmp_path / name).exists(), name
+    assert set(summary) >= {"test_off_the_shelf", "test_before", "test_after"}
+    assert "off the shelf -> " in capsys.readouterr().out
+    # resuming the finished run reuses the head initialisation instead of recomputing it
+    mtime = (tmp_path / "init" / "head_init.npz").stat().st_mtime
+    train_and_evaluate(c, str(tmp_path), training_set=FakeTrainingSet(), test_set=None)
+    assert (tmp_path / "init" / "head_init.npz").stat().st_mtime == mtime

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from remap_jax.head_init import head_param_tree, load_head_init
+from remap_jax.head_init import HeadInit, HeadInitOptions, head_param_tree, initialise_head, load_head_init
 from remap_jax.model import MODEL_FIELDS, init_variables, model_from_config, normalise_config
 
 INSTALLED = "installed"  # config.model.pretrained value: the weights the arch's pip package installs
@@ -72,3 +72,39 @@ def check_eval_shapes(model, variables, config: ml_collections.ConfigDict) -> No
                 f"({type(e).__name__}: {str(e).splitlines()[0]}). Region heads have one alpha per ROI "
                 f"region; use a test size whose feature map gives the same region count (e.g. the same size)"
             ) from None
+
+
+def init_options(config: ml_collections.ConfigDict) -> HeadInitOptions:
+    """`config.init_head` as options; an unknown key or a bad value raises ValueError naming the field."""
+    try:
+        return HeadInitOptions.from_mapping(config.get("init_head", ml_collections.ConfigDict()).to_dict())
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
+
+
+def initialise_head_from_config(config: ml_collections.ConfigDict, workdir: str, training_set=None, *,
+                                mesh=None) -> HeadInit:
+    """KL region weights and whitening for `config`'s head, from the network training starts from (its
+    `pretrained` backbone, or the seeded random init), on its training set at `config.image_size`; the
+    files of `remap_jax.head_init.write_outputs` go to `workdir` (`config.head_init` takes head_init.npz)."""
+    from remap_jax.data import load_training_set
+    from remap_jax.extract import Extractor
+    from train.step import make_mesh, pad_to_multiple
+
+    options = init_options(config)  # a bad value fails here, before any compute
+    start = config.copy_and_resolve_references()
+    start.head_init = ""  # describe with the network training starts from, before any head initialisation
+    spec = model_spec(start)
+    variables = initial_variables(model_from_config(spec), start, jax.random.key(config.seed))
+    mesh = mesh or make_mesh()
+    extractor = Extractor.from_config(spec, variables, image_size=config.image_size, resize="exact",
+                                      batch_size=pad_to_multiple(config.describe_batch_size, mesh.size),
+                                      workers=config.num_workers, mesh=mesh)
+    if training_set is None:
+        training_set = load_training_set(config.dataset, data_dir=config.data_dir or None)
+    record = {"dataset": config.dataset, "arch": config.model.arch,
+              "backbone_weights": config.model.pretrained or f"random init (seed {config.seed})"}
+    init, _ = initialise_head(extractor, training_set, tuple(config.model.taps), options, workdir=workdir,
+                              out_dim=config.model.out_dim, seed=config.seed, cache_key=config.dataset,
+                              summary=record)
+    return init

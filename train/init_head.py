@@ -12,46 +12,18 @@ from __future__ import annotations
 
 import ml_collections
 
-from remap_jax.head_init import HeadInit, HeadInitOptions
-
-
-def init_options(config: ml_collections.ConfigDict) -> HeadInitOptions:
-    """`config.init_head` as options; an unknown key or a bad value raises ValueError naming the field."""
-    try:
-        return HeadInitOptions.from_mapping(config.get("init_head", ml_collections.ConfigDict()).to_dict())
-    except ValueError as e:
-        raise ValueError(f"config.{e}") from None
+from remap_jax.head_init import HeadInit
+from train.build import init_options
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:
-    """The command's body: the training config's starting model -> `remap_jax.head_init.initialise_head`."""
-    import jax
+    """The command's body: `train.build.initialise_head_from_config`, then a short report."""
+    from train.build import initialise_head_from_config
 
-    from remap_jax.data import load_training_set
-    from remap_jax.extract import Extractor
-    from remap_jax.head_init import initialise_head
-    from train.build import initial_variables, model_spec
-    from train.step import make_mesh, pad_to_multiple
-
-    options = init_options(config)  # a bad value fails here, before any compute
+    init_options(config)  # a bad value fails here, before anything is loaded
     if config.model.head != "remap":
         print(f"note: config.model.head is {config.model.head!r}; the alphas only apply to the 'remap' head")
-    start = config.copy_and_resolve_references()
-    start.head_init = ""  # describe with the network training starts from, before any head initialisation
-    spec = model_spec(start)
-    from remap_jax.model import model_from_config
-
-    variables = initial_variables(model_from_config(spec), start, jax.random.key(config.seed))
-    mesh = make_mesh()
-    extractor = Extractor.from_config(spec, variables, image_size=config.image_size, resize="exact",
-                                      batch_size=pad_to_multiple(config.describe_batch_size, mesh.size),
-                                      workers=config.num_workers, mesh=mesh)
-    train_set = load_training_set(config.dataset, data_dir=config.data_dir or None)
-    record = {"dataset": config.dataset, "arch": config.model.arch,
-              "backbone_weights": config.model.pretrained or f"random init (seed {config.seed})"}
-    init, _ = initialise_head(extractor, train_set, tuple(config.model.taps), options, workdir=workdir,
-                              out_dim=config.model.out_dim, seed=config.seed, cache_key=config.dataset,
-                              summary=record)
+    init = initialise_head_from_config(config, workdir)
     for i, layer in enumerate(init.layers):
         k = init.kl[i]
         print(f"{layer}: KL min {k.min():.4f} mean {k.mean():.4f} max {k.max():.4f} nats, {k.size} regions")

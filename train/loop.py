@@ -27,7 +27,7 @@ from remap_jax.data.images import ImageList
 from remap_jax.evaluation import run_eval, validation_map
 from remap_jax.extract import Extractor
 from remap_jax.model import load_exported, model_from_config, save_exported
-from train.build import check_eval_shapes, initial_variables, model_spec
+from train.build import check_eval_shapes, initial_variables, initialise_head_from_config, model_spec
 from train.checkpoints import Checkpoints, MetricWriter
 from train.input import ImageSource
 from train.optim import frozen_mask, make_optimizer
@@ -150,7 +150,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     padded_batch = pad_to_multiple(config.batch_size, mesh.size)
     tuple_len = 2 + config.num_negatives
 
-    variables = initial_variables(model, config, jax.random.key(config.seed))
+    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    fresh = ckpt.latest_step() is None
+    start_config = config.copy_and_resolve_references()  # what training starts from, head initialisation too
+    if config.initialise_head:
+        start_config.head_init = os.path.join(workdir, "init", "head_init.npz")
+    head_ready = not config.initialise_head or os.path.exists(start_config.head_init)
+    variables = initial_variables(model, start_config if head_ready else config, jax.random.key(config.seed))
     check_eval_shapes(model, variables, config)
     tx, lr_schedule = make_optimizer(config, variables["params"], updates_per_epoch)
     state = jax.device_put(create_train_state(variables, tx), replicated)
@@ -161,7 +167,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     del variables
     source = ImageSource(training_set.read, config.image_size, cache=config.cache_images,
                          workers=config.num_workers)
-    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     writer = MetricWriter(os.path.join(workdir, "tensorboard"))
     export_dir = os.path.join(workdir, "export")
     summary: dict[str, Any] = {}
@@ -197,9 +202,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
             f"step {meta['step_in_epoch']} of {steps_per_epoch})")
     step = int(state.step)
 
-    # ---- the initial model on the test set
-    if test_set is not None and config.eval_before_training and step == 0:
-        summary["test_before"] = evaluate_test(state.variables(), "eval_before", "before training")
+    # ---- head initialisation (KL alphas + whitening) and the model training starts from, on the test set
+    evaluate_start = test_set is not None and config.eval_before_training and fresh
+    if config.initialise_head and fresh:
+        if evaluate_start:
+            plain = initial_variables(model, config, jax.random.key(config.seed))  # alpha 1, identity W
+            summary["test_off_the_shelf"] = evaluate_test(plain, "eval_off_the_shelf",
+                                                          "off the shelf (alpha = 1, no whitening)")
+        if not head_ready:
+            init_dir = os.path.dirname(start_config.head_init)
+            initialise_head_from_config(config, init_dir, training_set, mesh=mesh)
+            variables = initial_variables(model, start_config, jax.random.key(config.seed))
+            state = jax.device_put(create_train_state(variables, tx), replicated)
+            del variables
+    if evaluate_start:
+        title = "with the KL + whitening head (the start)" if config.initialise_head else "before training"
+        summary["test_before"] = evaluate_test(state.variables(), "eval_before", title)
 
     # ---- epochs: mine, train, validate, export, checkpoint
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not is_main,
@@ -293,9 +311,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
             with open(before_path) as f:
                 summary["test_before"] = json.load(f)
-        if "test_before" in summary:
-            say(f"Medium mAP: {summary['test_before']['medium']['mAP']:.2f} -> "
-                f"{summary['test_after']['medium']['mAP']:.2f}")
+        medium = {k: summary[k]["medium"]["mAP"] for k in ("test_off_the_shelf", "test_before", "test_after")
+                  if k in summary}
+        if "test_off_the_shelf" in medium:
+            shelf, before, after = medium["test_off_the_shelf"], medium["test_before"], medium["test_after"]
+            say(f"Medium mAP: {shelf:.2f} off the shelf -> {before:.2f} with the KL + whitening head -> "
+                f"{after:.2f} trained ({after - before:+.2f})")
+        elif "test_before" in medium:
+            say(f"Medium mAP: {medium['test_before']:.2f} -> {medium['test_after']:.2f}")
     writer.close()
     ckpt.close()
     return summary

@@ -50,6 +50,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.num_workers >= 1, "num_workers", ">= 1")
     check(not config.head_init or os.path.exists(config.head_init), "head_init",
           "'' or an existing file written by train.init_head")
+    check(not (config.initialise_head and config.head_init), "head_init",
+          "'' with initialise_head = True (the run computes its own head initialisation)")
     check(config.num_negatives >= 1, "num_negatives", ">= 1")
     check(config.queries_per_epoch >= config.batch_size, "queries_per_epoch", ">= batch_size")
     check(config.pool_size >= config.num_negatives, "pool_size", ">= num_negatives")

@@ -47,6 +47,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # head initialisation written by `python -m train.init_head` (KL alpha per layer + whitening (W, b)).
     # "" = alpha ones (R-MAC) and identity whitening.
     c.head_init = ""
+    # True: the run itself does what train.init_head does before training (into workdir/init/), after
+    # evaluating the off-the-shelf model; training then starts from the KL alphas and the whitening
+    c.initialise_head = False
     # options of `python -m train.init_head` (pairs, KL estimator, whitening method); see
     # remap_jax.head_init.HeadInitOptions for every field.
     c.init_head = ml_collections.ConfigDict(dataclasses.asdict(HeadInitOptions()))
