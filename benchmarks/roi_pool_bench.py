@@ -88,9 +88,12 @@ def lowering_variants(dtype) -> dict:
     if jnp.dtype(dtype).itemsize == 2:
         variants["slices: int16 keys, rows then columns (auto)"] = lambda v, r: roi_max_pool(v, r, "slices")
 
-        def float_domain(v, r):
+        def float_domain(v, r):  # the float32 per-cell lowering, which float32 maps take, on the 16-bit map
             regions = roi_pool.validate_regions(r, v.shape[1], v.shape[2])
-            return roi_pool._pool_by_slices(v, roi_pool._plan(regions.tobytes(), len(regions)))
+            plan = roi_pool._plan(regions.tobytes(), len(regions))
+            cuts = plan.row_cuts.tolist(), plan.col_cuts.tolist()
+            cells = roi_pool._cells_by_slices(v, *cuts, lambda p: p.astype(jnp.float32))
+            return roi_pool._pool_cells(cells, plan, -jnp.inf).astype(v.dtype)
 
         variants["slices: float32 per-cell maxima"] = float_domain
     else:

@@ -136,6 +136,45 @@ def test_gradient_goes_to_the_max_element_of_each_region(dtype, channels):
     np.testing.assert_allclose(np.asarray(grad.astype(jnp.float32)), expected, rtol=tol, atol=tol)
 
 
+def slicing_gradient(x, regions, weights):
+    """d/dx of sum(weights * region maxima) through slice-and-max in float32: ties share equally."""
+
+    def loss(v):
+        maxima = jnp.stack([v[:, y : y + h, x0 : x0 + w].max(axis=(1, 2)) for y, x0, h, w in regions], axis=1)
+        return (maxima * weights).sum()
+
+    return np.asarray(jax.grad(loss)(jnp.asarray(x).astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, *HALF_DTYPES])
+def test_gradient_shares_ties_like_slicing(dtype):
+    # Few distinct values: most regions hold their max several times, within and across cells.
+    x = jax.random.randint(jax.random.PRNGKey(6), (2, 7, 9, 3), -2, 2).astype(dtype)
+    regions = rmac_regions(7, 9, levels=3)
+    weights = jax.random.normal(jax.random.PRNGKey(7), (2, len(regions), 3))
+    grad = jax.jit(jax.grad(lambda v: (roi_max_pool(v, regions).astype(jnp.float32) * weights).sum()))(x)
+    tol = 1e-6 if dtype == jnp.float32 else 1e-2
+    expected = slicing_gradient(x, regions, weights)
+    np.testing.assert_allclose(np.asarray(grad.astype(jnp.float32)), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gradient_of_regions_that_leave_pixels_out_under_vmap(dtype):
+    # Rows 0 and 8 and the last column lie in no region: they get zero gradient.
+    x = jax.random.normal(jax.random.PRNGKey(8), (2, 1, 9, 10, 3)).astype(dtype)
+    regions = np.array([[3, 2, 4, 5], [1, 0, 7, 9], [3, 2, 4, 5], [2, 4, 2, 2]])
+    weights = jax.random.normal(jax.random.PRNGKey(9), (1, len(regions), 3))
+
+    def loss(v):
+        return (roi_max_pool(v, regions).astype(jnp.float32) * weights).sum()
+
+    grads = jax.jit(jax.vmap(jax.grad(loss)))(x)
+    for i in range(2):
+        expected = slicing_gradient(x[i], regions, weights)
+        np.testing.assert_allclose(np.asarray(grads[i].astype(jnp.float32)), expected, rtol=1e-2, atol=1e-2)
+    assert not np.asarray(grads[:, :, [0, 8]].astype(jnp.float32)).any()
+
+
 def test_wrong_rank_is_a_clear_error():
     with pytest.raises(ValueError, match=r"features: expected rank 4 \(B, H, W, C\), got shape \(4, 5, 6\)"):
         roi_max_pool(jnp.zeros((4, 5, 6)), rmac_regions(4, 5))

@@ -23,12 +23,15 @@ of the same plan, all exact (a max returns one of its inputs):
   as int16 (a free bitcast of the whole map, before any slicing) and mapped to order-preserving integer
   keys pixel row by pixel row; both steps are int16 maxima, which LLVM vectorises, and only the (B, R, C)
   result is decoded. Step 1 runs as row intervals over whole rows, then column intervals, each written in
-  place. The gradient is the float32 formulation's (same maxima), through a custom VJP.
+  place.
 - GPU/TPU: an idempotently padded gather (a cell's pixel list is padded by repeating its last pixel,
   harmless for max) reduced in one fused reduction; 16-bit inputs are reduced in float32.
 
-Results are returned in the input dtype. Everything about the regions is static numpy computed at trace
-time, so the compiled program depends only on the shapes.
+Both CPU lowerings share a custom VJP computed on the cell grid: each region's cotangent is split equally
+over the pixels holding its max, as differentiating slice-and-max gives (the int16 keys have no gradient,
+and differentiating the float forward takes XLA minutes to compile). The GPU/TPU lowering is
+differentiated as written. Results are returned in the input dtype. Everything about the regions is
+static numpy computed at trace time, so the compiled program depends only on the shapes.
 """
 
 from __future__ import annotations
@@ -93,6 +96,16 @@ class _Plan:
             offset += len(starts_y) * len(starts_x)
         self.total = offset
         self.position = position
+        # Each region as a box of cells, in the caller's order: [row0, row1, col0, col1) cell indices.
+        self.cell_boxes = np.stack(
+            [
+                np.searchsorted(self.row_cuts, y0),
+                np.searchsorted(self.row_cuts, y0 + h),
+                np.searchsorted(self.col_cuts, x0),
+                np.searchsorted(self.col_cuts, x0 + w),
+            ],
+            axis=1,
+        )
 
 
 @functools.lru_cache(maxsize=128)
@@ -115,8 +128,8 @@ def _cells_by_slices(x: jnp.ndarray, row_cuts, col_cuts, load) -> jnp.ndarray:
     return jnp.stack(cells, axis=1).reshape(b, len(row_cuts) - 1, len(col_cuts) - 1, c)
 
 
-def _cells_by_rows_then_columns(x: jnp.ndarray, row_cuts, col_cuts, load) -> jnp.ndarray:
-    """Cell maxima in two passes: row intervals over whole (B, W, C) rows, then column intervals.
+def _cells_by_rows_then_columns(x: jnp.ndarray, row_cuts, col_cuts, load, combine=jnp.maximum) -> jnp.ndarray:
+    """Cell maxima (or any `combine`, e.g. sums) in two passes: row intervals over whole rows, then columns.
 
     Pass 1 reads every map row once as long contiguous runs and writes (B, n_row_cells, W, C); pass 2 reads
     that and writes the cell grid. Each interval's max goes into its buffer by `dynamic_update_slice`,
@@ -128,11 +141,11 @@ def _cells_by_rows_then_columns(x: jnp.ndarray, row_cuts, col_cuts, load) -> jnp
     b, _, w, c = x.shape
     rows = jnp.zeros((b, len(row_cuts) - 1, w, c), x.dtype)
     for r, (y0, y1) in enumerate(zip(row_cuts[:-1], row_cuts[1:], strict=True)):
-        row_max = functools.reduce(jnp.maximum, [load(x[:, i]) for i in range(y0, y1)])  # (B, W, C)
+        row_max = functools.reduce(combine, [load(x[:, i]) for i in range(y0, y1)])  # (B, W, C)
         rows = jax.lax.dynamic_update_slice_in_dim(rows, row_max[:, None], r, axis=1)
     cells = jnp.zeros((b, len(row_cuts) - 1, len(col_cuts) - 1, c), x.dtype)
     for q, (x0, x1) in enumerate(zip(col_cuts[:-1], col_cuts[1:], strict=True)):
-        col_max = functools.reduce(jnp.maximum, [rows[:, :, j] for j in range(x0, x1)])  # (B, n_rows, C)
+        col_max = functools.reduce(combine, [rows[:, :, j] for j in range(x0, x1)])  # (B, n_rows, C)
         cells = jax.lax.dynamic_update_slice_in_dim(cells, col_max[:, :, None], q, axis=2)
     return cells
 
@@ -172,44 +185,92 @@ def _pool_cells(cells: jnp.ndarray, plan: _Plan, lowest) -> jnp.ndarray:
     return pooled
 
 
-def _pool_by_slices(features: jnp.ndarray, plan: _Plan) -> jnp.ndarray:
-    """The CPU lowering in the float domain: float32 (or wider) maxima, returned in the input dtype."""
-    compute_dtype = jnp.float32 if jnp.dtype(features.dtype).itemsize < 4 else features.dtype
-    cells = _cells_by_slices(
-        features, plan.row_cuts.tolist(), plan.col_cuts.tolist(), lambda p: p.astype(compute_dtype)
-    )
-    return _pool_cells(cells, plan, -jnp.inf).astype(features.dtype)
+def _is_16bit(dtype) -> bool:
+    return jnp.dtype(dtype).itemsize == 2
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _pool_16bit_by_keys(features: jnp.ndarray, plan: _Plan) -> jnp.ndarray:
-    """The CPU lowering for bfloat16/float16 maps (any C): every max is an int16 max of order keys.
+def _inf_bits(dtype) -> int:
+    return int(np.array(np.inf, dtype).view(np.int16))
+
+
+def _cpu_forward(features: jnp.ndarray, plan: _Plan):
+    """The CPU lowering: (output (B, R, C) in the input dtype, cells, pooled), the last two in the domain
+    the maxima are taken in (int16 order keys for 16-bit floats, float32 or wider otherwise).
 
     XLA's CPU backend has no 16-bit float arithmetic: it converts each bf16/f16 element to float32 and back
     (slices included) in scalar code, ~25x the cost of reading it. Viewed as int16 (a free bitcast of the
-    whole map, taken before any slicing), the cell pass and the region steps are 16-bit integer loops that
-    LLVM vectorises, and only the (B, R, C) result is decoded. Exact: a max picks one of its inputs.
+    whole map, taken before any slicing), the cell pass and the region steps of a 16-bit map are integer
+    loops that LLVM vectorises, and only the (B, R, C) result is decoded. Exact: a max picks an input.
     """
-    inf_bits = int(np.array(np.inf, features.dtype).view(np.int16))
-    bits = jax.lax.bitcast_convert_type(features, jnp.int16)
-    cells = _cells_by_rows_then_columns(
-        bits, plan.row_cuts.tolist(), plan.col_cuts.tolist(), lambda p: _order_key(p, inf_bits)
+    row_cuts, col_cuts = plan.row_cuts.tolist(), plan.col_cuts.tolist()
+    if _is_16bit(features.dtype):
+        inf_bits = _inf_bits(features.dtype)
+        bits = jax.lax.bitcast_convert_type(features, jnp.int16)
+        cells = _cells_by_rows_then_columns(bits, row_cuts, col_cuts, lambda p: _order_key(p, inf_bits))
+        pooled = _pool_cells(cells, plan, np.int16(np.iinfo(np.int16).min))
+        return _from_order_key(pooled, features.dtype), cells, pooled
+    compute_dtype = jnp.float32 if jnp.dtype(features.dtype).itemsize < 4 else features.dtype
+    cells = _cells_by_slices(features, row_cuts, col_cuts, lambda p: p.astype(compute_dtype))
+    pooled = _pool_cells(cells, plan, -jnp.inf)
+    return pooled.astype(features.dtype), cells, pooled
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _pool_on_cpu(features: jnp.ndarray, plan: _Plan) -> jnp.ndarray:
+    return _cpu_forward(features, plan)[0]
+
+
+def _pool_on_cpu_fwd(features, plan):
+    output, cells, pooled = _cpu_forward(features, plan)
+    return output, (features, cells, pooled)
+
+
+def _pool_on_cpu_bwd(plan, residuals, cotangent):
+    """Each region's cotangent, split equally over the pixels that hold its max (what differentiating the
+    slice-and-max formulation gives), computed on the cell grid instead of through the forward's maxima.
+
+    Differentiating the forward directly makes XLA transpose one max per pixel into a padded full-map
+    update: minutes of compilation for the 24x32 R-MAC grid. Here: pixels equal to their cell's max, their
+    count per cell (one rows-then-columns sum), then per region the cells whose max is the region's max
+    share its cotangent by those counts; the shares go back to the pixels at their cell's max.
+    """
+    features, cells, pooled = residuals
+    b, height, width, c = features.shape
+    r_lo, r_hi, c_lo, c_hi = (
+        int(v) for v in (plan.row_cuts[0], plan.row_cuts[-1], plan.col_cuts[0], plan.col_cuts[-1])
     )
-    pooled = _pool_cells(cells, plan, np.int16(np.iinfo(np.int16).min))
-    return _from_order_key(pooled, features.dtype)
+    block = features[:, r_lo:r_hi, c_lo:c_hi]  # the pixels inside some cell; the others get no gradient
+    if _is_16bit(features.dtype):
+        block = _order_key(jax.lax.bitcast_convert_type(block, jnp.int16), _inf_bits(features.dtype))
+    else:
+        block = block.astype(cells.dtype)
+    cell_of_row = np.repeat(np.arange(len(plan.row_cuts) - 1), np.diff(plan.row_cuts))
+    cell_of_col = np.repeat(np.arange(len(plan.col_cuts) - 1), np.diff(plan.col_cuts))
+
+    def to_pixels(per_cell):  # (B, n_row_cells, n_col_cells, C) -> (B, r_hi - r_lo, c_hi - c_lo, C)
+        return jnp.take(jnp.take(per_cell, cell_of_row, axis=1), cell_of_col, axis=2)
+
+    at_cell_max = block == to_pixels(cells)
+    ties = _cells_by_rows_then_columns(
+        at_cell_max.astype(jnp.int32),
+        (plan.row_cuts - r_lo).tolist(),
+        (plan.col_cuts - c_lo).tolist(),
+        lambda p: p,
+        jnp.add,
+    )  # (B, n_row_cells, n_col_cells, C): pixels at their cell's max
+    cotangent = cotangent.astype(jnp.float32)
+    share = jnp.zeros(cells.shape, jnp.float32)
+    for r, (r0, r1, q0, q1) in enumerate(plan.cell_boxes.tolist()):
+        at_max = cells[:, r0:r1, q0:q1] == pooled[:, r, None, None]  # cells holding the region's max
+        count = jnp.where(at_max, ties[:, r0:r1, q0:q1], 0).sum(axis=(1, 2))  # (B, C), >= 1
+        part = jnp.where(at_max, (cotangent[:, r] / count.astype(jnp.float32))[:, None, None], 0.0)
+        share = jax.lax.dynamic_update_slice(share, share[:, r0:r1, q0:q1] + part, (0, r0, q0, 0))
+    grad = jnp.where(at_cell_max, to_pixels(share), 0.0).astype(features.dtype)
+    padding = ((0, 0), (r_lo, height - r_hi), (c_lo, width - c_hi), (0, 0))
+    return (jnp.pad(grad, padding),)
 
 
-def _pool_16bit_fwd(features, plan):
-    return _pool_16bit_by_keys(features, plan), features
-
-
-def _pool_16bit_bwd(plan, features, cotangent):
-    # Integer keys carry no gradient; the float formulation has the same maxima and differentiates.
-    _, vjp = jax.vjp(lambda v: _pool_by_slices(v, plan), features)
-    return vjp(cotangent)
-
-
-_pool_16bit_by_keys.defvjp(_pool_16bit_fwd, _pool_16bit_bwd)
+_pool_on_cpu.defvjp(_pool_on_cpu_fwd, _pool_on_cpu_bwd)
 
 
 def _padded_index(cuts) -> np.ndarray:
@@ -251,11 +312,13 @@ def roi_max_pool(features: jnp.ndarray, regions, method: str = "auto") -> jnp.nd
       regions: static (R, 4) integer array-like of [y0, x0, h, w] in cells (e.g. `rmac_regions(H, W)`); every
         region must lie inside the map. It is a Python/numpy constant, not a traced value.
       method: how the cell maxima are computed: "slices" (best on CPU), "gather" (best on GPU/TPU), or
-        "auto" (by `jax.default_backend()`). Results are identical.
+        "auto" (by `jax.default_backend()`). Results are identical, up to subnormals: float arithmetic on
+        XLA:CPU flushes them to zero, slicing included; the 16-bit CPU lowering does none and keeps them.
 
     Returns:
       (B, R, C) array of the input dtype: out[b, r, c] = features[b, y0:y0+h, x0:x0+w, c].max().
-      Works under jit, vmap and grad (the gradient of each output goes to its region's max element).
+      Works under jit, vmap and grad (the gradient of each output goes to its region's max element; on CPU,
+      ties share it equally, as for slicing).
     """
     if features.ndim != 4:
         raise ValueError(f"features: expected rank 4 (B, H, W, C), got shape {tuple(features.shape)}")
@@ -269,10 +332,8 @@ def roi_max_pool(features: jnp.ndarray, regions, method: str = "auto") -> jnp.nd
     if method == "auto":
         method = "slices" if jax.default_backend() == "cpu" else "gather"
 
-    if method == "slices" and jnp.dtype(features.dtype).itemsize == 2:
-        return _pool_16bit_by_keys(features, plan)
     if method == "slices":
-        return _pool_by_slices(features, plan)
+        return _pool_on_cpu(features, plan)
     compute_dtype = jnp.float32 if jnp.dtype(features.dtype).itemsize < 4 else features.dtype
     cells = _cells_by_gather(features, plan.row_cuts, plan.col_cuts, compute_dtype)
     return _pool_cells(cells, plan, -jnp.inf).astype(features.dtype)
