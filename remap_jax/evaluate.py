@@ -295,7 +295,7 @@ def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None)
     if n == 0 or qvecs.shape[0] == 0:
         return np.zeros((depth, qvecs.shape[0]), np.int64)
     options = {} if chunk is None else {"chunk_bytes": max(1, int(chunk)) * 4 * dbvecs.shape[1]}
-    positions, _ = exact_search(dbvecs, qvecs, depth, **options)
+    positions, _ = exact_search(dbvecs, qvecs, depth, return_scores=False, **options)
     return positions.T
 
 

@@ -289,7 +289,8 @@ def _exact_step_fn(k: int):
 
 @functools.cache
 def _order_key_fn():
-    """Jitted (Qb, D) x (C, D) -> (Qb, C) uint32 keys that sort ascending as the float32 scores descend."""
+    """Jitted (Qb, D) x (C, D) -> uint32 keys that sort ascending as the float32 scores descend, as two
+    (Qb, C) uint16 planes (low half, high half): the host sorts them with 16-bit radix passes."""
     import jax
     import jax.numpy as jnp
 
@@ -300,17 +301,17 @@ def _order_key_fn():
         u = jnp.where(u == sign, jnp.uint32(0), u)  # -0.0 ties with +0.0, as in a float comparison
         # Negative floats: a larger bit pattern is a smaller score, keep it (keys >= 2^31). Non-negative: a
         # larger pattern is a larger score, flip it into 0 .. 2^31 - 1 so that larger scores come first.
-        return jnp.where(u >= sign, u, jnp.uint32(0x7FFFFFFF) - u)
+        key = jnp.where(u >= sign, u, jnp.uint32(0x7FFFFFFF) - u)
+        return (key & 0xFFFF).astype(jnp.uint16), (key >> 16).astype(jnp.uint16)
 
     return jax.jit(keys)
 
 
-def _scores_of_keys_inplace(keys: np.ndarray, rows_per_step: int = 64) -> np.ndarray:
-    """Inverse of the order key, in place: (Q, k) uint32 keys -> the same memory as float32 scores."""
-    for start in range(0, keys.shape[0], rows_per_step):
-        part = keys[start : start + rows_per_step]
-        np.subtract(np.uint32(0x7FFFFFFF), part, out=part, where=part < np.uint32(0x80000000))
-    return keys.view(np.float32)
+def _scores_of_keys(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Inverse of the order key: uint16 planes -> float32 scores (same shape)."""
+    key = (high.astype(np.uint32) << 16) | low
+    np.subtract(np.uint32(0x7FFFFFFF), key, out=key, where=key < np.uint32(0x80000000))
+    return key.view(np.float32)
 
 
 def _aligned_empty(shape: tuple[int, int], align: int = 64) -> np.ndarray:
@@ -378,7 +379,8 @@ def exact_search(
     chunk_bytes: int = 64 << 20,
     query_batch: int = 256,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_scores: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Exact inner-product top-k.
 
     Args:
@@ -388,6 +390,7 @@ def exact_search(
       chunk_bytes: bytes of database per step (rows rounded to a multiple of 128; the last chunk is padded).
       query_batch: most queries per step (a power of two; a partial batch is padded to a multiple of 8).
       progress: tqdm bar over the database chunks.
+      return_scores: False returns None for the scores (a deep ranking then skips gathering them).
     Returns:
       positions (Q, k) int64 row indices into ``database`` by decreasing score, scores (Q, k) float32.
       Equal scores are ordered by lower row first.
@@ -402,7 +405,7 @@ def exact_search(
     rows = min(rows, -(-n // 128) * 128)
     k = int(k)
     if k >= FULL_ORDER_MIN_K:
-        return _exact_search_full_order(database, queries, k, rows, query_batch, progress)
+        return _exact_search_full_order(database, queries, k, rows, query_batch, progress, return_scores)
     import jax
 
     batches = _query_batches(queries, query_batch)
@@ -424,37 +427,39 @@ def exact_search(
     positions = np.concatenate(
         [np.asarray(bp)[:count] for (_, bp), (_, count, _) in zip(best, batches, strict=True)]
     )
-    return positions.reshape(nq, k).astype(np.int64), scores.reshape(nq, k)
+    return positions.reshape(nq, k).astype(np.int64), scores.reshape(nq, k) if return_scores else None
 
 
-def _exact_search_full_order(database, queries, k, rows, query_batch, progress):
+def _exact_search_full_order(database, queries, k, rows, query_batch, progress, return_scores):
     """``exact_search`` for large k: device order keys of every (query, row), then a host sort per query."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = database.shape[0]
     nq = queries.shape[0]
-    keys = np.empty((nq, n), np.uint32)
+    low, high = np.empty((nq, n), np.uint16), np.empty((nq, n), np.uint16)
     batches = _query_batches(queries, query_batch)
     key_fn = _order_key_fn()
     for start, n_valid, chunk in _database_chunks(database, rows, progress):
         for q0, count, q in batches:
-            keys[q0 : q0 + count, start : start + n_valid] = np.asarray(key_fn(q, chunk))[:count, :n_valid]
+            lo, hi = key_fn(q, chunk)
+            low[q0 : q0 + count, start : start + n_valid] = np.asarray(lo)[:count, :n_valid]
+            high[q0 : q0 + count, start : start + n_valid] = np.asarray(hi)[:count, :n_valid]
     positions = np.empty((nq, k), np.int64)
+    scores = np.empty((nq, k), np.float32) if return_scores else None
 
     def order(i: int) -> None:
         # Two stable passes of numpy's radix sort (16-bit keys), low half first: the result is sorted by the
         # whole 32-bit key and, being stable, keeps equal keys (equal scores) in row order.
-        key = keys[i]
-        by_low = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
-        by_high = np.argsort((key[by_low] >> 16).astype(np.uint16), kind="stable")
+        by_low = np.argsort(low[i], kind="stable")
+        by_high = np.argsort(high[i][by_low], kind="stable")
         ranked = np.take(by_low, by_high[:k], out=positions[i])
-        keys[i, :k] = key[ranked]  # this row's keys in ranked order, decoded to scores below
+        if scores is not None:
+            scores[i] = _scores_of_keys(low[i][ranked], high[i][ranked])
 
     # numpy releases the GIL while it sorts and gathers, so the rows sort in parallel.
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, nq))) as pool:
         list(pool.map(order, range(nq)))
-    scores = keys if k == n else np.array(keys[:, :k])  # a copy frees the full key buffer on return
-    return positions, _scores_of_keys_inplace(scores)
+    return positions, scores
 
 
 # ----------------------------------------------------------------------------------------------------

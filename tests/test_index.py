@@ -79,6 +79,9 @@ def test_exact_full_order_path_matches_a_stable_numpy_sort(monkeypatch, k):
     np.testing.assert_array_equal(pos, order)
     np.testing.assert_array_equal(scores, np.take_along_axis(sims, order, axis=1))
     assert pos.dtype == np.int64 and scores.dtype == np.float32 and scores.flags.c_contiguous
+    pos_only, no_scores = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8, return_scores=False)
+    assert no_scores is None
+    np.testing.assert_array_equal(pos_only, order)
     monkeypatch.setattr(index_mod, "FULL_ORDER_MIN_K", 10**9)  # the running device top-k, same answer
     running, _ = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8)
     np.testing.assert_array_equal(running, order)
