@@ -53,58 +53,67 @@ def _configs(args):
                     yield arch, (h, w), tuples, dtype
 
 
-def run_worker(args) -> list[dict]:
-    """Time every configuration on all devices visible to this process."""
+def time_train_step(arch: str, size: tuple[int, int], tuples: int, negatives: int, dtype: str, repeats: int,
+                    mesh=None) -> dict:
+    """One row: a REMAP train step of `arch` (the default taps: the last two blocks, whitening, Adam, triplet
+    loss) on `tuples` x (2 + `negatives`) uint8 images of `size` (H, W), data-parallel over `mesh` (default:
+    every device); median of `repeats` timed steps after one compile + first step."""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     sys.path.insert(0, ROOT)
+    from remap_jax.backbones import default_taps
     from train import build, optim, validate
     from train import step as train_step
     from train.configs.base import get_base_config
 
-    mesh = train_step.make_mesh()
+    mesh = mesh or train_step.make_mesh()
     n_dev = mesh.devices.size
     data = NamedSharding(mesh, P("data"))
-    results = []
-    for arch, (h, w), tuples, dtype in _configs(args):
-        c = get_base_config()
-        c.model.arch, c.model.taps, c.model.dtype = arch, ("layer4.1", "layer4.2"), dtype
-        c.image_size = c.test_image_size = (h, w)
-        c.num_negatives, c.batch_size, c.queries_per_epoch = args.negatives, tuples, tuples
-        c.learning_rate, c.optimizer = 1e-6, "adam"
-        validate.validate_config(c)
-        model = build.build_model(c)
-        variables = build.initial_variables(model, c, jax.random.key(0))
-        tx, _ = optim.make_optimizer(c, variables["params"], updates_per_epoch=100)
-        state = jax.device_put(train_step.create_train_state(variables, tx), NamedSharding(mesh, P()))
-        step = train_step.make_train_step(model, tx, loss="triplet", margin=0.1, mesh=mesh)
-        padded = train_step.pad_to_multiple(tuples, n_dev)
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (padded, 2 + args.negatives, h, w, 3), dtype=np.uint8)
-        weights = (np.arange(padded) < tuples).astype(np.float32)
-        images, weights = train_step.to_global_batch(images, data), train_step.to_global_batch(weights, data)
+    h, w = size
+    c = get_base_config()
+    c.model.arch, c.model.taps, c.model.dtype = arch, default_taps(arch), dtype
+    c.image_size = c.test_image_size = (h, w)
+    c.num_negatives, c.batch_size, c.queries_per_epoch = negatives, tuples, tuples
+    c.learning_rate, c.optimizer = 1e-6, "adam"
+    validate.validate_config(c)
+    model = build.build_model(c)
+    variables = build.initial_variables(model, c, jax.random.key(0))
+    tx, _ = optim.make_optimizer(c, variables["params"], updates_per_epoch=100)
+    state = jax.device_put(train_step.create_train_state(variables, tx), NamedSharding(mesh, P()))
+    step = train_step.make_train_step(model, tx, loss="triplet", margin=0.1, mesh=mesh)
+    padded = train_step.pad_to_multiple(tuples, n_dev)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (padded, 2 + negatives, h, w, 3), dtype=np.uint8)
+    weights = (np.arange(padded) < tuples).astype(np.float32)
+    images, weights = train_step.to_global_batch(images, data), train_step.to_global_batch(weights, data)
+    t0 = time.perf_counter()
+    state, metrics = step(state, images, weights)  # compile + first step
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        state, metrics = step(state, images, weights)  # compile + first step
+        state, metrics = step(state, images, weights)
         jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - t0
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            state, metrics = step(state, images, weights)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t0)
-        ms = 1e3 * float(np.median(times))
-        n_images = tuples * (2 + args.negatives)
-        row = dict(arch=arch, size=f"{h}x{w}", tuples=tuples, images=n_images, dtype=dtype, devices=n_dev,
-                   device_kind=jax.devices()[0].device_kind, ms_per_step=round(ms, 1),
-                   images_per_s=round(n_images / (ms / 1e3), 2), compile_s=round(compile_s, 1),
-                   loss=float(metrics["loss"]))
+        times.append(time.perf_counter() - t0)
+    ms = 1e3 * float(np.median(times))
+    n_images = tuples * (2 + negatives)
+    return dict(arch=arch, size=f"{h}x{w}", tuples=tuples, images=n_images, dtype=dtype, devices=n_dev,
+                device_kind=mesh.devices.flat[0].device_kind, ms_per_step=round(ms, 1),
+                images_per_s=round(n_images / (ms / 1e3), 2), compile_s=round(compile_s, 1),
+                loss=float(metrics["loss"]))
+
+
+def run_worker(args) -> list[dict]:
+    """Time every configuration on all devices visible to this process."""
+    results = []
+    for arch, size, tuples, dtype in _configs(args):
+        row = time_train_step(arch, size, tuples, args.negatives, dtype, args.repeats)
         print(json.dumps(row), flush=True)
         results.append(row)
-        del state, step
     return results
 
 

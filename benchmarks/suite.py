@@ -1,0 +1,589 @@
+r"""The accelerator benchmark suite: one command, one JSON and one Markdown table of every speed figure.
+
+    python benchmarks/suite.py --out suite_out                   # accelerator (GPU/TPU): about 8 minutes
+    python benchmarks/suite.py --out suite_out --quick           # the 2-core CPU: within 10 minutes
+    python benchmarks/suite.py --out /tmp/s --quick --tiny       # structure check (tests): seconds
+    python benchmarks/suite.py --out suite_out --timeout-s 300 --blocks extract,roi_pool --budget extract=200
+
+Blocks, each with its ratio to a baseline measured in the same process:
+
+- `roi_pool`: `roi_max_pool` (both lowerings, `slices` and `gather`) on stage-4 and stage-5 ResNet maps at
+  1024x768, float32 and bfloat16, vs the classic loop of slices (`naive`) and the full-map max (the floor);
+  from `benchmarks/roi_pool_bench.py` (`run`), which also checks the results equal the loop's.
+- `extract`: images/s of the descriptor (uint8 pixels on the device -> normalisation -> backbone -> REMAP
+  head on the default taps) through `Extractor.from_pretrained`, ResNet-50/101 and EfficientNet-Lite0..4,
+  float32 and bfloat16, batch 1/8/32 at 1024x768; ratio to float32 at the same arch and batch; head share.
+- `train_step`: one REMAP train step (forward + backward + Adam; `benchmarks/train_step_bench.py`), on 1
+  device and on all devices, float32 and bfloat16; ratio to float32 on 1 device.
+- `exact_search`: `remap_jax.index.exact_search` top-100 of 1000 queries in 1M x 512 unit vectors vs a numpy
+  brute force (chunked matmul + argpartition, `benchmarks/eval_bench.py`); equal results checked.
+- `ranking`: evaluation at 1M database images (`benchmarks/eval_bench.py`): `rank_database` full depth and
+  top-100 vs the previous numpy path (identical ranks checked), and revisited scoring vs the np.isin scan.
+
+Every block runs in its own subprocess with a time budget (`--timeout-s` shared out by weight, unused time
+passed on to the next blocks; `--budget BLOCK=SECONDS` fixes one): rows are written as they finish, a row
+whose predicted time does not fit the rest of the budget is skipped and listed, a block still running at
+its budget is killed and keeps its finished rows, and a block that fails is recorded with its error while
+the others go on. The parent process never initialises JAX (it would take the accelerator's memory).
+Weights are random (speed does not depend on them) except EfficientNet-Lite0's, read from its installed
+package when present; nothing is downloaded and nothing is asked.
+
+Output in --out: `suite.json` (device, settings, per block: status, seconds, budget, rows, skipped rows,
+error) and `suite.md` (the same as Markdown tables); `blocks/*.jsonl` hold each block's raw rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+for _path in (ROOT, BENCH):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+BLOCKS = ("roi_pool", "extract", "train_step", "exact_search", "ranking")
+# Shares of the time budget (what is left when a block starts is shared by the weights of the blocks left).
+WEIGHTS = {"roi_pool": 0.12, "extract": 0.36, "train_step": 0.28, "exact_search": 0.12, "ranking": 0.12}
+DEFAULT_TIMEOUT = {"full": 480, "quick": 600, "tiny": 40}
+
+
+# ------------------------------------------------------------------------------------------------ presets
+
+def preset(name: str, on_cpu: bool) -> dict:
+    """The sizes of every block for preset `name` ("full", "quick" or "tiny")."""
+    if name == "tiny":
+        return {
+            "roi_pool": {"shapes": [("stage5 tiny", (2, 6, 8, 16))], "dtypes": ["float32", "bfloat16"],
+                         "methods": ["slices", "gather"], "repeats": 1},
+            "extract": {"archs": ["resnet18"], "dtypes": ["float32", "bfloat16"], "batches": [1],
+                        "size": (32, 64), "repeats": 1},
+            "train_step": {"archs": ["resnet18"], "size": (32, 32), "tuples": 8, "negatives": 1,
+                           "dtypes": ["float32"], "repeats": 1},
+            "exact_search": {"n": 4096, "dim": 32, "queries": 16, "k": 10},
+            "ranking": {"n": 4096, "dim": 32, "queries": 8},
+        }
+    if name == "quick":  # a 2-core CPU within 10 minutes
+        return {
+            "roi_pool": {"shapes": [("stage5 @1024x768", (8, 24, 32, 2048)),
+                                    ("stage4 @1024x768", (8, 48, 64, 1024))],
+                         "dtypes": ["float32", "bfloat16"], "methods": ["slices", "gather"], "repeats": 5},
+            "extract": {"archs": ["resnet50", "efficientnet_lite0", "resnet101"],
+                        "dtypes": ["float32", "bfloat16"], "batches": [1], "size": (768, 1024), "repeats": 2},
+            "train_step": {"archs": ["resnet50"], "size": (128, 160), "tuples": 8, "negatives": 1,
+                           "dtypes": ["float32", "bfloat16"], "repeats": 2},
+            "exact_search": {"n": 200_000, "dim": 512, "queries": 200, "k": 100},
+            "ranking": {"n": 200_000, "dim": 512, "queries": 70},
+        }
+    batch = 8 if on_cpu else 32
+    return {
+        "roi_pool": {"shapes": [("stage5 @1024x768", (batch, 24, 32, 2048)),
+                                ("stage4 @1024x768", (batch, 48, 64, 1024))],
+                     "dtypes": ["float32", "bfloat16"], "methods": ["slices", "gather"], "repeats": 20},
+        "extract": {"archs": ["resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite1",
+                              "efficientnet_lite2", "efficientnet_lite3", "efficientnet_lite4"],
+                    "dtypes": ["float32", "bfloat16"], "batches": [1, 8, 32], "size": (768, 1024),
+                    "repeats": 10},
+        "train_step": {"archs": ["resnet50", "resnet101"], "size": (384, 512), "tuples": 8, "negatives": 1,
+                       "dtypes": ["float32", "bfloat16"], "repeats": 5},
+        "exact_search": {"n": 1_000_000, "dim": 512, "queries": 1000, "k": 100},
+        "ranking": {"n": 1_000_000, "dim": 512, "queries": 70},
+    }
+
+
+# ------------------------------------------------------------------------------------- the block workers
+
+class RowWriter:
+    """Appends a block's rows (and skipped configurations) as JSON lines, flushed one by one, and decides
+    whether the next row fits the block's deadline: a row is predicted to take as long as the slowest row
+    of the same `kind` so far, a row of a new kind as long as the mean row so far (the block's first row
+    always runs; the parent's hard limit still stops it)."""
+
+    def __init__(self, path: str, deadline: float):
+        self.file = open(path, "a", buffering=1)
+        self.deadline = deadline
+        self.cost: dict[str, float] = {}
+
+    def fits(self, kind: str, config: dict) -> bool:
+        left = self.deadline - time.time()
+        costs = list(self.cost.values())
+        predicted = self.cost.get(kind, sum(costs) / len(costs) if costs else 0.0)
+        if predicted > left:
+            reason = f"predicted {predicted:.0f} s > {max(left, 0):.0f} s left"
+            self.write({"skipped": config, "reason": reason})
+            return False
+        return True
+
+    def timed(self, kind: str, config: dict, fn) -> dict | None:
+        """Runs `fn() -> row` (a dict) if it fits; a failing row is written with its error. Returns it."""
+        if not self.fits(kind, config):
+            return None
+        t0 = time.time()
+        try:
+            row = {**config, **fn()}
+        except Exception as e:  # one configuration failing must not stop the others
+            row = {**config, "error": f"{type(e).__name__}: {e}"}
+            traceback.print_exc()
+        self.cost[kind] = max(self.cost.get(kind, 0.0), time.time() - t0)
+        row["row_s"] = round(time.time() - t0, 1)
+        self.write({"row": row})
+        return row
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record, default=_json_default) + "\n")
+        print(json.dumps(record, default=_json_default), file=sys.stderr, flush=True)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def device_info() -> dict:
+    import jax
+
+    devices = jax.devices()
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "host_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def block_roi_pool(cfg: dict, out: RowWriter) -> None:
+    import roi_pool_bench
+
+    for label, shape in cfg["shapes"]:
+        for dtype in cfg["dtypes"]:
+            for method in cfg["methods"]:
+                config = {"shape": label, "BxHxWxC": "x".join(map(str, shape)), "dtype": dtype,
+                          "method": method}
+
+                def measure(shape=shape, dtype=dtype, method=method, label=label):
+                    rows, _ = roi_pool_bench.run([(label, shape)], [dtype], levels=4,
+                                                 repeats=cfg["repeats"], method=method)
+                    return {k: v for k, v in rows[0].items() if k not in ("shape", "BxHxWxC", "dtype")}
+
+                out.timed(f"{label}", config, measure)
+
+
+def _time_calls(fn, args, repeats: int) -> tuple[float, float]:
+    """(seconds of the first call: compile + run, median seconds of `repeats` further calls)."""
+    import jax
+    import numpy as np
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, float(np.median(times))
+
+
+def _extractor(arch: str, dtype: str, size) -> object:
+    """(`Extractor.from_pretrained` with the REMAP head on the default taps, weights path or None): random
+    weights, except Lite0's from its installed package when present."""
+    import warnings
+
+    from remap_jax.backbones import WeightImportError, pretrained_path
+    from remap_jax.extract import Extractor
+
+    weights = None
+    if arch == "efficientnet_lite0":
+        try:
+            weights = pretrained_path(arch)
+        except WeightImportError:
+            weights = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no weights given, using a random backbone": intended here
+        return Extractor.from_pretrained(arch, weights, head="remap", dtype=dtype, image_size=size), weights
+
+
+def measure_extraction(arch: str, dtype: str, batch: int, size, repeats: int) -> dict:
+    """images/s of the jitted descriptor on a uint8 batch already on the device, and the head's share."""
+    import jax
+    import numpy as np
+
+    from remap_jax.model import RetrievalModel
+
+    extractor, weights = _extractor(arch, dtype, size)
+    model, variables = extractor.model, extractor.variables
+    images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8))
+    first, seconds = _time_calls(jax.jit(model.apply), (variables, images), repeats)
+    maps = jax.jit(lambda v, x: model.apply(v, x, method=RetrievalModel.features))(variables, images)
+    head = jax.jit(lambda p, m: model.head.apply({"params": p}, m))
+    _, head_s = _time_calls(head, (variables["params"]["head"], maps), repeats)
+    return {"images_per_s": batch / seconds, "s_per_batch": seconds, "first_call_s": first,
+            "head_share": head_s / seconds, "weights": "installed" if weights else "random"}
+
+
+def block_extract(cfg: dict, out: RowWriter) -> None:
+    size = tuple(cfg["size"])
+    base: dict[tuple, float] = {}  # (arch, batch) -> float32 images/s
+
+    def measure(arch, dtype, batch):
+        row = measure_extraction(arch, dtype, batch, size, cfg["repeats"])
+        if dtype == "float32":
+            base[arch, batch] = row["images_per_s"]
+        if (arch, batch) in base:
+            row["vs_float32"] = row["images_per_s"] / base[arch, batch]
+        return row
+
+    for arch in cfg["archs"]:
+        for batch in cfg["batches"]:
+            for dtype in cfg["dtypes"]:
+                config = {"arch": arch, "dtype": dtype, "batch": batch, "size": f"{size[0]}x{size[1]}"}
+                out.timed(f"{arch}/{batch}", config, lambda a=arch, d=dtype, b=batch: measure(a, d, b))
+
+
+def block_train_step(cfg: dict, out: RowWriter) -> None:
+    import jax
+    import train_step_bench
+
+    from train import step as train_step
+
+    counts = [1] + ([jax.device_count()] if jax.device_count() > 1 else [])
+    base: dict[str, float] = {}  # arch -> float32 images/s on 1 device
+
+    def measure(arch, dtype, n):
+        mesh = train_step.make_mesh(jax.devices()[:n])
+        row = train_step_bench.time_train_step(arch, tuple(cfg["size"]), cfg["tuples"], cfg["negatives"],
+                                               dtype, cfg["repeats"], mesh=mesh)
+        row = {k: v for k, v in row.items() if k not in ("arch", "dtype", "devices")}
+        if n == 1 and dtype == "float32":
+            base[arch] = row["images_per_s"]
+        if arch in base:
+            row["vs_float32_1_device"] = row["images_per_s"] / base[arch]
+        return row
+
+    for arch in cfg["archs"]:
+        for n in counts:
+            for dtype in cfg["dtypes"]:
+                config = {"arch": arch, "dtype": dtype, "devices": n}
+                out.timed(f"{arch}/{n}", config, lambda a=arch, d=dtype, n=n: measure(a, d, n))
+
+
+def _unit_rows(n: int, dim: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, 65536):
+        x = rng.standard_normal((min(65536, n - s), dim), dtype=np.float32)
+        out[s : s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def block_exact_search(cfg: dict, out: RowWriter) -> None:
+    import eval_bench
+    import numpy as np
+
+    from remap_jax.index import exact_search
+
+    n, dim, nq, k = cfg["n"], cfg["dim"], cfg["queries"], cfg["k"]
+    db, queries = _unit_rows(n, dim, 0), _unit_rows(nq, dim, 1)
+    config = {"num_db": n, "dim": dim, "queries": nq, "k": k}
+
+    def measure():
+        exact_search(db[: min(n, 65536)], queries, k)  # compiles the step for these query batches
+        t0 = time.perf_counter()
+        positions, _ = exact_search(db, queries, k)
+        jax_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reference = eval_bench.numpy_rank_database(queries, db, k=k).T  # (k, Q) -> (Q, k)
+        numpy_s = time.perf_counter() - t0
+        overlap = [len(np.intersect1d(a, b)) for a, b in zip(positions, reference, strict=True)]
+        return {"jax_s": jax_s, "numpy_s": numpy_s, "queries_per_s": nq / jax_s, "speedup": numpy_s / jax_s,
+                "identical_fraction": float(np.mean(np.all(positions == reference, axis=1))),
+                "recall": float(np.mean(overlap)) / k}
+
+    out.timed("exact", config, measure)
+
+
+def block_ranking(cfg: dict, out: RowWriter) -> None:
+    import eval_bench
+
+    n, dim, nq = cfg["n"], cfg["dim"], cfg["queries"]
+    config = {"num_db": n, "dim": dim, "queries": nq}
+
+    def ranking():
+        (row,) = eval_bench.bench_ranking([n], num_queries=nq, dim=dim, top=100, repeat=1)
+        row["top_speedup"] = row["numpy_top100_s"] / row["jax_top100_s"]
+        return {"part": "ranking", **{k: v for k, v in row.items() if k not in config}}
+
+    def scoring():
+        (row,) = eval_bench.bench_scoring([n], num_queries=nq, repeat=1)
+        return {"part": "scoring", **{k: v for k, v in row.items() if k not in config}}
+
+    out.timed("ranking", {**config, "part": "ranking"}, ranking)
+    out.timed("scoring", {**config, "part": "scoring"}, scoring)
+
+
+BLOCK_FUNCTIONS = {"roi_pool": block_roi_pool, "extract": block_extract, "train_step": block_train_step,
+                   "exact_search": block_exact_search, "ranking": block_ranking}
+
+
+def run_worker(args) -> None:
+    """`--worker BLOCK`: runs one block in this process, rows into `{out}/blocks/{BLOCK}.jsonl`."""
+    os.makedirs(os.path.join(args.out, "blocks"), exist_ok=True)
+    path = os.path.join(args.out, "blocks", f"{args.worker}.jsonl")
+    import jax
+
+    out = RowWriter(path, args.deadline)
+    out.write({"device": device_info()})
+    cfg = preset(args.preset, jax.default_backend() == "cpu")[args.worker]
+    out.write({"config": cfg})
+    BLOCK_FUNCTIONS[args.worker](cfg, out)
+    out.write({"done": True})
+
+
+# ------------------------------------------------------------------------------------ the orchestrator
+
+def read_block(path: str) -> dict:
+    """{config, rows, skipped, done} from a block's JSON lines (the last record of a row wins)."""
+    result: dict = {"rows": [], "skipped": [], "done": False, "config": None}
+    if not os.path.exists(path):
+        return result
+    keyed: dict[str, dict] = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if "row" in record:
+                row = record["row"]
+                keyed[json.dumps({k: row[k] for k in row if k in _KEY_FIELDS}, sort_keys=True)] = row
+            elif "skipped" in record:
+                result["skipped"].append({**record["skipped"], "reason": record["reason"]})
+            elif "config" in record:
+                result["config"] = record["config"]
+            elif record.get("done"):
+                result["done"] = True
+            elif "device" in record:
+                result["device"] = record["device"]
+    result["rows"] = list(keyed.values())
+    return result
+
+
+_KEY_FIELDS = ("shape", "BxHxWxC", "method", "arch", "dtype", "batch", "size", "devices", "num_db", "part",
+               "k")
+
+
+def run_block(name: str, args, budget: float) -> dict:
+    """Runs block `name` in a subprocess limited to `budget` seconds; returns its JSON entry."""
+    path = os.path.join(args.out, "blocks", f"{name}.jsonl")
+    if os.path.exists(path):
+        os.remove(path)
+    start = time.time()
+    # the worker stops starting rows a little before the hard limit, leaving time to exit cleanly
+    deadline = start + budget - min(10.0, 0.1 * budget)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--out", args.out,
+           "--preset", args.preset_name, "--deadline", str(deadline)]
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    status, error = "ok", None
+    log_path = os.path.join(args.out, "blocks", f"{name}.log")
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=budget, stdout=log,
+                                  stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                status, error = "error", f"exit code {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            status, error = "timeout", f"killed at its budget of {budget:.0f} s"
+    if status == "error":
+        with open(log_path, errors="replace") as f:
+            tail = [line.strip() for line in f.read().strip().splitlines()[-6:]]
+        error += ": " + " | ".join(tail)[-800:]
+    block = read_block(path)
+    if status == "ok" and any("error" in r for r in block["rows"]):
+        status = "partial"
+    if status == "ok" and block["skipped"]:
+        status = "ok (budget skipped some rows)"
+    return {"status": status, "seconds": round(time.time() - start, 1), "budget_s": round(budget, 1),
+            "error": error, "config": block["config"], "rows": block["rows"], "skipped": block["skipped"],
+            "device": block.get("device")}
+
+
+def budgets_left(blocks, left: float, fixed: dict[str, float]) -> float:
+    """Seconds for blocks[0]: a fixed budget if given, else its weight's share of what the others leave."""
+    name = blocks[0]
+    if name in fixed:
+        return fixed[name]
+    flexible = [b for b in blocks if b not in fixed]
+    reserved = sum(fixed[b] for b in blocks if b in fixed)
+    share = WEIGHTS[name] / sum(WEIGHTS[b] for b in flexible)
+    return max(5.0, (left - reserved) * share)
+
+
+# -------------------------------------------------------------------------------------------- Markdown
+
+COLUMNS = {
+    "roi_pool": [("shape", "shape", "{}"), ("BxHxWxC", "B x H x W x C", "{}"), ("dtype", "dtype", "{}"),
+                 ("method", "lowering", "{}"), ("R", "R", "{}"),
+                 ("roi_max_pool_ms", "roi_max_pool ms", "{:.3f}"),
+                 ("naive_ms", "naive loop ms", "{:.3f}"), ("full_max_ms", "full-map max ms", "{:.3f}"),
+                 ("speedup_vs_naive", "vs naive", "{:.1f}x"), ("ratio_to_floor", "x floor", "{:.2f}x"),
+                 ("roi_GBps", "GB/s", "{:.1f}")],
+    "extract": [("arch", "arch", "{}"), ("dtype", "dtype", "{}"), ("batch", "batch", "{}"),
+                ("size", "H x W", "{}"), ("images_per_s", "images/s", "{:.2f}"),
+                ("s_per_batch", "s/batch", "{:.4f}"), ("head_share", "head share", "{:.1%}"),
+                ("vs_float32", "vs float32", "{:.2f}x"), ("first_call_s", "first call s", "{:.1f}"),
+                ("weights", "weights", "{}")],
+    "train_step": [("arch", "arch", "{}"), ("size", "H x W", "{}"), ("tuples", "tuples", "{}"),
+                   ("images", "images", "{}"), ("dtype", "dtype", "{}"), ("devices", "devices", "{}"),
+                   ("ms_per_step", "ms/step", "{:.1f}"), ("images_per_s", "images/s", "{:.1f}"),
+                   ("vs_float32_1_device", "vs f32 x1", "{:.2f}x"), ("compile_s", "compile s", "{:.1f}")],
+    "exact_search": [("num_db", "database", "{:,}"), ("dim", "D", "{}"), ("queries", "queries", "{}"),
+                     ("k", "k", "{}"), ("jax_s", "exact_search s", "{:.3f}"),
+                     ("numpy_s", "numpy s", "{:.3f}"),
+                     ("queries_per_s", "queries/s", "{:.0f}"), ("speedup", "vs numpy", "{:.1f}x"),
+                     ("identical_fraction", "identical order", "{:.3f}"), ("recall", "same top-k", "{:.4f}")],
+    "ranking": [("part", "part", "{}"), ("num_db", "database", "{:,}"), ("queries", "queries", "{}"),
+                ("jax_full_s", "rank_database full s", "{:.2f}"), ("numpy_full_s", "numpy full s", "{:.2f}"),
+                ("full_speedup", "full vs numpy", "{:.1f}x"), ("full_identical", "identical", "{}"),
+                ("jax_top100_s", "top-100 s", "{:.3f}"), ("numpy_top100_s", "numpy top-100 s", "{:.3f}"),
+                ("top_speedup", "top-100 vs numpy", "{:.1f}x"), ("vectorised_s", "scoring s", "{:.3f}"),
+                ("isin_scan_s", "isin scan s", "{:.3f}"), ("speedup", "scoring vs isin", "{:.1f}x")],
+}
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    if key not in row or row[key] is None:
+        return "-"
+    try:
+        return fmt.format(row[key])
+    except (ValueError, TypeError):
+        return str(row[key])
+
+
+def markdown(report: dict) -> str:
+    d = report["device"]
+    devices = d.get("devices", [])
+    load = d.get("load_average") or float("nan")
+    lines = [
+        "# remap-jax benchmark suite",
+        "",
+        f"- device: {d.get('device_kind', '?')} x {d.get('device_count', '?')} ({d.get('backend', '?')}), "
+        f"jax {d.get('jax', '?')}, {d.get('host_cpus', '?')} host CPUs, load average at start "
+        f"{load:.2f}",
+        f"- jax.devices(): {', '.join(devices[:8])}" + (" ..." if len(devices) > 8 else ""),
+        f"- preset {report['preset']}, total {report['total_s']:.0f} s of a {report['timeout_s']:.0f} s "
+        "budget",
+        "",
+        "| block | status | seconds | budget s | rows | skipped |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, block in report["blocks"].items():
+        lines.append(f"| {name} | {block['status']} | {block['seconds']:.0f} | {block['budget_s']:.0f} | "
+                     f"{len(block['rows'])} | {len(block['skipped'])} |")
+    for name, block in report["blocks"].items():
+        lines += ["", f"## {name}", ""]
+        if block["error"]:
+            lines += [f"error: {block['error']}", ""]
+        columns = COLUMNS[name]
+        if block["rows"]:
+            lines.append("| " + " | ".join(h for _, h, _ in columns) + " | error |")
+            lines.append("|" + "---|" * (len(columns) + 1))
+            for r in block["rows"]:
+                cells = [_cell(r, k, f) for k, _, f in columns]
+                lines.append("| " + " | ".join(cells) + f" | {r.get('error', '')} |")
+        elif not block["error"]:
+            lines.append("no rows")
+        if block["skipped"]:
+            lines += ["", "skipped (budget): " + "; ".join(
+                ", ".join(f"{k}={v}" for k, v in s.items() if k != "reason") for s in block["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def parse_budgets(items) -> dict[str, float]:
+    out = {}
+    for item in items or ():
+        name, _, seconds = item.partition("=")
+        if name not in BLOCKS or not seconds.replace(".", "", 1).isdigit():
+            raise SystemExit(f"--budget: expected BLOCK=SECONDS with BLOCK one of {', '.join(BLOCKS)}, got "
+                             f"{item!r}")
+        out[name] = float(seconds)
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="directory for suite.json, suite.md and blocks/")
+    p.add_argument("--quick", action="store_true", help="sizes for a 2-core CPU (within 10 minutes)")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes: checks the machinery in seconds (tests)")
+    p.add_argument("--timeout-s", type=float, help="total budget in seconds (default 480; --quick 600; "
+                   "--tiny 40), shared by the blocks")
+    p.add_argument("--budget", action="append", metavar="BLOCK=SECONDS", help="fixed budget of one block")
+    p.add_argument("--blocks", default=",".join(BLOCKS), help=f"comma separated, some of {','.join(BLOCKS)}")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--preset", help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.preset_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    if args.timeout_s is None:
+        args.timeout_s = DEFAULT_TIMEOUT[args.preset_name]
+    unknown = [b for b in args.blocks.split(",") if b not in BLOCKS]
+    if unknown:
+        p.error(f"--blocks: unknown block(s) {unknown}; expected some of {', '.join(BLOCKS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return None
+    start = time.time()
+    os.makedirs(os.path.join(args.out, "blocks"), exist_ok=True)
+    fixed = parse_budgets(args.budget)
+    report = {"device": {}, "preset": args.preset_name, "timeout_s": args.timeout_s,
+              "command": " ".join(sys.argv), "blocks": {}}
+    todo = args.blocks.split(",")
+    while todo:
+        left = args.timeout_s - (time.time() - start)
+        budget = min(budgets_left(todo, left, fixed), max(left, 5.0))
+        name = todo.pop(0)
+        print(f"[suite] {name}: budget {budget:.0f} s", flush=True)
+        report["blocks"][name] = block = run_block(name, args, budget)
+        device = block.pop("device", None)
+        if device and not report["device"]:  # every block reports it; the first one is printed
+            report["device"] = device
+            print(f"[suite] device: {device['device_kind']} x {device['device_count']} "
+                  f"({device['backend']}), jax {device['jax']}; jax.devices(): {device['devices']}",
+                  flush=True)
+        print(f"[suite] {name}: {block['status']} in {block['seconds']:.0f} s, {len(block['rows'])} rows"
+              + (f", {len(block['skipped'])} skipped" if block["skipped"] else "")
+              + (f" ({block['error']})" if block["error"] else ""), flush=True)
+    report["total_s"] = time.time() - start
+    with open(os.path.join(args.out, "suite.json"), "w") as f:
+        json.dump(report, f, indent=1, default=_json_default)
+    text = markdown(report)
+    with open(os.path.join(args.out, "suite.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
