@@ -182,10 +182,13 @@ def run_eval(
     max_side: int | None = None,
     grid_queries: int = 4,
     progress: bool | Callable[[int], None] = True,
+    distractors: np.ndarray | None = None,
     **eval_options,
 ) -> dict:
     """Describes the test set with `extractor` and evaluates it (see :func:`evaluate_descriptors`).
 
+    distractors: (M, D) descriptors described beforehand (e.g. `remap_jax.features.load_features` of a
+      sharded extraction), appended to the database after the test set's own index (and its distractors).
     With ``out_dir``: writes ``results.json``, ``descriptors.npz`` and ``topk.png`` there.
     Returns the evaluate_revisited dict (percent) with ``seconds`` (describe + evaluate wall time) added.
     """
@@ -194,8 +197,18 @@ def run_eval(
         os.makedirs(out_dir, exist_ok=True)
     qvecs, dbvecs = describe_test_set(extractor, test_set, max_side=max_side, cache_dir=out_dir,
                                       progress=progress)
-    results, ranks = evaluate_descriptors(qvecs, dbvecs, test_set, return_ranks=True, **eval_options)
+    scored = test_set
+    if distractors is not None:
+        distractors = np.asarray(distractors, np.float32)
+        if distractors.ndim != 2 or distractors.shape[1] != dbvecs.shape[1]:
+            raise ValueError(f"distractors: expected shape (M, {dbvecs.shape[1]}) like the model's "
+                             f"descriptors, got {distractors.shape}")
+        dbvecs = np.concatenate([dbvecs, distractors])
+        scored = test_set.gnd  # the ground truth refers to the test set's own index positions only
+    results, ranks = evaluate_descriptors(qvecs, dbvecs, scored, return_ranks=True, **eval_options)
     results["seconds"] = time.time() - t0
+    if distractors is not None:
+        results["extra_distractors"] = int(len(distractors))
     if out_dir:
         write_results(os.path.join(out_dir, "results.json"), results, name=getattr(test_set, "name", ""))
         atomic.save_npz(os.path.join(out_dir, "descriptors.npz"), queries=qvecs, index=dbvecs)

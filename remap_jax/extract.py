@@ -23,6 +23,9 @@ and the benchmarks. It holds:
 * multi-scale description (MS-REMAP) and, on request, per-region outputs instead of descriptors.
 * cheap variable swaps: `extractor.set_variables(v)` (the trainer does it every epoch); compiled programs are
   shared between extractors of equal models.
+* several processes (`jax.distributed`): each process reads, decodes and describes only its contiguous share
+  of the inputs on its own devices (`remap_jax.distributed.share`); `extractor(images)` and `.regions()` then
+  gather every share, so all processes get the whole result.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from remap_jax.model import (
 )
 
 __all__ = ["Described", "Extractor", "Failed", "RESIZE_MODES", "ResumeMismatchError", "describe_resumable",
-           "feature_arrays", "target_size"]
+           "feature_arrays", "partial_file_of_process", "target_size"]
 
 RESIZE_MODES = ("fixed", "long_side", "exact")
 OUTPUTS = ("descriptors", "regions")
@@ -121,6 +124,8 @@ class Extractor:
       mesh: a mesh with a `data` axis over this process's devices to split batches over (default: all local
         devices when there are several and batch_size is a multiple of their number).
       data_parallel: False keeps everything on the first device; True insists on splitting.
+      process_share: in a multi-process job, describe only this process's share of the inputs (and gather
+        in `__call__` / `regions`); default: when there are several processes.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class Extractor:
         prefetch: int = 2,
         mesh: jax.sharding.Mesh | None = None,
         data_parallel: bool | None = None,
+        process_share: bool | None = None,
     ):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize: expected one of {RESIZE_MODES}, got {resize!r}")
@@ -164,6 +170,9 @@ class Extractor:
         self.prefetch = int(prefetch)
         mesh = mesh or local_mesh()
         devices = list(mesh.devices.flat)
+        if any(d.process_index != jax.process_index() for d in devices):
+            raise ValueError("mesh: expected devices of this process only (each process describes its share)")
+        self.process_share = jax.process_count() > 1 if process_share is None else bool(process_share)
         if data_parallel is None:
             data_parallel = len(devices) > 1 and self.batch_size % len(devices) == 0
         if data_parallel and self.batch_size % len(devices):
@@ -273,8 +282,10 @@ class Extractor:
     # ------------------------------------------------------------------------------------------ variables
 
     def set_variables(self, variables: Mapping) -> None:
-        """Replaces the model's variables (same structure); cheap: no recompilation."""
-        self.variables = jax.device_put(jax.tree.map(jnp.asarray, _plain(variables)), self._replicated)
+        """Replaces the model's variables (same structure); cheap: no recompilation. Arrays replicated over a
+        multi-process mesh (a trainer's state) are taken from this process's copy."""
+        local = jax.tree.map(_addressable, _plain(variables))
+        self.variables = jax.device_put(local, self._replicated)
         self._variables_by_shape: dict[tuple, tuple] = {}
 
     def fingerprint(self) -> str:
@@ -323,7 +334,9 @@ class Extractor:
         images = images if isinstance(images, Sequence) else list(images)
         out = None
         failures = []
-        for item in self.describe_iter(images, bboxes, progress=progress, output=output):
+        mine = self._share(len(images))
+        for item in self.describe_iter(images, bboxes, indices=mine, progress=progress, output=output,
+                                       share=False):
             if isinstance(item, Failed):
                 failures.append(item)
                 continue
@@ -332,12 +345,44 @@ class Extractor:
                 out = {k: np.zeros((len(images), *v.shape[1:]), np.float32) for k, v in values.items()}
             for k, v in values.items():
                 out[k][item.indices] = v
+        if self.process_share:
+            out, failures = self._gather(images, mine, out, failures, output)
         if failures:
             listing = "; ".join(f"#{f.index}: {f.reason}" for f in failures[:10])
             raise ImageDecodeError(
                 f"images: {len(failures)} of {len(images)} could not be described: {listing}"
             )
         return out[None] if out is not None and None in out else out
+
+    def _share(self, n: int) -> list[int]:
+        """The input positions this process describes: all of them, or its share in a multi-process job."""
+        from remap_jax import distributed
+
+        return distributed.share(n).tolist() if self.process_share else list(range(n))
+
+    def _gather(self, images, mine, out, failures, output):
+        """Every process's rows of `out` (its share of positions) and failures, on every process."""
+        from remap_jax import distributed
+
+        count = jax.process_count()
+        shares = [distributed.share(len(images), p, count) for p in range(count)]
+        if out is None:  # this process described nothing (an empty share, or only failures): learn the shapes
+            shapes = self._output_shapes(output)
+            out = {k: np.zeros((len(images), *shape[1:]), np.float32) for k, shape in shapes}
+        gathered = {}
+        for key, full in out.items():
+            rows = distributed.allgather_rows(full[np.asarray(mine, np.int64)], [len(sh) for sh in shares])
+            gathered[key] = np.zeros_like(full)
+            gathered[key][np.concatenate(shares)] = rows
+        lists = distributed.allgather_json([[f.index, f.reason] for f in failures])
+        return gathered, [Failed(int(i), r) for part in lists for i, r in part]
+
+    def _output_shapes(self, output: str):
+        size = self.image_size
+        shapes = tuple(jax.ShapeDtypeStruct((1, *scaled_size(size, s), 3), jnp.uint8) for s in self.scales)
+        out = jax.eval_shape(self._compiled(output), self._variables_for(size), shapes)
+        values = out if isinstance(out, Mapping) else {None: out}
+        return [(k, v.shape) for k, v in values.items()]
 
     def describe_iter(
         self,
@@ -346,12 +391,15 @@ class Extractor:
         indices: Sequence[int] | None = None,
         progress: Progress = False,
         output: str = "descriptors",
+        share: bool | None = None,
     ) -> Iterator[Described | Failed]:
         """Yields `Described` batches and `Failed` inputs, in completion order (not input order).
 
         indices: which positions of `sources` to describe (default all); the rest are skipped (resuming).
         progress: a tqdm bar with images/s (True), or a callable given the count of each finished batch.
         output: "descriptors" or "regions" (see `regions`).
+        share: describe only this process's share of `indices` (default `process_share`); results are not
+          gathered here (`__call__` does).
         """
         if output not in OUTPUTS:
             raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
@@ -362,6 +410,10 @@ class Extractor:
                 f"bboxes: expected {len(sources)} (one per image, None for none), got {len(bboxes)}"
             )
         todo = list(range(len(sources))) if indices is None else [int(i) for i in indices]
+        if self.process_share if share is None else share:
+            from remap_jax import distributed
+
+            todo = [todo[k] for k in distributed.share(len(todo))]
         fn = self._compiled(output)
         bar = None
         report = progress if callable(progress) else None
@@ -564,13 +616,19 @@ def describe_resumable(
     another `meta` raises ResumeMismatchError (`on_mismatch="raise"`) or is ignored (`"restart"`).
     `on_failed(id, reason)` is called for each input that cannot be read.
 
+    In a multi-process job (the extractor's `process_share`) every process describes its share, keeps its own
+    partial file (`partial_file_of_process`) and the results are gathered: every process returns all of them.
+
     Returns:
-      (descriptors (N_ok, D) float32 in input order, their ids, failed [(id, reason)], images described now).
-      The partial file is left in place: the caller removes it once the result is saved.
+      (descriptors (N_ok, D) float32 in input order, their ids, failed [(id, reason)], images described now
+      by this process). The partial file is left in place: the caller removes it once the result is saved.
     """
     ids = [str(i) for i in ids]
     if len(ids) != len(sources):
         raise ValueError(f"ids: expected one per source ({len(sources)}), got {len(ids)}")
+    mine = set(extractor._share(len(sources)))
+    if partial and extractor.process_share:
+        partial = partial_file_of_process(partial)
     meta = json.loads(atomic.to_json(meta or {}, indent=None, sort_keys=True))
     done_ids: list[str] = []
     done_desc: list[np.ndarray] = []
@@ -586,7 +644,7 @@ def describe_resumable(
             elif on_mismatch == "raise":
                 raise ResumeMismatchError(f"{partial} was written with other settings ({old_meta})")
     finished = set(done_ids) | {i for i, _ in failed}
-    todo = [k for k, i in enumerate(ids) if i not in finished]
+    todo = [k for k, i in enumerate(ids) if i not in finished and k in mine]
     since_save = 0
     described_now = 0
 
@@ -595,7 +653,7 @@ def describe_resumable(
         atomic.save_npz(partial, **feature_arrays(desc, done_ids, failed, meta))
 
     try:
-        for item in extractor.describe_iter(sources, bboxes, indices=todo, progress=progress):
+        for item in extractor.describe_iter(sources, bboxes, indices=todo, progress=progress, share=False):
             if isinstance(item, Failed):
                 failed.append((ids[item.index], item.reason))
                 if on_failed is not None:
@@ -612,10 +670,23 @@ def describe_resumable(
         if partial and (done_ids or failed):
             save_partial()
         raise
+    desc = np.concatenate(done_desc) if done_desc else np.zeros((0, extractor.dim), np.float32)
+    if extractor.process_share:
+        from remap_jax import distributed
+
+        parts = distributed.allgather_json({"ids": done_ids, "failed": failed})
+        desc = distributed.allgather_rows(desc, [len(part["ids"]) for part in parts])
+        done_ids = [i for part in parts for i in part["ids"]]
+        failed = [(i, r) for part in parts for i, r in part["failed"]]
     order = {i: k for k, i in enumerate(ids)}
     perm = np.argsort([order[i] for i in done_ids], kind="stable")
-    desc = np.concatenate(done_desc) if done_desc else np.zeros((0, extractor.dim), np.float32)
     return desc[perm], [done_ids[k] for k in perm], failed, described_now
+
+
+def partial_file_of_process(path: str) -> str:
+    """`db.partial.npz` -> `db.partial-p1of2.npz`: where process 1 of 2 keeps its share's progress."""
+    stem = path[:-4] if path.endswith(".npz") else path
+    return f"{stem}-p{jax.process_index()}of{jax.process_count()}.npz"
 
 
 def _describe_fn(model: RetrievalModel, weights: tuple[float, ...] | None):
@@ -661,3 +732,10 @@ def _plain(tree):
     if isinstance(tree, Mapping):
         return {k: _plain(v) for k, v in tree.items()}
     return tree
+
+
+def _addressable(x):
+    """A jax.Array replicated over devices of several processes -> this process's copy; others unchanged."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x.addressable_data(0)
+    return jnp.asarray(x)

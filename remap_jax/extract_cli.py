@@ -9,6 +9,13 @@ followed by a bounding box `x0 y0 x1 y1`. The output `.npz` holds `descriptors` 
 read, and `meta` (JSON of the settings). Progress is written to `OUT.partial.npz` every `--save-every` batches
 and on interruption; rerunning the same command resumes from it. The description itself is
 `remap_jax.extract.Extractor`.
+
+Scaling out, two ways:
+* `--shard I/N`: independent jobs (a SLURM array, a Kubernetes indexed Job) each describe the I-th of N
+  contiguous, disjoint shares of the sorted input list (together they cover it exactly once) into their own
+  OUT, resumable as above; `remap-index build --features 'db.*.npz'` and `train.eval` merge the files.
+* `--coordinator_address/--num_processes/--process_id`: one job of several processes (`jax.distributed`);
+  each describes its share on its own devices (keeping `OUT.partial-pIofN.npz`), and process 0 writes OUT.
 """
 
 from __future__ import annotations
@@ -20,10 +27,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from remap_jax import atomic
-from remap_jax.extract import RESIZE_MODES, Extractor, ResumeMismatchError, describe_resumable, feature_arrays
+from remap_jax import atomic, distributed
+from remap_jax.extract import (
+    RESIZE_MODES,
+    Extractor,
+    ResumeMismatchError,
+    describe_resumable,
+    feature_arrays,
+    partial_file_of_process,
+)
 from remap_jax.model import DTYPES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -113,7 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=50, help="write OUT.partial.npz every N batches")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT.partial.npz")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="describe only share I of N (0-based) of the sorted inputs, e.g. 3/100")
+    distributed.add_flags(p)
     return p
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"I/N"` -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected 0 <= I < N")
+    return index, count
 
 
 def _floats(text: str | None, name: str):
@@ -177,14 +206,23 @@ def make_extractor(args) -> tuple[Extractor, dict]:
 def run(args) -> dict:
     """Runs an extraction (resuming from OUT.partial.npz) and writes OUT; returns a summary dict."""
     ids, paths, bboxes = list_images(args.images)
+    if args.shard is not None:
+        keep = distributed.share(len(ids), *args.shard)
+        ids, paths, bboxes = ([items[k] for k in keep] for items in (ids, paths, bboxes))
+        if not ids:
+            raise ValueError(f"--shard {args.shard[0]}/{args.shard[1]}: this share of the {len(keep)} inputs "
+                             "is empty; use fewer shards than images")
     extractor, meta = make_extractor(args)
+    if args.shard is not None:
+        meta["shard"] = list(args.shard)
     partial = partial_path(args.out)
-    if os.path.exists(partial) and args.no_resume:
-        os.remove(partial)
-    elif os.path.exists(partial):
-        with np.load(partial) as f:
+    own_partial = partial_file_of_process(partial) if extractor.process_share else partial
+    if os.path.exists(own_partial) and args.no_resume:
+        os.remove(own_partial)
+    elif os.path.exists(own_partial):
+        with np.load(own_partial) as f:
             done, failed = len(f["ids"]), len(f["failed"])
-        print(f"resuming from {partial}: {done} described, {failed} failed", file=sys.stderr)
+        print(f"resuming from {own_partial}: {done} described, {failed} failed", file=sys.stderr)
     start = time.perf_counter()
     try:
         desc, done_ids, failed, described_now = describe_resumable(
@@ -196,20 +234,24 @@ def run(args) -> dict:
         raise SystemExit(f"remap-extract: {e}; rerun with the same arguments, or pass --no-resume to start "
                          "over") from None
     except BaseException:
-        if os.path.exists(partial):
-            print(f"interrupted: progress saved to {partial}; rerun the same command to resume",
+        if os.path.exists(own_partial):
+            print(f"interrupted: progress saved to {own_partial}; rerun the same command to resume",
                   file=sys.stderr)
         raise
     elapsed = time.perf_counter() - start
-    atomic.save_npz(args.out, **feature_arrays(desc, done_ids, failed, meta))
-    if os.path.exists(partial):
-        os.remove(partial)
+    if distributed.is_main_process():
+        atomic.save_npz(args.out, **feature_arrays(desc, done_ids, failed, meta))
+    distributed.sync_processes("remap-extract output written")
+    if os.path.exists(own_partial):
+        os.remove(own_partial)
     rate = described_now / elapsed if elapsed > 0 else float("nan")
     summary = {"out": args.out, "described": len(done_ids), "failed": len(failed), "dim": int(desc.shape[1]),
                "seconds": elapsed, "images_per_s": rate}
+    where = f" (process {jax.process_index()} of {jax.process_count()})" if jax.process_count() > 1 else ""
     print(
-        f"wrote {args.out}: {summary['described']} descriptors of dim {summary['dim']}, "
-        f"{summary['failed']} failed; {described_now} described in this run at {rate:.2f} img/s",
+        f"{'wrote' if distributed.is_main_process() else 'described for'} {args.out}: {summary['described']} "
+        f"descriptors of dim {summary['dim']}, {summary['failed']} failed; {described_now} described in this "
+        f"run{where} at {rate:.2f} img/s",
         file=sys.stderr,
     )
     return summary
@@ -217,6 +259,7 @@ def run(args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    distributed.initialize_from_args(args)
     try:
         run(args)
     except (ValueError, FileNotFoundError) as e:

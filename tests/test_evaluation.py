@@ -84,8 +84,8 @@ def test_run_eval_resumes_the_database_description(tiny_test_set, tmp_path, monk
     extractor = _mean_colour_extractor()
     original = Extractor.describe_iter
 
-    def interrupted(self, sources, bboxes=None, indices=None, progress=False, output="descriptors"):
-        for n, item in enumerate(original(self, sources, bboxes, indices, progress, output)):
+    def interrupted(self, sources, bboxes=None, indices=None, **kwargs):
+        for n, item in enumerate(original(self, sources, bboxes, indices, **kwargs)):
             if len(sources) == tiny_test_set.num_index and n == 2:
                 raise KeyboardInterrupt
             yield item
@@ -98,9 +98,9 @@ def test_run_eval_resumes_the_database_description(tiny_test_set, tmp_path, monk
     monkeypatch.setattr(Extractor, "describe_iter", original)
     calls = []
 
-    def counting(self, sources, bboxes=None, indices=None, progress=False, output="descriptors"):
+    def counting(self, sources, bboxes=None, indices=None, **kwargs):
         calls.append(len(indices))
-        yield from original(self, sources, bboxes, indices, progress, output)
+        yield from original(self, sources, bboxes, indices, **kwargs)
 
     monkeypatch.setattr(Extractor, "describe_iter", counting)
     res = run_eval(extractor, tiny_test_set, out_dir=str(tmp_path), grid_queries=0, progress=False)
@@ -212,3 +212,29 @@ def test_results_files_follow_the_umask(tiny_test_set, tmp_path):
         os.umask(old)
     for name in ("results.json", "descriptors.npz", "topk.png"):
         assert oct(os.stat(tmp_path / name).st_mode & 0o777) == oct(0o644), name
+
+
+def test_eval_command_appends_distractor_feature_files(tiny_test_set, tmp_path, monkeypatch, capsys):
+    import train.eval as cmd
+    from remap_jax.extract import feature_arrays
+
+    rng = np.random.default_rng(0)
+    for part in range(2):
+        d = rng.normal(size=(5, 3)).astype(np.float32)
+        np.savez(tmp_path / f"distractors.{part}.npz",
+                 **feature_arrays(d / np.linalg.norm(d, axis=1, keepdims=True),
+                                  [f"d{part}_{i}" for i in range(5)], [], {}))
+    monkeypatch.setattr(cmd, "make_extractor", lambda args: _mean_colour_extractor())
+    common = ["--arch", "resnet18", "--dataset", "synthetic_landmarks/tiny", "--grid-queries", "0",
+              "--data-dir", str(tmp_path / "tfds")]
+    plain = cmd.main([*common, "--out", str(tmp_path / "plain")])
+    res = cmd.main([*common, "--out", str(tmp_path / "out"), "--distractor-features",
+                    str(tmp_path / "distractors.*.npz")])
+    assert res["extra_distractors"] == 10 and "+ 10 distractors from feature files" in capsys.readouterr().out
+    assert res["medium"]["mAP"] <= plain["medium"]["mAP"]  # more database images can only push positives down
+    np.savez(tmp_path / "dup.npz", **feature_arrays(np.ones((1, 3), np.float32), ["d0_0"], [], {}))
+    from remap_jax.features import FeatureFileError
+
+    with pytest.raises(FeatureFileError, match="d0_0"):
+        cmd.main([*common, "--out", str(tmp_path / "o2"), "--distractor-features",
+                  str(tmp_path / "distractors.*.npz"), str(tmp_path / "dup.npz")])

@@ -250,9 +250,9 @@ def test_command_resumes_after_interruption(tmp_path, monkeypatch, capsys):
     original = Extractor.describe_iter
     seen = []
 
-    def interrupted(self, sources, bboxes=None, indices=None, progress=False, output="descriptors"):
+    def interrupted(self, sources, bboxes=None, indices=None, **kwargs):
         seen.append(list(indices))
-        for n, item in enumerate(original(self, sources, bboxes, indices, progress, output)):
+        for n, item in enumerate(original(self, sources, bboxes, indices, **kwargs)):
             if n == 3:
                 raise KeyboardInterrupt
             yield item
@@ -271,9 +271,9 @@ def test_command_resumes_after_interruption(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def counting(self, sources, bboxes=None, indices=None, progress=False, output="descriptors"):
+    def counting(self, sources, bboxes=None, indices=None, **kwargs):
         calls.append(list(indices))
-        yield from original(self, sources, bboxes, indices, progress, output)
+        yield from original(self, sources, bboxes, indices, **kwargs)
 
     monkeypatch.setattr(Extractor, "describe_iter", counting)
     assert main([*ARGS, "--images", str(folder), "--out", out]) == 0
@@ -326,3 +326,28 @@ def test_describe_iter_reports_in_completion_order():
     described = [i for i in items if isinstance(i, Described)]
     assert [f.index for f in failed] == [3]
     assert sorted(np.concatenate([d.indices for d in described]).tolist()) == [0, 1, 2]
+
+
+def test_shards_are_disjoint_cover_the_input_once_and_merge_back(tmp_path):
+    from remap_jax.features import load_features
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(_rng_images([(64, 96)] * 7, seed=4)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    whole = str(tmp_path / "whole.npz")
+    assert main([*ARGS, "--images", str(folder), "--out", whole]) == 0
+    for i in range(3):
+        assert main([*ARGS, "--images", str(folder), "--out", str(tmp_path / f"part.{i}.npz"),
+                     "--shard", f"{i}/3"]) == 0
+    sizes = [len(np.load(tmp_path / f"part.{i}.npz")["ids"]) for i in range(3)]
+    assert sizes == [3, 2, 2]
+    merged, ids = load_features(str(tmp_path / "part.*.npz"))
+    with np.load(whole) as f:
+        assert list(ids) == list(f["ids"])  # shards of the sorted list, merged in name order: the whole
+        np.testing.assert_allclose(merged, f["descriptors"], rtol=1e-6, atol=1e-7)
+    meta = json.loads(str(np.load(tmp_path / "part.1.npz")["meta"]))
+    assert meta["shard"] == [1, 3]
+    with pytest.raises(SystemExit):
+        main([*ARGS, "--images", str(folder), "--out", whole, "--shard", "3/3"])
+    assert main([*ARGS, "--images", str(folder), "--out", whole, "--shard", "7/8"]) == 2  # an empty share

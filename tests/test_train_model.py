@@ -12,7 +12,6 @@ from remap_jax.model import save_exported
 from train import build, optim, validate
 from train.configs.demo import get_config
 from train.loop import make_describers
-from train.step import make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def test_trainer_evaluation_equals_the_exported_model(config, tmp_path):
     params["head"]["whiten"]["kernel"] = params["head"]["whiten"]["kernel"] + 0.01 * rng.normal(
         size=params["head"]["whiten"]["kernel"].shape).astype(np.float32)
     variables = {**variables, "params": params}
-    _, test_describer = make_describers(model, build.model_spec(config), variables, config, make_mesh())
+    _, test_describer = make_describers(model, build.model_spec(config), variables, config)
     save_exported(tmp_path / "export", build.model_spec(config), variables)
     exported = Extractor.from_checkpoint(str(tmp_path / "export"), batch_size=test_describer.batch_size)
     shapes = ((64, 80, 3), (90, 60, 3), (64, 64, 3))  # landscape, portrait, square

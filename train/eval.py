@@ -3,10 +3,15 @@
     python -m train.eval --checkpoint DIR --dataset roxford5k --out /tmp/eval
     python -m train.eval --arch resnet50 --weights resnet50.safetensors --dataset rparis6k \
         --distractors revisitop1m --qe --out /tmp/eval
+    python -m train.eval --checkpoint DIR --dataset roxford5k --distractor-features 'r1m/*.npz' --out /tmp/e
 
 prints the Easy/Medium/Hard mAP and mP@1,5,10 table and writes into ``--out``: ``results.json``,
 ``descriptors.npz`` (query and database vectors) and ``topk.png`` (the top-10 of a few queries: positives
 green, negatives red, junk grey; Medium setup). The work is `remap_jax.evaluation.run_eval`.
+
+`--distractor-features` appends distractor descriptors extracted beforehand (e.g. the 1M revisitop distractors
+by a sharded `remap-extract` job with the same model) to the database instead of describing them here. With
+several processes (`--coordinator_address` ...) each describes its share of the images and process 0 writes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from remap_jax import distributed
 from remap_jax.extract import RESIZE_MODES
 
 
@@ -26,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pretrained backbone weights (.safetensors/.npz/.pth) for --arch")
     p.add_argument("--dataset", required=True, help="roxford5k | rparis6k | synthetic_landmarks[/tiny]")
     p.add_argument("--distractors", default=None, help="revisitop1m or revisitop1m/tars_N")
+    p.add_argument("--distractor-features", nargs="+", default=None, metavar="NPZ",
+                   help="feature files / glob patterns (remap-extract output) appended to the database as "
+                   "distractors, merged in the order given (each pattern's matches sorted); duplicate ids "
+                   "fail")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
     p.add_argument("--manual-dir", default=None, help="folder with the downloaded dataset files")
     p.add_argument("--qe", action="store_true", help="alpha-query expansion")
@@ -50,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reorder", type=int, default=None, help="--index scann: exactly re-score N candidates")
     p.add_argument("--truncate-dim", type=int, default=None, help="--index: keep the first d dimensions")
     p.add_argument("--out", required=True, help="output folder")
+    distributed.add_flags(p)
     return p
 
 
@@ -96,15 +107,24 @@ def index_options_from_args(args) -> dict | None:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     index_options = index_options_from_args(args)
+    distributed.initialize_from_args(args)
     from remap_jax import evaluate
     from remap_jax.data import load_test_set
     from remap_jax.evaluation import run_eval
+    from remap_jax.features import load_features
 
+    extra = None
+    if args.distractor_features:
+        extra, _ = load_features(args.distractor_features)  # checked before any image is described
     test_set = load_test_set(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
                              distractors=args.distractors)
-    results = run_eval(make_extractor(args), test_set, out_dir=args.out, max_side=args.max_side,
-                       grid_queries=args.grid_queries, qe=args.qe, qe_k=args.qe_k, qe_alpha=args.qe_alpha,
-                       dba=args.dba, dba_k=args.dba_k, index=args.index, index_options=index_options)
+    main_process = distributed.is_main_process()
+    results = run_eval(make_extractor(args), test_set, out_dir=args.out if main_process else None,
+                       max_side=args.max_side, grid_queries=args.grid_queries, progress=main_process,
+                       distractors=extra, qe=args.qe, qe_k=args.qe_k, qe_alpha=args.qe_alpha, dba=args.dba,
+                       dba_k=args.dba_k, index=args.index, index_options=index_options)
+    if not main_process:
+        return results
     extras = [s for s, on in (("alpha-QE", args.qe), ("alpha-DBA", args.dba)) if on]
     if "index" in results:
         info = results["index"]
@@ -112,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     title = (
         f"{test_set.name}: {test_set.num_queries} queries, {test_set.num_index} database images"
         + (f" ({test_set.num_distractors} distractors)" if test_set.num_distractors else "")
+        + (f" + {len(extra)} distractors from feature files" if extra is not None else "")
         + (f", {' + '.join(extras)}" if extras else "")
     )
     print(evaluate.format_revisited_table(results, title=title))

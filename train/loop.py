@@ -24,8 +24,9 @@ from jax.sharding import PartitionSpec as P
 
 from remap_jax import atomic, evaluate, mining
 from remap_jax.data.images import ImageList
+from remap_jax.distributed import host_copy, local_rows, sync_processes
 from remap_jax.evaluation import run_eval, validation_map
-from remap_jax.extract import Extractor
+from remap_jax.extract import Extractor, local_mesh
 from remap_jax.model import load_exported, model_from_config, save_exported
 from train.build import check_eval_shapes, initial_variables, initialise_head_from_config, model_spec
 from train.checkpoints import Checkpoints, MetricWriter
@@ -59,10 +60,12 @@ def load_data(config: ml_collections.ConfigDict, training_set=None, test_set=Non
     return training_set, test_set
 
 
-def make_describers(model, spec, variables, config, mesh) -> tuple[Extractor, Extractor]:
+def make_describers(model, spec, variables, config) -> tuple[Extractor, Extractor]:
     """(mining describer: training images squashed to image_size, evaluation describer: test_image_size with
-    the portrait transpose). Both are the exported model's extractor (folded BatchNorm) given a spec."""
+    the portrait transpose). Both are the exported model's extractor (folded BatchNorm) given a spec. They run
+    on this process's devices; with several processes each describes its share and gathers the rest."""
     eval_model = model_from_config(spec, fold_bn=True) if spec else model
+    mesh = local_mesh()
     common = dict(batch_size=pad_to_multiple(config.describe_batch_size, mesh.size),
                   workers=config.num_workers, mesh=mesh)
     mine = Extractor(eval_model, variables, image_size=config.image_size, resize="exact", **common)
@@ -70,10 +73,11 @@ def make_describers(model, spec, variables, config, mesh) -> tuple[Extractor, Ex
     return mine, test
 
 
-def mine_epoch(describer: Extractor, source: ImageSource, training_set, config, epoch: int, *, mesh,
+def mine_epoch(describer: Extractor, source: ImageSource, training_set, config, epoch: int, *,
                progress=False):
-    """Hard-negative tuples for `epoch`: (Q, 2 + N) image indices, plus mining statistics. The pool's
-    similarities are scored on device, the pool sharded over `mesh`."""
+    """Hard-negative tuples for `epoch`: (Q, 2 + N) image indices, plus mining statistics. Every process gets
+    the same descriptors (the describer gathers them) and so the same tuples; the pool's similarities are
+    scored on this process's devices, the pool sharded over them."""
     labels = np.asarray(training_set.labels)
     qidx, pidx = np.asarray(training_set.qidx), np.asarray(training_set.pidx)
     pair_ids, pool_ids = mining.sample_epoch(config.seed, epoch, len(qidx), len(labels),
@@ -83,7 +87,7 @@ def mine_epoch(describer: Extractor, source: ImageSource, training_set, config, 
     pdesc = describer(ImageList(source.read, pool_ids), progress=progress)
     cand, sims = mining.negative_candidates(qdesc, pdesc, labels[queries], labels[pool_ids],
                                             config.mining_candidates,
-                                            pool_sharding=NamedSharding(mesh, P("data")))
+                                            pool_sharding=NamedSharding(local_mesh(), P("data")))
     neg_pos = mining.select_negatives(cand, sims, labels[pool_ids], config.num_negatives,
                                       distinct_labels=config.distinct_negative_landmarks)
     tuples = mining.build_tuples(queries, pidx[pair_ids], pool_ids[neg_pos])
@@ -148,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     total_steps = steps_per_epoch * config.num_epochs
     updates_per_epoch = max(1, steps_per_epoch // config.grad_accum_steps)
     padded_batch = pad_to_multiple(config.batch_size, mesh.size)
+    own_rows = local_rows(data_sharding, padded_batch)
     tuple_len = 2 + config.num_negatives
 
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
@@ -163,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     frozen = frozen_mask(config, state.params)
     train_step = make_train_step(model, tx, loss=config.loss, margin=config.margin, mesh=mesh,
                                  frozen=frozen if any(jax.tree_util.tree_leaves(frozen)) else None)
-    mine_describer, test_describer = make_describers(model, spec, variables, config, mesh)
+    mine_describer, test_describer = make_describers(model, spec, variables, config)
     del variables
     source = ImageSource(training_set.read, config.image_size, cache=config.cache_images,
                          workers=config.num_workers)
@@ -173,11 +178,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
     def evaluate_test(variables, name: str, title: str) -> dict:
         test_describer.set_variables(variables)
-        results = run_eval(test_describer, test_set, out_dir=os.path.join(workdir, name), progress=is_main)
+        # every process takes part in describing; process 0 writes the files
+        results = run_eval(test_describer, test_set, out_dir=os.path.join(workdir, name) if is_main else None,
+                           progress=is_main)
         if is_main:
             atomic.write_json(os.path.join(workdir, f"{name}.json"), results)
         say(f"test set {config.test_dataset!r} {title}:\n{evaluate.format_revisited_table(results)}")
         return results
+
+    def export(state) -> None:
+        if is_main:
+            export_fn(export_dir, spec, host_copy(state.variables()))
+        sync_processes("export")  # the others read the export only once it is complete
 
     def save_checkpoint(step: int, meta: dict) -> None:
         if not bool(all_finite(state.params)):
@@ -232,24 +244,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                 mine_describer.set_variables(state.variables())
                 images_to_describe = min(config.queries_per_epoch, len(np.asarray(training_set.qidx))) + min(
                     config.pool_size, training_set.num_images)
-                tuples, stats = mine_epoch(mine_describer, source, training_set, config, epoch, mesh=mesh,
+                tuples, stats = mine_epoch(mine_describer, source, training_set, config, epoch,
                                            progress=status.counter(f"mining {epoch + 1}", images_to_describe))
                 tuples = tuples[: steps_per_epoch * config.batch_size]
                 writer.write(step, stats)
             weights = np.zeros((padded_batch,), np.float32)
             weights[: config.batch_size] = 1.0
+            weights = weights[own_rows]
 
             def batch_ids(i: int, tuples=tuples) -> np.ndarray:
                 rows = tuples[i * config.batch_size:(i + 1) * config.batch_size]
-                return np.concatenate([rows, np.repeat(rows[-1:], padded_batch - len(rows), axis=0)])
+                padded = np.concatenate([rows, np.repeat(rows[-1:], padded_batch - len(rows), axis=0)])
+                return padded[own_rows]  # this host loads and decodes only the rows its devices hold
 
             pending = source.prefetch(batch_ids(start))
             for i in range(start, steps_per_epoch):
                 images = pending.result()
                 if i + 1 < steps_per_epoch:
                     pending = source.prefetch(batch_ids(i + 1))
-                state, metrics = train_step(state, to_global_batch(images, data_sharding),
-                                            to_global_batch(weights, data_sharding))
+                state, metrics = train_step(state, to_global_batch(images, data_sharding, padded_batch),
+                                            to_global_batch(weights, data_sharding, padded_batch))
                 metrics = jax.device_get(metrics)
                 step += 1
                 loss_value = float(metrics["loss"])
@@ -286,8 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                 say(f"epoch {epoch + 1}/{config.num_epochs}: validation mAP {val_map:.2f}")
                 if meta["best_val_map"] is None or val_map > meta["best_val_map"]:
                     meta = {**meta, "best_val_map": val_map, "best_step": step}
-                    if is_main:
-                        export_fn(export_dir, spec, jax.device_get(state.variables()))
+                    export(state)
             save_checkpoint(step, meta)
         bar.close()
     finally:
@@ -295,8 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
         source.close()
 
     if meta["best_step"] is None or not os.path.exists(export_dir):  # no validation split: export the last
-        if is_main:
-            export_fn(export_dir, spec, jax.device_get(state.variables()))
+        export(state)
         meta = {**meta, "best_step": step}
     summary.update(step=step, loss=loss_value, best_val_map=meta["best_val_map"], best_step=meta["best_step"])
 

@@ -4,12 +4,12 @@ Override any config field on the command line, e.g. `--config.num_epochs=3 --con
 A wrong key or type fails while the flags are parsed and a wrong value fails in `validate_config`, both
 before any compute. Rerunning the same command with the same workdir resumes from the latest checkpoint.
 
-Multi-host (TPU pods, multi-node GPU): run the same command on every host with `--config.distributed=True`
-(or with JAX_COORDINATOR_ADDRESS set); `jax.distributed.initialize()` then joins the hosts and the mesh spans
-every device of every host.
+Several processes (TPU pods, multi-node GPU, or several CPU processes): run the same command in every process
+with `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with `--config.distributed=True`
+(or JAX_COORDINATOR_ADDRESS set) to let JAX find them from the cluster (SLURM, Open MPI, Kubernetes, TPU).
+The mesh then spans every device of every process; process 0 writes the shared outputs.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -19,6 +19,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, exports and results.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file (train/configs/NAME.py).",
                                 lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (several processes)")
+flags.DEFINE_integer("num_processes", None, "how many processes take part")
+flags.DEFINE_integer("process_id", None, "this process's id, 0 .. num_processes - 1")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,9 +40,10 @@ def main(argv):
         sys.exit(2)
     import jax
 
-    multi_host = config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if multi_host and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    from remap_jax import distributed
+
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=config.distributed)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{jax.process_count()} process(es); workdir {FLAGS.workdir}", flush=True)
     try:

@@ -85,14 +85,17 @@ def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh, frozen=N
                    donate_argnums=(0,))
 
 
-def to_global_batch(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Host batch -> global array sharded over 'data'. Every host passes the full global batch; on several
-    hosts each one contributes the rows that belong to its devices."""
+def to_global_batch(rows: np.ndarray, sharding: NamedSharding, global_rows: int | None = None) -> jax.Array:
+    """This host's rows of a batch -> the global array sharded over 'data'.
+
+    With one process `rows` is the whole batch. With several, each host passes only the rows its devices hold
+    (`remap_jax.distributed.local_rows(sharding, global_rows)`), so no host loads the others' images.
+    """
     if jax.process_count() == 1:
-        return jax.device_put(array, sharding)
-    rows = array.shape[0] // jax.process_count()
-    local = array[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-    return jax.make_array_from_process_local_data(sharding, local, array.shape)
+        return jax.device_put(rows, sharding)
+    if global_rows is None:
+        raise ValueError("global_rows: expected the global batch size when several processes feed a batch")
+    return jax.make_array_from_process_local_data(sharding, rows, (global_rows, *rows.shape[1:]))
 
 
 def pad_to_multiple(n: int, multiple: int) -> int:

@@ -18,8 +18,9 @@ from remap_jax.model import HEAD_FIELDS, SPEC_DEFAULTS
 def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # Multi-host: call jax.distributed.initialize() before touching devices (the coordinator address etc. come
-    # from the environment: JAX_COORDINATOR_ADDRESS / cluster auto-detection on TPU pods and SLURM).
+    # Several processes: True joins them through jax.distributed.initialize() with cluster auto-detection
+    # (SLURM, Open MPI, Kubernetes, TPU pods); train.main's --coordinator_address/--num_processes/--process_id
+    # give the values explicitly instead.
     c.distributed = False
 
     # ---- data
