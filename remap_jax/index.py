@@ -36,7 +36,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -784,7 +783,7 @@ class Index:
                     f"index directory {directory}: exists, is not empty and is not a remap-jax index; "
                     "expected a new path, an empty folder or an index to replace"
                 )
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+        tmp = atomic.make_temp_dir(directory)  # permissions as the umask says (mkdtemp's are private)
         try:
             np.save(os.path.join(tmp, "ids.npy"), self.ids, allow_pickle=False)
             if self.method == "exact":
@@ -793,8 +792,7 @@ class Index:
                 os.makedirs(os.path.join(tmp, "scann"))
                 self._searcher.serialize(os.path.join(tmp, "scann"), relative_path=True)
             # index.json last: a folder without it is never taken for an index.
-            with open(os.path.join(tmp, "index.json"), "w") as f:
-                json.dump(self.metadata(), f, indent=2)
+            atomic.write_json(os.path.join(tmp, "index.json"), self.metadata(), indent=2)
             atomic.replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

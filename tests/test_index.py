@@ -394,3 +394,16 @@ def test_index_is_exported_lazily():
     import remap_jax
 
     assert remap_jax.Index is Index
+
+
+def test_saved_index_is_readable_by_others_as_the_umask_says(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        Index.build(np.eye(4, dtype=np.float32), method="exact").save(str(tmp_path / "idx"))
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "idx").st_mode & 0o777) == oct(0o755)
+    for name in os.listdir(tmp_path / "idx"):
+        assert oct(os.stat(tmp_path / "idx" / name).st_mode & 0o777) == oct(0o644), name
