@@ -124,13 +124,13 @@ def input_normalization(arch: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(spec.input_mean, np.float32), np.asarray(spec.input_std, np.float32)
 
 
-def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3), dtype: Any = jnp.float32) -> dict:
+def init_backbone(arch: str, key: jax.Array, input_shape=(1, 224, 224, 3)) -> dict:
     """Randomly initialised variables {"params": ..., "batch_stats": ...}, all float32.
 
     Conv kernels are He-normal (fan-out, torchvision's choice), biases zero, BatchNorm the identity
     (scale 1, bias 0, mean 0, var 1). Drawn from one `jax.random.normal` call split into the leaves, which is
     much cheaper to compile than tracing the network's initialiser. Parameter shapes do not depend on
-    `input_shape` (checked for rank and channels only) nor on `dtype` (kept for interface symmetry).
+    `input_shape` (checked for rank and channels only).
     """
     if len(input_shape) != 4 or input_shape[-1] != 3:
         raise ValueError(f"input_shape: expected (B, H, W, 3), got {tuple(input_shape)}")
