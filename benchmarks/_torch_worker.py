@@ -110,6 +110,8 @@ class TorchSide:
             pass
         self.args = args
         self.device = torch.device(args.device)
+        if self.device.type == "cuda":  # pick the fastest cuDNN algorithms, as XLA autotunes its own
+            torch.backends.cudnn.benchmark = True
         net = getattr(torchvision.models, args.arch)(weights=None)
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _read_weights(args.weights).items()}
         result = net.load_state_dict(state, strict=False)

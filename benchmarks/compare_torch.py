@@ -81,6 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pause-s", type=float, default=0.2, help="pause between alternating calls")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the jax side")
+    p.add_argument("--no-fold-bn", action="store_true", help="jax side: BatchNorm as its own op (not folded)")
     p.add_argument("--torch-channels-last", action="store_true", help="torch.channels_last on the torch side")
     p.add_argument("--breakdown", action="store_true", help="also time the parts of the jax side")
     p.add_argument("--no-torch", action="store_true", help="time the jax side alone (no torch venv needed)")
@@ -187,7 +188,8 @@ def thread_env(threads: int, extra_xla_flags: str = "") -> dict[str, str]:
 class JaxSide:
     """remap-jax: `Extractor.from_pretrained` with an R-MAC head on layer4; the model's jitted apply."""
 
-    def __init__(self, arch: str, weights: str, size, levels: int, include_global: bool, dtype: str):
+    def __init__(self, arch: str, weights: str, size, levels: int, include_global: bool, dtype: str,
+                 fold_bn: bool = True):
         import jax
 
         from remap_jax.extract import Extractor
@@ -195,7 +197,7 @@ class JaxSide:
         self.jax = jax
         self.extractor = Extractor.from_pretrained(
             arch, weights, taps=("layer4",), head="rmac", levels=levels, include_global=include_global,
-            dtype=dtype, image_size=size, batch_size=1,
+            dtype=dtype, fold_bn=fold_bn, image_size=size, batch_size=1,
         )
         self.model = self.extractor.model
         self.variables = self.extractor.variables
@@ -217,7 +219,8 @@ class JaxSide:
 
     def breakdown(self, repeats: int) -> dict[str, float]:
         """Median seconds per batch of each part: host->device copy, normalisation, backbone (normalised
-        input), head (on the layer4 map), and the whole call."""
+        input), head (on the layer4 map), and the whole call; plus the backbone's FLOPs (XLA's cost
+        analysis) and the rate it ran at (`backbone_gflops_per_s`)."""
         jax, model = self.jax, self.model
         from remap_jax.model import RetrievalModel
 
@@ -246,6 +249,11 @@ class JaxSide:
                 jax.block_until_ready(fn())
                 times.append(time.perf_counter() - t0)
             out[name] = float(np.median(times))
+        cost = backbone.lower(self.variables, normalised).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if cost and cost.get("flops"):
+            out["backbone_gflop"] = float(cost["flops"]) / 1e9
+            out["backbone_gflops_per_s"] = out["backbone_gflop"] / out["backbone"]
         return out
 
 
@@ -345,12 +353,15 @@ def format_table(rows, setup: dict) -> str:
     parts = [r for r in rows if "jax_breakdown_s" in r]
     if parts:
         lines += ["", "remap-jax parts, median s per batch:", "",
-                  "| batch | transfer | normalise | backbone | head | whole call |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "| batch | transfer | normalise | backbone | head | whole call | backbone GFLOP "
+                  "| GFLOP/s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in parts:
             b = r["jax_breakdown_s"]
+            flops = (f"{b['backbone_gflop']:.0f} | {b['backbone_gflops_per_s']:.0f}" if "backbone_gflop" in b
+                     else "- | -")
             lines.append(f"| {r['batch']} | {b['transfer']:.4f} | {b['normalise']:.4f} | {b['backbone']:.3f} "
-                         f"| {b['head']:.4f} | {b['whole']:.3f} |")
+                         f"| {b['head']:.4f} | {b['whole']:.3f} | {flops} |")
     return "\n".join(lines)
 
 
@@ -364,6 +375,7 @@ def run(args) -> tuple[list[dict], dict]:
         "arch": args.arch, "size": list(args.size), "dtype": args.dtype, "device": args.device,
         "threads": args.threads, "levels": args.levels, "repeats": args.repeats, "jax": jax.__version__,
         "jax_device": str(jax.devices()[0]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "fold_bn": not args.no_fold_bn,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_before": os.getloadavg()[0],
     }
     rows = []
@@ -372,7 +384,8 @@ def run(args) -> tuple[list[dict], dict]:
         from safetensors.numpy import save_file
 
         save_file(random_torchvision_weights(args.arch, args.seed), weights)
-        jax_side = JaxSide(args.arch, weights, args.size, args.levels, args.include_global, args.dtype)
+        jax_side = JaxSide(args.arch, weights, args.size, args.levels, args.include_global, args.dtype,
+                           fold_bn=not args.no_fold_bn)
         torch_side = None
         if not args.no_torch:
             env = thread_env(args.threads)
