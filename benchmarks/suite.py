@@ -5,20 +5,22 @@ r"""The accelerator benchmark suite: one command, one JSON and one Markdown tabl
     python benchmarks/suite.py --out /tmp/s --quick --tiny       # structure check (tests): seconds
     python benchmarks/suite.py --out suite_out --timeout-s 300 --blocks extract,roi_pool --budget extract=200
 
-Blocks, each with its ratio to a baseline measured in the same process:
+Blocks, in the order they run, each with its ratio to a baseline measured in the same process (sizes
+below are the accelerator's; `--quick` shrinks them, see `preset`):
 
 - `roi_pool`: `roi_max_pool` (both lowerings, `slices` and `gather`) on stage-4 and stage-5 ResNet maps at
-  1024x768, float32 and bfloat16, vs the classic loop of slices (`naive`) and the full-map max (the floor);
-  from `benchmarks/roi_pool_bench.py` (`run`), which also checks the results equal the loop's.
-- `extract`: images/s of the descriptor (uint8 pixels on the device -> normalisation -> backbone -> REMAP
-  head on the default taps) through `Extractor.from_pretrained`, ResNet-50/101 and EfficientNet-Lite0..4,
-  float32 and bfloat16, batch 1/8/32 at 1024x768; ratio to float32 at the same arch and batch; head share.
-- `train_step`: one REMAP train step (forward + backward + Adam; `benchmarks/train_step_bench.py`), on 1
-  device and on all devices, float32 and bfloat16; ratio to float32 on 1 device.
+  1024x768 (batch 32; 8 on a CPU), float32 and bfloat16, vs the classic loop of slices (`naive`) and the
+  full-map max (the floor); `benchmarks/roi_pool_bench.py` (`run`), which checks the results equal the loop's.
 - `exact_search`: `remap_jax.index.exact_search` top-100 of 1000 queries in 1M x 512 unit vectors vs a numpy
   brute force (chunked matmul + argpartition, `benchmarks/eval_bench.py`); equal results checked.
 - `ranking`: evaluation at 1M database images (`benchmarks/eval_bench.py`): `rank_database` full depth and
   top-100 vs the previous numpy path (identical ranks checked), and revisited scoring vs the np.isin scan.
+- `extract`: images/s of the descriptor (uint8 pixels on the device -> normalisation -> backbone -> REMAP
+  head on the default taps) through `Extractor.from_pretrained`, ResNet-50/101 and EfficientNet-Lite0..4,
+  float32 and bfloat16, batch 1/8/32 at 1024x768; ratio to float32 at the same arch and batch; head share.
+- `train_step`: one REMAP train step (forward + backward + Adam; `benchmarks/train_step_bench.py`) at
+  384x512, 8 tuples of 3 images, on 1 device and on all devices, float32 and bfloat16; ratio to float32 on
+  1 device.
 
 Every block runs in its own subprocess with a time budget (`--timeout-s` shared out by weight, unused time
 passed on to the next blocks; `--budget BLOCK=SECONDS` fixes one): rows are written as they finish, a row
@@ -29,7 +31,8 @@ Weights are random (speed does not depend on them) except EfficientNet-Lite0's, 
 package when present; nothing is downloaded and nothing is asked.
 
 Output in --out: `suite.json` (device, settings, per block: status, seconds, budget, rows, skipped rows,
-error) and `suite.md` (the same as Markdown tables); `blocks/*.jsonl` hold each block's raw rows.
+error) and `suite.md` (the same as Markdown tables); `blocks/NAME.jsonl` hold each block's raw rows as they
+were written and `blocks/NAME.log` its output (tracebacks of failed rows).
 """
 
 from __future__ import annotations
