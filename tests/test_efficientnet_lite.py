@@ -1,7 +1,6 @@
 """EfficientNet-Lite: parity with the reference on the real ImageNet weights, taps, folded BN, bfloat16."""
 
 import functools
-import importlib.util
 import json
 import os
 
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tool_modules import load_tool
 
 from remap_jax import backbones as bb
 from remap_jax.backbones import efficientnet_lite as enl
@@ -18,15 +18,7 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "efficientnet_lite0_parity.npz
 LITES = [f"efficientnet_lite{i}" for i in range(5)]
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "make_efficientnet_parity_fixture.py")
-    spec = importlib.util.spec_from_file_location("make_efficientnet_parity_fixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("make_efficientnet_parity_fixture.py")
 
 
 @pytest.fixture(scope="module")

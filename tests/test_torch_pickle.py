@@ -1,7 +1,6 @@
 """Torch-free reading of PyTorch checkpoints: both formats as torch writes them, views, dtypes, refusals."""
 
 import collections
-import importlib.util
 import os
 import pickle
 import struct
@@ -13,6 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from tool_modules import load_tool
 
 from remap_jax import backbones as bb
 from remap_jax.backbones import WeightImportError, torch_pickle
@@ -22,15 +22,7 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 FORMATS = ("zip", "legacy")
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "make_torch_pickle_fixtures.py")
-    spec = importlib.util.spec_from_file_location("make_torch_pickle_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("make_torch_pickle_fixtures.py")
 
 
 def _numpy_tensor(dtype: str, values) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Pretrained-weight import: torchvision parity (seeded weights, committed fixture), formats, key errors."""
 
 import importlib.metadata
-import importlib.util
 import json
 import os
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from tool_modules import load_tool
 
 from remap_jax import backbones as bb
 from remap_jax.backbones import WeightImportError
@@ -18,15 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "torchvision_parity.npz")
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "make_parity_fixture.py")
-    spec = importlib.util.spec_from_file_location("make_parity_fixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_tool("make_parity_fixture.py")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from remap_jax.backbones.layers import FrozenBatchNorm, _ConvKernel, check_taps
+from remap_jax.backbones.layers import FrozenBatchNorm, TapRecorder, _ConvKernel
 
 BN_EPS = 1e-3  # TensorFlow's BatchNorm epsilon, kept by the reference (torchvision's is 1e-5)
 STEM_CHANNELS = 32
@@ -200,16 +200,8 @@ class EfficientNetLite(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, taps: Sequence[str] = ("head",)) -> dict[str, jax.Array]:
-        order = {name: i for i, name in enumerate(self.tap_names())}
-        wanted = check_taps(images, taps, order)
-        last = max(order[t] for t in wanted)
-        out: dict[str, jax.Array] = {}
-
-        def emit(name, value) -> bool:
-            if name in wanted:
-                out[name] = value
-            return order[name] >= last
-
+        recorder = TapRecorder(images, taps, self.tap_names())
+        emit, out = recorder.record, recorder.out
         kw = dict(fold_bn=self.fold_bn, dtype=self.dtype)
         x = SameConvBN(STEM_CHANNELS, 3, 2, name="stem", **kw)(images)
         if emit("stem", x):

@@ -124,3 +124,25 @@ def check_taps(images: jax.Array, taps: Sequence[str], order: dict[str, int]) ->
     if unknown:
         raise ValueError(f"taps: unknown tap name(s) {unknown}; valid names are: {', '.join(order)}")
     return set(taps)
+
+
+class TapRecorder:
+    """Collects a backbone's requested tap outputs as it runs, and says when the deepest one is reached.
+
+        taps = TapRecorder(images, requested, self.tap_names())
+        x = block(x)
+        if taps.record("layer1.0", x):   # True once nothing deeper was asked for: stop computing
+            return taps.out
+    """
+
+    def __init__(self, images: jax.Array, taps: Sequence[str], names: Sequence[str]):
+        self.order = {name: i for i, name in enumerate(names)}
+        self.wanted = check_taps(images, taps, self.order)
+        self.last = max(self.order[t] for t in self.wanted)
+        self.out: dict[str, jax.Array] = {}
+
+    def record(self, name: str, value: jax.Array) -> bool:
+        """Keeps `value` if `name` was asked for; True when `name` is (past) the deepest tap asked for."""
+        if name in self.wanted:
+            self.out[name] = value
+        return self.order[name] >= self.last

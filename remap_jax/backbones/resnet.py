@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from remap_jax.backbones.layers import ConvBN, check_taps, max_pool_torch
+from remap_jax.backbones.layers import ConvBN, TapRecorder, max_pool_torch
 
 STEM_TAPS = ("conv1", "bn1", "relu", "maxpool")
 
@@ -99,19 +99,11 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, taps: Sequence[str] = ("layer4",)) -> dict[str, jax.Array]:
-        order = {name: i for i, name in enumerate(self.tap_names())}
-        wanted = check_taps(images, taps, order)
-        last = max(order[t] for t in wanted)
-        out: dict[str, jax.Array] = {}
-
-        def emit(name, value) -> bool:
-            if name in wanted:
-                out[name] = value
-            return order[name] >= last
-
+        recorder = TapRecorder(images, taps, self.tap_names())
+        emit, out = recorder.record, recorder.out
         kw = dict(fold_bn=self.fold_bn, dtype=self.dtype)
         stem = ConvBN(64, 7, 2, name="conv1", **kw)
-        if wanted & {"conv1", "bn1"}:
+        if recorder.wanted & {"conv1", "bn1"}:
             parts = stem(images, intermediates=True)
             if emit("conv1", parts["conv"]) or emit("bn1", parts["bn"]):
                 return out

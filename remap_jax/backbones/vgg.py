@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from remap_jax.backbones.layers import check_taps, max_pool_torch
+from remap_jax.backbones.layers import TapRecorder, max_pool_torch
 
 # Conv channels per block; each block ends in a 2x2 max-pool. torchvision's `features` Sequential
 # interleaves a ReLU after every conv.
@@ -60,11 +60,7 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, taps: Sequence[str] = ("conv5_3",)) -> dict[str, jax.Array]:
-        names = self.tap_names()
-        order = {name: i for i, name in enumerate(names)}
-        wanted = check_taps(images, taps, order)
-        last = max(order[t] for t in wanted)
-        out: dict[str, jax.Array] = {}
+        recorder = TapRecorder(images, taps, self.tap_names())
         x = images.astype(self.dtype)
         for kind, idx, friendly, ch in vgg_layout(self.cfg):
             if kind == "conv":
@@ -77,13 +73,7 @@ class VGG(nn.Module):
                 x = nn.relu(x)
             else:
                 x = max_pool_torch(x, 2, 2, 0)
-            done = False
-            for name in (friendly, f"features.{idx}"):
-                if name is None:
-                    continue
-                if name in wanted:
-                    out[name] = x
-                done = done or order[name] >= last
-            if done:
-                return out
-        return out
+            done = [recorder.record(name, x) for name in (friendly, f"features.{idx}") if name is not None]
+            if any(done):
+                return recorder.out
+        return recorder.out
