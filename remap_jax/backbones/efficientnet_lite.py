@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from remap_jax.backbones.layers import FrozenBatchNorm, TapRecorder, _ConvKernel
+from remap_jax.backbones.layers import ConvBN, TapRecorder
 
 BN_EPS = 1e-3  # TensorFlow's BatchNorm epsilon, kept by the reference (torchvision's is 1e-5)
 STEM_CHANNELS = 32
@@ -121,44 +121,14 @@ def efficientnet_lite_default_taps(width: float, depth: float) -> tuple[str, str
     return (f"blocks.{len(block_specs(width, depth)) - 1}", "head")
 
 
-class SameConvBN(nn.Module):
-    """Bias-free conv with TensorFlow "SAME" padding + frozen BatchNorm (eps 1e-3) + optional ReLU6.
+def same_conv_bn(features: int, kernel: int, stride: int = 1, groups: int = 1, relu6: bool = True, *,
+                 fold_bn: bool = False, dtype: Any = jnp.float32, name: str) -> ConvBN:
+    """EfficientNet's conv: bias-free, TensorFlow "SAME" padding, frozen BatchNorm (eps 1e-3), ReLU6.
 
-    Variables as in `layers.ConvBN`: `conv/kernel` (k, k, in/groups, out), `bn/{scale,bias}`, stats
-    `bn/{mean,var}`. `fold_bn=True` folds the BatchNorm into the kernel and a bias at call time.
+    (B, H, W, Cin) -> (B, ceil(H / stride), ceil(W / stride), features); variables as in `layers.ConvBN`.
     """
-
-    features: int
-    kernel: int
-    stride: int = 1
-    groups: int = 1
-    relu6: bool = True
-    fold_bn: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (B, H, W, Cin) -> (B, ceil(H / stride), ceil(W / stride), features) in `dtype`."""
-        x = x.astype(self.dtype)
-        bn = FrozenBatchNorm(self.features, dtype=self.dtype, eps=BN_EPS, name="bn")
-        shape = (self.kernel, self.kernel, x.shape[-1] // self.groups, self.features)
-        kernel = _ConvKernel(shape, name="conv")()
-        if self.fold_bn:
-            mult, offset = bn.affine()
-            y = self._conv(x, (kernel * mult).astype(self.dtype)) + offset.astype(self.dtype)
-        else:
-            y = bn(self._conv(x, kernel.astype(self.dtype)))
-        return jax.nn.relu6(y) if self.relu6 else y
-
-    def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(self.stride, self.stride),
-            padding="SAME",  # lax's SAME is TensorFlow's: low = total // 2, high = total - low
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+    return ConvBN(features, kernel, stride, groups, relu=relu6, fold_bn=fold_bn, dtype=dtype, padding="SAME",
+                  eps=BN_EPS, activation=jax.nn.relu6, name=name)
 
 
 class MBConv(nn.Module):
@@ -175,9 +145,9 @@ class MBConv(nn.Module):
         mid = s.in_channels * s.expand_ratio
         y = x
         if s.expand_ratio != 1:
-            y = SameConvBN(mid, 1, name="expand", **kw)(y)
-        y = SameConvBN(mid, s.kernel, s.stride, groups=mid, name="depthwise", **kw)(y)
-        y = SameConvBN(s.out_channels, 1, relu6=False, name="project", **kw)(y)
+            y = same_conv_bn(mid, 1, name="expand", **kw)(y)
+        y = same_conv_bn(mid, s.kernel, s.stride, groups=mid, name="depthwise", **kw)(y)
+        y = same_conv_bn(s.out_channels, 1, relu6=False, name="project", **kw)(y)
         if s.stride == 1 and s.in_channels == s.out_channels:
             y = y + x.astype(self.dtype)
         return y
@@ -203,13 +173,13 @@ class EfficientNetLite(nn.Module):
         recorder = TapRecorder(images, taps, self.tap_names())
         emit, out = recorder.record, recorder.out
         kw = dict(fold_bn=self.fold_bn, dtype=self.dtype)
-        x = SameConvBN(STEM_CHANNELS, 3, 2, name="stem", **kw)(images)
+        x = same_conv_bn(STEM_CHANNELS, 3, 2, name="stem", **kw)(images)
         if emit("stem", x):
             return out
         for i, spec in enumerate(block_specs(self.width, self.depth)):
             x = MBConv(spec, name=f"blocks_{i}", **kw)(x)
             if emit(f"blocks.{i}", x):
                 return out
-        x = SameConvBN(HEAD_CHANNELS, 1, name="head", **kw)(x)
+        x = same_conv_bn(HEAD_CHANNELS, 1, name="head", **kw)(x)
         emit("head", x)
         return out

@@ -7,7 +7,7 @@ mechanically (see `remap_jax.backbones.weights`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -47,12 +47,13 @@ class FrozenBatchNorm(nn.Module):
 
 
 class ConvBN(nn.Module):
-    """Bias-free convolution followed by frozen BatchNorm (torchvision's conv + bn pair), optional ReLU.
+    """Bias-free convolution followed by frozen BatchNorm (torchvision's conv + bn pair), optional activation.
 
     With `fold_bn=True` the BatchNorm affine transform is folded into the convolution kernel and a bias at
     call time: the variables are identical to the unfolded module, only one pass over the activation is
     saved. Parameter names: `conv/kernel` (kh, kw, in/groups, out) and `bn/{scale,bias}`,
-    stats `bn/{mean,var}`.
+    stats `bn/{mean,var}`. `padding` "torch" pads kernel // 2 on every side (torchvision), "SAME" is
+    TensorFlow's (EfficientNet); `eps` is the BatchNorm epsilon; `activation` runs when `relu` is True.
     """
 
     features: int
@@ -62,27 +63,31 @@ class ConvBN(nn.Module):
     relu: bool = True
     fold_bn: bool = False
     dtype: Any = jnp.float32
+    padding: str = "torch"
+    eps: float = BN_EPS
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
 
     @nn.compact
     def __call__(self, x: jax.Array, intermediates: bool = False) -> jax.Array | dict[str, jax.Array]:
         """x: (B, H, W, Cin) -> (B, H', W', features).
 
-        With `intermediates=True` returns {"conv": pre-BN, "bn": post-BN, "relu": post-ReLU} (computed
-        unfolded whatever `fold_bn` says, since the pre-BN map does not exist in the folded computation).
+        With `intermediates=True` returns {"conv": pre-BN, "bn": post-BN, "relu": post-activation}
+        (computed unfolded whatever `fold_bn` says, since the pre-BN map does not exist in the folded
+        computation).
         """
-        pad = self.kernel // 2
+        pad = self.kernel // 2 if self.padding == "torch" else self.padding
         x = x.astype(self.dtype)
-        bn = FrozenBatchNorm(self.features, dtype=self.dtype, name="bn")
+        bn = FrozenBatchNorm(self.features, dtype=self.dtype, eps=self.eps, name="bn")
         shape = (self.kernel, self.kernel, x.shape[-1] // self.groups, self.features)
         kernel = _ConvKernel(shape, name="conv")()
         if self.fold_bn and not intermediates:
             mult, offset = bn.affine()
             y = _conv(x, (kernel * mult).astype(self.dtype), self.stride, pad, self.groups)
             y = y + offset.astype(self.dtype)
-            return nn.relu(y) if self.relu else y
+            return self.activation(y) if self.relu else y
         c = _conv(x, kernel.astype(self.dtype), self.stride, pad, self.groups)
         b = bn(c)
-        y = nn.relu(b) if self.relu else b
+        y = self.activation(b) if self.relu else b
         return {"conv": c, "bn": b, "relu": y} if intermediates else y
 
 
@@ -96,12 +101,13 @@ class _ConvKernel(nn.Module):
         return self.param("kernel", _KERNEL_INIT, self.shape, jnp.float32)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int, groups: int) -> jax.Array:
+def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, groups: int) -> jax.Array:
+    """NHWC x HWIO convolution; `pad` pixels on every side, or "SAME" (TensorFlow's: low = total // 2)."""
     return jax.lax.conv_general_dilated(
         x.astype(kernel.dtype),
         kernel,
         window_strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
+        padding=pad if isinstance(pad, str) else ((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
