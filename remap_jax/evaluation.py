@@ -83,9 +83,10 @@ def evaluate_descriptors(
       dba, dba_k, dba_alpha: alpha-database-side augmentation (quadratic in the database size).
       k: keep only the top k of each ranking (None: the whole database).
       index, index_options: rank through a :class:`remap_jax.index.Index` (``"exact"`` or ``"scann"``, with
-        ``Index.build`` options such as ``pq_bytes``); the results then carry ``index``: method, options and
-        ``bytes_per_image`` (code bytes of one database descriptor). QE expands queries with the
-        uncompressed database vectors.
+        ``Index.build`` options such as ``pq_bytes``; ``reorder=0`` scores the codes alone, without it ScaNN
+        re-scores candidates with the stored vectors); the results then carry ``index``: method, the resolved
+        options, ``bytes_per_image`` (what one database image costs the index in memory: codes, leaf index and
+        any re-scoring vectors) and ``code_bytes``. QE expands queries with the uncompressed database vectors.
 
     Returns:
       the :func:`remap_jax.evaluate.evaluate_revisited` dict (percent), plus ``ranks`` when asked for.
@@ -112,7 +113,8 @@ def evaluate_descriptors(
         results["index"] = {
             "method": searcher.method,
             "options": dict(searcher.options),
-            "bytes_per_image": searcher.code_bytes,
+            "bytes_per_image": searcher.memory_bytes_per_vector,
+            "code_bytes": searcher.code_bytes,
         }
     return (results, ranks) if return_ranks else results
 

@@ -219,9 +219,13 @@ def test_eval_descriptors_through_exact_and_scann_indexes():
     )
     assert ranks.shape == (len(db), len(q))
     assert rescored["medium"]["mAP"] == pytest.approx(plain["medium"]["mAP"])
-    compressed = evaluate_descriptors(q, db, gnd, index="scann", index_options={"pq_bytes": 4}, qe=True)
-    assert compressed["index"]["bytes_per_image"] == 4 and compressed["index"]["method"] == "scann"
-    assert 0.0 < compressed["medium"]["mAP"] <= 100.0
+    compressed = evaluate_descriptors(q, db, gnd, index="scann", index_options={"pq_bytes": 4, "reorder": 0},
+                                      qe=True)
+    assert compressed["index"]["bytes_per_image"] == compressed["index"]["code_bytes"] == 4
+    assert compressed["index"]["method"] == "scann" and compressed["index"]["options"]["reorder"] == 0
+    assert 0.0 < compressed["medium"]["mAP"] <= plain["medium"]["mAP"]
+    default = evaluate_descriptors(q, db, gnd, index="scann", index_options={"pq_bytes": 4})
+    assert default["index"]["bytes_per_image"] > 4  # codes + float32 re-scoring vectors
     top = evaluate_descriptors(q, db, gnd, index="exact", index_options={"truncate_dim": 16}, k=20)
     assert top["index"]["bytes_per_image"] == 16 * 4
 
@@ -253,7 +257,7 @@ def test_eval_command_index_flags(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(remap_jax.data, "load_test_set", lambda *a, **k: fake)
     out = tmp_path / "out"
     common = ["--arch", "resnet18", "--dataset", "fake", "--out", str(out), "--batch-size", "1000"]
-    res = cmd.main(common + ["--index", "scann", "--pq-bytes", "8", "--grid-queries", "0"])
+    res = cmd.main(common + ["--index", "scann", "--pq-bytes", "8", "--reorder", "0", "--grid-queries", "0"])
     assert res["index"]["bytes_per_image"] == 8 and res["index"]["options"]["pq_bytes"] == 8
     assert "scann index, 8 bytes/image" in capsys.readouterr().out
     saved = json.loads((out / "results.json").read_text())
