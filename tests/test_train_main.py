@@ -9,7 +9,7 @@ import pytest
 from train import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["demo", "remap_resnet101", "remap_resnext101", "rmac_resnet101", "gem_resnet101"]
+CONFIGS = ["demo", "demo_resnet18", "remap_resnet101", "remap_resnext101", "rmac_resnet101", "gem_resnet101"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -19,7 +19,7 @@ def test_shipped_configs_validate(name):
     config = importlib.import_module(f"train.configs.{name}").get_config()
     validate.validate_config(config)
     assert config.is_type_safe
-    if name != "demo":  # the paper's setting: 40 regions at 768x1024, two taps of the last stage
+    if not name.startswith("demo"):  # the paper's setting: 40 regions at 768x1024, two taps of the last stage
         assert tuple(config.image_size) == (768, 1024) and config.model.levels == 4
     if name.startswith("remap"):
         assert config.model.head == "remap" and len(config.model.taps) == 2
@@ -37,7 +37,8 @@ def _main(*overrides, workdir):
     ("--config.num_epochs=three", 1, "num_epochs=three"),
     ("--config.margin=-0.5", 2, r"config.margin = -0.5: expected > 0"),
     ("--config.model.arch=resnet7", 2, r"config.model.arch = 'resnet7'"),
-    ("--config.model.taps=('layer9.0',)", 2, r"config.model.taps: \['layer9.0'\] are not blocks of resnet18"),
+    ("--config.model.taps=('layer9.0',)", 2,
+     r"config.model.taps: \['layer9.0'\] are not blocks of efficientnet_lite0"),
 ])
 def test_bad_config_fails_before_compute(tmp_path, override, code, message):
     import re

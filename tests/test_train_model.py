@@ -10,7 +10,7 @@ from remap_jax import Extractor
 from remap_jax.head_init import HeadInit, save_head_init
 from remap_jax.model import save_exported
 from train import build, optim, validate
-from train.configs.demo import get_config
+from train.configs.demo_resnet18 import get_config
 from train.loop import make_describers
 
 

@@ -36,6 +36,9 @@ def main(argv):
     del argv
     from absl import flags
 
+    from remap_jax.distributed import use_cpu_cores
+
+    use_cpu_cores(flags.FLAGS.cpu_devices)
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -46,5 +49,7 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "training config file (train/configs/NAME.py)",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "directory for the outputs and the region-descriptor cache")
+    flags.DEFINE_integer("cpu_devices", 0, "JAX devices on a CPU host: 0 = one per core (see "
+                         "remap_jax.distributed.use_cpu_cores)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

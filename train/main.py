@@ -22,6 +22,8 @@ config_flags.DEFINE_config_file("config", None, "Training configuration file (tr
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (several processes)")
 flags.DEFINE_integer("num_processes", None, "how many processes take part")
 flags.DEFINE_integer("process_id", None, "this process's id, 0 .. num_processes - 1")
+flags.DEFINE_integer("cpu_devices", 0, "JAX devices on a CPU host: 0 = one per core (XLA:CPU runs a device "
+                     "on one thread); ignored where XLA_FLAGS sets --xla_force_host_platform_device_count")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,6 +44,7 @@ def main(argv):
 
     from remap_jax import distributed
 
+    distributed.use_cpu_cores(FLAGS.cpu_devices)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto=config.distributed)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
