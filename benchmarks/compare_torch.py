@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pause-s", type=float, default=0.2, help="pause between alternating calls")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the jax side")
+    p.add_argument("--jax-cpu-devices", type=int, default=1,
+                   help="CPU devices for the jax side (e.g. = --threads: one per core, as the commands); "
+                        "batches that divide by it are split over them")
     p.add_argument("--no-fold-bn", action="store_true", help="jax side: BatchNorm as its own op (not folded)")
     p.add_argument("--torch-channels-last", action="store_true", help="torch.channels_last on the torch side")
     p.add_argument("--breakdown", action="store_true", help="also time the parts of the jax side")
@@ -173,11 +176,16 @@ def pin_threads(threads: int) -> list[int]:
     return cpus[:threads]
 
 
-def thread_env(threads: int, extra_xla_flags: str = "") -> dict[str, str]:
-    """Environment variables that pin both sides' thread counts (XLA_FLAGS for jax, OMP/MKL for torch)."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_cpu_multi_thread_eigen" not in f]
+def thread_env(threads: int, extra_xla_flags: str = "", jax_cpu_devices: int = 1) -> dict[str, str]:
+    """Environment variables that pin both sides' thread counts (XLA_FLAGS for jax, OMP/MKL for torch);
+    `jax_cpu_devices` > 1 gives the jax side that many CPU devices (XLA:CPU runs a device on one thread;
+    the batch is then split over them, as remap-jax's commands do with one device per core)."""
+    drop = ("xla_cpu_multi_thread_eigen", "xla_force_host_platform_device_count")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not any(d in f for d in drop)]
     if threads == 1:
         flags.append("--xla_cpu_multi_thread_eigen=false")
+    if jax_cpu_devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={jax_cpu_devices}")
     flags += extra_xla_flags.split()
     return {"XLA_FLAGS": " ".join(flags), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
@@ -205,8 +213,18 @@ class JaxSide:
         self.images = None
 
     def load(self, images: np.ndarray, warmup: int) -> list[float]:
+        from jax.sharding import Mesh, NamedSharding
+        from jax.sharding import PartitionSpec as P
+
         self.host_images = images
-        self.images = self.jax.device_put(images)
+        devices = self.jax.devices()
+        if len(devices) > 1 and images.shape[0] % len(devices) == 0:  # split the batch, one part per device
+            mesh = Mesh(np.array(devices), ("data",))
+            self.images = self.jax.device_put(images, NamedSharding(mesh, P("data")))
+            self.variables = self.jax.device_put(self.extractor.variables, NamedSharding(mesh, P()))
+        else:
+            self.images = self.jax.device_put(images, devices[0])
+            self.variables = self.jax.device_put(self.extractor.variables, devices[0])
         return [self.time_once() for _ in range(max(1, warmup))]
 
     def describe(self) -> np.ndarray:
@@ -374,7 +392,8 @@ def run(args) -> tuple[list[dict], dict]:
     setup = {
         "arch": args.arch, "size": list(args.size), "dtype": args.dtype, "device": args.device,
         "threads": args.threads, "levels": args.levels, "repeats": args.repeats, "jax": jax.__version__,
-        "jax_device": str(jax.devices()[0]), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_device": str(jax.devices()[0]), "jax_devices": jax.device_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "fold_bn": not args.no_fold_bn,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_before": os.getloadavg()[0],
     }
@@ -410,7 +429,8 @@ def main(argv=None):
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
         pin_threads(args.threads)
-    os.environ.update(thread_env(args.threads, args.xla_flags))  # before jax starts (it reads XLA_FLAGS once)
+    # before jax starts (it reads XLA_FLAGS once)
+    os.environ.update(thread_env(args.threads, args.xla_flags, args.jax_cpu_devices))
     rows, setup = run(args)
     print(format_table(rows, setup))
     if args.json:

@@ -101,3 +101,12 @@ def test_jax_side_on_a_tiny_size(tmp_path):
              "levels": 3, "repeats": 2, "machine": "test", "load_before": 0.0, "load_after": 0.0, "jax": "x"}
     table = compare_torch.format_table([row], setup)
     assert "| 2 |" in table and "remap-jax parts" in table
+
+
+def test_thread_env_pins_threads_and_jax_devices(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_foo=1")
+    env = compare_torch.thread_env(2, jax_cpu_devices=2)
+    assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=2"]
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
+    one = compare_torch.thread_env(1)["XLA_FLAGS"].split()
+    assert one == ["--xla_foo=1", "--xla_cpu_multi_thread_eigen=false"]
