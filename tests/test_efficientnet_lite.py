@@ -178,3 +178,12 @@ def test_block_layout_of_the_variants():
     np.testing.assert_allclose(mean * 255, 127, rtol=1e-6)
     np.testing.assert_allclose(std * 255, 128, rtol=1e-6)
     np.testing.assert_allclose(bb.input_normalization("resnet50")[0], [0.485, 0.456, 0.406])
+
+
+def test_from_pretrained_installed_reads_the_weights_package():
+    from remap_jax import Extractor
+
+    extractor = Extractor.from_pretrained("efficientnet_lite0", weights="installed", image_size=(64, 96))
+    expected = _real_lite0()[0]["params"]["stem"]["conv"]["kernel"]
+    got = extractor.variables["params"]["backbone"]["stem"]["conv"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(got), expected)

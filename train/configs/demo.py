@@ -19,8 +19,8 @@ def get_config():
     c = get_base_config()
     c.dataset = "synthetic_landmarks/hard"
     c.test_dataset = "synthetic_landmarks/hard"
-    # the stored views are 192 px on the long side; at 192x256 the head's map is 6x8 (levels 3 + the whole
-    # map: 21 regions per tap). Measured: off-the-shelf Medium 65.85 here vs 65.60 at 256x320, 1.6x faster.
+    # the stored views are 192 px on the long side; at 192x256 the head's map is 6x8 (levels 3:
+    # 20 regions per tap). Measured: off-the-shelf Medium 65.85 here vs 65.60 at 256x320, 1.6x faster.
     c.image_size = (192, 256)
     c.test_image_size = (192, 256)
     c.cache_images = True
@@ -32,7 +32,7 @@ def get_config():
     c.model.levels = 3
     c.initialise_head = True
     c.init_head.num_positive_pairs = 0  # all of the training split's 1270 matching pairs
-    # Lw from 1270 pairs in 1472 dimensions: the default ridge (1e-3) fits the training pairs almost exactly
+    # Lw from 1270 pairs in 1600 dimensions: the default ridge (1e-3) fits the training pairs almost exactly
     # (median matching distance 0.15, no triplet active, test Medium 68.65 at 256x320); ridge 1.0 gave the
     # best start measured at 256x320 (71.99; 1e-2: 69.49, 0.1: 71.37) and leaves the loss something to do.
     c.init_head.whitening_ridge = 1.0
