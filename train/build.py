@@ -15,8 +15,6 @@ import numpy as np
 from remap_jax.head_init import HeadInit, HeadInitOptions, head_param_tree, initialise_head, load_head_init
 from remap_jax.model import MODEL_FIELDS, init_variables, model_from_config, normalise_config
 
-INSTALLED = "installed"  # config.model.pretrained value: the weights the arch's pip package installs
-
 
 def model_spec(config: ml_collections.ConfigDict) -> dict | None:
     """The spec of the model `config` trains (images at `test_image_size`, one scale); None for a custom
@@ -44,9 +42,7 @@ def initial_variables(model, config: ml_collections.ConfigDict, key) -> dict:
         return jax.tree_util.tree_map(np.asarray, dict(variables))
     from remap_jax.backbones import init_backbone, load_pretrained
 
-    if config.model.pretrained == INSTALLED:
-        backbone = load_pretrained(config.model.arch)  # the arch's pip weights package
-    elif config.model.pretrained:
+    if config.model.pretrained:  # a weights file, or "installed": the arch's pip weights package
         backbone = load_pretrained(config.model.arch, config.model.pretrained)
     else:
         backbone = init_backbone(config.model.arch, jax.random.PRNGKey(config.seed))

@@ -7,9 +7,9 @@ import os
 import ml_collections
 
 from remap_jax import losses
+from remap_jax.backbones.weights import INSTALLED
 from remap_jax.head_init import HeadInitOptions
 from remap_jax.model import spec_errors
-from train.build import INSTALLED
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("exponential", "cosine", "constant")

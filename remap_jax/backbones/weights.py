@@ -272,11 +272,14 @@ def pretrained_path(arch: str) -> str:
     return path
 
 
+INSTALLED = "installed"  # the `path` naming `arch`'s pip weights package (configs, commands)
+
+
 def load_pretrained(arch: str, path: str | os.PathLike | None = None) -> dict:
     """Backbone variables {"params", "batch_stats"} (float32 numpy) for `arch` from a checkpoint file.
 
-    `path`: a torchvision / timm / EfficientNet-PyTorch checkpoint (.safetensors, .npz or .pth); None reads
-    the weights installed by `arch`'s pip package (see `pretrained_path`).
+    `path`: a torchvision / timm / EfficientNet-PyTorch checkpoint (.safetensors, .npz or .pth); None or
+    `INSTALLED` ("installed") reads the weights installed by `arch`'s pip package (see `pretrained_path`).
     """
-    path = pretrained_path(arch) if path is None else os.fspath(path)
+    path = pretrained_path(arch) if path is None or path == INSTALLED else os.fspath(path)
     return from_torch_state_dict(arch, read_state_dict(path), source=path)
