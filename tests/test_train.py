@@ -261,6 +261,21 @@ def test_frozen_backbone_blocks_freeze_only_the_named_modules():
     assert np.abs(after["backbone"]["conv2"]["kernel"] - before["backbone"]["conv2"]["kernel"]).max() > 0
 
 
+def test_frozen_block_names_do_not_match_inside_a_number():
+    # "blocks_1" once froze blocks_10..blocks_15 too (a plain string prefix), so a config freezing blocks 0-10
+    # of EfficientNet-Lite0 trained none of its blocks
+    names = [f"blocks_{i}" for i in range(16)] + ["head", "stem"]
+    frozen = [n for n in names if any(optim.names_module(e, n) for e in ("stem", "blocks_1", "blocks_2"))]
+    assert frozen == ["blocks_1", "blocks_2", "stem"]
+    assert [n for n in names if optim.names_module("blocks_", n)] == names[:16]
+    assert optim.names_module("bn", "bn1") and optim.names_module("layer", "layer4")
+    assert not optim.names_module("layer1", "layer10") and optim.names_module("layer1", "layer1")
+    params = {"backbone": {n: {"kernel": np.zeros(1)} for n in names}}
+    labels = optim.param_labels(params, tuple(f"blocks_{i}" for i in range(11)))
+    assert [labels["backbone"][f"blocks_{i}"]["kernel"] for i in (0, 10, 11, 15)] == [
+        "frozen", "frozen", "backbone", "backbone"]
+
+
 def test_frozen_backbone_blocks_must_name_backbone_modules():
     params = _variables()["params"]
     with pytest.raises(ValueError, match=r"frozen_backbone_blocks: 'layer1' matches no module .*'conv1'"):

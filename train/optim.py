@@ -19,15 +19,26 @@ import optax
 from remap_jax import heads
 
 
+def names_module(entry: str, name: str) -> bool:
+    """Whether a `frozen_backbone_blocks` entry names the top-level backbone module `name`: the name itself,
+    or a prefix of it that does not end inside a number. "layer1" names "layer1" (not a "layer10"), "bn"
+    names "bn1", "blocks_1" names "blocks_1" but not "blocks_10", and "blocks_" names every block."""
+    if not name.startswith(entry):
+        return False
+    rest = name[len(entry):]
+    return not (rest and entry[-1].isdigit() and rest[0].isdigit())
+
+
 def param_labels(params, frozen_blocks: Sequence[str] = ()) -> Any:
     """Optimiser group of every parameter: 'backbone', 'alpha' (ROI-stream weights), 'whitening', 'head', or
-    'frozen' for backbone parameters whose top-level module name starts with one of `frozen_blocks`
-    (e.g. ``("conv1", "layer1", "layer2", "layer3")`` trains only a ResNet's last stage)."""
+    'frozen' for backbone parameters whose top-level module is named by one of `frozen_blocks`
+    (`names_module`; e.g. ``("conv1", "bn1", "layer1", "layer2", "layer3")`` trains only a ResNet's last
+    stage)."""
 
     def label(path, _):
         keys = [str(getattr(k, "key", k)) for k in path]
         if keys and keys[0] == "backbone":
-            if frozen_blocks and len(keys) > 1 and keys[1].startswith(tuple(frozen_blocks)):
+            if len(keys) > 1 and any(names_module(entry, keys[1]) for entry in frozen_blocks):
                 return "frozen"
             return "backbone"
         if keys and keys[-1] == "alpha":
@@ -49,7 +60,7 @@ def check_frozen_blocks(config: ml_collections.ConfigDict, params) -> None:
     """Every entry of `config.frozen_backbone_blocks` must name (a prefix of) a backbone module."""
     names = list(params.get("backbone", {}))
     for block in config.frozen_backbone_blocks:
-        if not any(n.startswith(block) for n in names):
+        if not any(names_module(block, n) for n in names):
             raise ValueError(
                 f"frozen_backbone_blocks: {block!r} matches no module of backbone {config.model.arch!r}; "
                 f"expected prefixes of {names}"

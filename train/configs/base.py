@@ -73,8 +73,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optimizer = "adam"  # adam | sgd
     c.learning_rate = 1e-6  # base rate; the groups below multiply it
     c.lr_mult_backbone = 1.0  # backbone (0 = frozen: its backward pass is then skipped entirely)
-    # backbone modules kept frozen whatever lr_mult_backbone is: top-level names or prefixes, e.g.
-    # ("conv1", "layer1", "layer2", "layer3") trains only a ResNet's last stage
+    # backbone modules kept frozen whatever lr_mult_backbone is: top-level names or prefixes that do not end
+    # inside a number (train.optim.names_module), e.g. ("conv1", "bn1", "layer1", "layer2", "layer3") trains
+    # only a ResNet's last stage; "blocks_1" freezes EfficientNet's blocks_1 only, "blocks_" all of them
     c.frozen_backbone_blocks = ()
     c.lr_mult_alpha = 1.0  # ROI-stream region weights
     c.lr_mult_whitening = 1.0  # whitening dense layer
