@@ -309,7 +309,7 @@ def test_synthetic_configs_versions_and_hard_metadata(tmp_path):
 
     versions = {c.name: str(builders.SyntheticLandmarks(config=c.name).version)
                 for c in builders.SyntheticLandmarks.BUILDER_CONFIGS}
-    assert versions == {"default": "1.1.0", "tiny": "1.1.0", "hard": "1.2.0", "hard_tiny": "1.2.0"}
+    assert versions == {"default": "1.1.0", "tiny": "1.1.0", "hard": "1.3.0", "hard_tiny": "1.2.0"}
     for config in builders.SyntheticLandmarks.BUILDER_CONFIGS:
         assert config.synthetic == synthetic.NAMED_CONFIGS[config.name]
     data_dir = str(tmp_path / "data")

@@ -199,12 +199,39 @@ def test_hard_config_sizes_fit_the_demo_budget():
     # Counts only (no rendering): the layout scores the photos' cells, nothing more.
     cfg = S.NAMED_CONFIGS["hard"]
     ids = S.split_landmark_ids(cfg)
-    assert (len(ids["test"]), len(ids["val"]), len(ids["train"])) == (19, 8, 29)
+    assert (len(ids["test"]), len(ids["val"]), len(ids["train"])) == (19, 8, 97)
     queries = cfg.queries_per_landmark * len(ids["test"])
     index = cfg.index_views_per_landmark * len(ids["test"]) + cfg.num_distractors
-    train = cfg.train_views_per_landmark * len(ids["train"]) + cfg.num_collage_landmarks * 4
-    assert (queries, index, train) == (76, 756, 1348)
+    train = cfg.train_views_per_landmark * len(ids["train"]) + cfg.num_collage_landmarks * 2
+    assert (queries, index, train) == (76, 756, 1664)
     assert queries <= 100 and index <= 1000 and 1000 <= train <= 2000
+
+
+def test_regridded_training_photos_leave_the_test_and_validation_splits_alone():
+    # version 1.3.0 of the hard config cuts only the training photos finer; test / val ids (which seed
+    # their views) and cells are those of 1.2.0
+    cfg = S.NAMED_CONFIGS["hard"]
+    old = dataclasses.replace(cfg, train_photo_cells=0, train_cell_landmarks=0, collage_views_per_landmark=4)
+    new_layout, old_layout = S.cell_layout(cfg), S.cell_layout(old)
+    new_ids, old_ids = S.split_landmark_ids(cfg), S.split_landmark_ids(old)
+    for split in ("test", "val"):
+        assert new_ids[split] == old_ids[split]
+        assert [new_layout["landmarks"][i] for i in new_ids[split]] == [old_layout["landmarks"][i] for i in
+                                                                         old_ids[split]]
+        assert new_layout["material"][split] == old_layout["material"][split]
+    assert min(new_ids["train"]) > max(old_layout["landmarks"])  # fresh ids after every 1.2.0 id
+    photos = S.split_landmarks(cfg)["train"]
+    for photo in photos:
+        cells = [new_layout["landmarks"][i] for i in new_ids["train"]]
+        mine = [c for c in cells if c.photo == photo]
+        material = [c for c in new_layout["material"]["train"] if c.photo == photo]
+        grid = S.photo_cells(photo, cfg.train_photo_cells)
+        assert sorted(c.box for c in mine + material) == sorted(c.box for c in grid)
+        assert {c for c in grid if c.texture >= cfg.min_cell_texture} == set(mine)  # every textured cell
+    with pytest.raises(ValueError, match="train_photo_cells"):
+        S.SyntheticConfig(train_photo_cells=16, train_cell_landmarks=16)  # needs photo_cells
+    with pytest.raises(ValueError, match="train_photo_cells"):
+        dataclasses.replace(cfg, train_cell_landmarks=0)
 
 
 def test_photo_cells_tile_each_photo():

@@ -119,11 +119,12 @@ def test_taps_names_shapes_and_same_padding():
 
 
 def _conv_count(variables, taps):
+    """Convolutions in the program: lax convolutions, plus the depthwise ones that the CPU backend computes
+    by shifts (layers._depthwise_by_shifts, a named call)."""
     model = bb.create_backbone("efficientnet_lite0")
     images = jnp.zeros((1, 32, 32, 3))
-    return str(jax.make_jaxpr(lambda v, x: model.apply(v, x, taps=taps))(variables, images)).count(
-        "conv_general_dilated"
-    )
+    jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x, taps=taps))(variables, images))
+    return jaxpr.count("conv_general_dilated") + jaxpr.count("name=_depthwise_by_shifts")
 
 
 def test_computes_nothing_past_the_deepest_tap():
@@ -187,3 +188,32 @@ def test_from_pretrained_installed_reads_the_weights_package():
     expected = _real_lite0()[0]["params"]["stem"]["conv"]["kernel"]
     got = extractor.variables["params"]["backbone"]["stem"]["conv"]["kernel"]
     np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+@pytest.mark.parametrize("kernel,stride,pad,size", [(3, 1, "SAME", (9, 11)), (5, 2, "SAME", (10, 13)),
+                                                    (3, 2, "SAME", (7, 7)), (3, 2, 1, (9, 8))])
+def test_depthwise_by_shifts_equals_the_grouped_convolution(kernel, stride, pad, size):
+    # the CPU lowering of depthwise convolutions (layers._depthwise_by_shifts), forward and gradients
+    from remap_jax.backbones import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 6))
+    k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, 6))
+
+    def reference(x, k):
+        padding = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), padding, feature_group_count=6,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def shifts(x, k):
+        return layers._depthwise_by_shifts(x, k, stride, pad)
+
+    want, got = reference(x, k), shifts(x, k)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.PRNGKey(2), want.shape)
+    grads = [jax.grad(lambda a, b, f=f: (f(a, b) * cot).sum(), (0, 1))(x, k) for f in (shifts, reference)]
+    for got_grad, want_grad in zip(*grads, strict=True):
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+    half = layers._depthwise_by_shifts(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), stride, pad)
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), want, rtol=0.05, atol=0.1)

@@ -499,7 +499,7 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
     Configs: ``default`` (whole photos as landmarks), ``hard`` (photos cut into cells, strong views,
     look-alike distractors: a pretrained network is far from saturating it) and their scaled-down test
     versions ``tiny`` and ``hard_tiny``. A config keeps the version of the release that last changed its
-    data: default and tiny are still 1.1.0, the hard configs start at 1.2.0."""
+    data: default and tiny are still 1.1.0, hard_tiny 1.2.0, hard 1.3.0."""
 
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
@@ -511,6 +511,9 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
         "1.2.0": "New configs hard and hard_tiny: photos cut into grid cells (4 landmark cells per photo, "
         "the rest material for backgrounds, occluders, look-alike distractors and the training collages), "
         "strong views. default and tiny are unchanged (same records as 1.1.0).",
+        "1.3.0": "hard: the training photos are cut into a 16-cell grid whose textured cells are all "
+        "landmarks (97 sibling training landmarks instead of 29), collages have 2 views instead of 4; its "
+        "val, index and query splits are the records of 1.2.0. hard_tiny is unchanged (1.2.0).",
     }
     BUILDER_CONFIGS = [
         SyntheticLandmarksConfig(
@@ -525,10 +528,11 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
         ),
         SyntheticLandmarksConfig(
             name="hard",
-            version="1.2.0",
+            version="1.3.0",
             release_notes=_HARD_RELEASE_NOTES,
-            description="192 px; 6-cell photos, strong views; train: 29 cells x 12 views + 250 collages x 4; "
-            "76 queries (19 test cells), 756 index (300 distractors, half look-alike)",
+            description="192 px; 6-cell photos, strong views; train: 97 cells of 16-cell training photos "
+            "x 12 views + 250 collages x 2; 76 queries (19 test cells), 756 index (300 distractors, half "
+            "look-alike)",
             synthetic=synthetic.NAMED_CONFIGS["hard"],
         ),
         SyntheticLandmarksConfig(

@@ -22,6 +22,9 @@ look-alike distractors, and the training collages), so that no two landmarks sha
 validation or test pixel reaches the training split. Its views are rendered with the ``strong`` style:
 wider scale / viewpoint / rotation ranges, more occluders, backgrounds cut from the material. Cells of one
 photo look alike (same colours, texture, subject), which a pretrained network does not separate by itself.
+Since builder version 1.3.0 its training photos are cut into a finer grid (``train_photo_cells``) whose
+textured cells are all landmarks: about 100 sibling training landmarks, so that mining finds negatives as
+hard as the test split's (the test and validation splits are the same records as in 1.2.0).
 """
 
 from __future__ import annotations
@@ -95,6 +98,12 @@ class SyntheticConfig:
     # Fraction of the distractors that are views (rendered like index views) of the test photos' material
     # cells instead of texture clutter; needs photo_cells > 0.
     lookalike_distractors: float = 0.0
+    # Added with builder version 1.3.0. train_photo_cells > 0 cuts the *training* photos into a finer grid of
+    # about that many cells, of which up to train_cell_landmarks (by texture, as above) are landmarks: many
+    # sibling landmarks, whose views are each other's hardest negatives, as the test split's look-alikes
+    # are. Their ids follow every other id, so the test and validation splits are unchanged.
+    train_photo_cells: int = 0
+    train_cell_landmarks: int = 0
 
     def __post_init__(self):
         n = len(LANDMARK_PHOTOS)
@@ -132,6 +141,13 @@ class SyntheticConfig:
             raise ValueError(
                 "photo_cells, cell_landmarks: expected photo_cells >= 0 and, with cells, "
                 f"1 <= cell_landmarks <= photo_cells, got {self.photo_cells}, {self.cell_landmarks}"
+            )
+        fine_ok = self.photo_cells and 1 <= self.train_cell_landmarks <= self.train_photo_cells
+        if self.train_photo_cells < 0 or (self.train_photo_cells and not fine_ok):
+            raise ValueError(
+                "train_photo_cells, train_cell_landmarks: expected train_photo_cells >= 0 and, when > 0, "
+                "photo_cells > 0 and 1 <= train_cell_landmarks <= train_photo_cells, got "
+                f"{self.train_photo_cells}, {self.train_cell_landmarks} with photo_cells={self.photo_cells}"
             )
         if self.views not in VIEW_STYLES:
             raise ValueError(f"views: expected one of {VIEW_STYLES}, got {self.views!r}")
@@ -241,17 +257,33 @@ def cell_layout(config: SyntheticConfig) -> dict:
     next_id = len(LANDMARK_PHOTOS) + config.num_collage_landmarks
     landmarks: dict[int, Cell] = {}
     material: dict[str, list[Cell]] = {"test": [], "val": [], "train": []}
+    fine = config.train_photo_cells > 0
+
+    def choose(photo: int, grid: tuple[Cell, ...], count: int, stream: int) -> set[int]:
+        textured = [i for i, cell in enumerate(grid) if cell.texture >= config.min_cell_texture]
+        order = np.random.default_rng([config.seed, stream, photo]).permutation(len(textured))
+        return {textured[i] for i in order[:count]}
+
     for photo in range(len(LANDMARK_PHOTOS)):
         grid = photo_cells(photo, config.photo_cells)
-        textured = [i for i, cell in enumerate(grid) if cell.texture >= config.min_cell_texture]
-        order = np.random.default_rng([config.seed, 8, photo]).permutation(len(textured))
-        chosen = {textured[i] for i in order[: config.cell_landmarks]}
+        chosen = choose(photo, grid, config.cell_landmarks, 8)
+        regrid = fine and split_of[photo] == "train"  # its cells come from the finer grid below
+        for i, cell in enumerate(grid):
+            if i in chosen:
+                if not regrid:
+                    landmarks[next_id] = cell
+                next_id += 1  # ids are kept either way, so the other photos' ids (and views) do not move
+            elif not regrid:
+                material[split_of[photo]].append(cell)
+    for photo in sorted(p for p, split in split_of.items() if fine and split == "train"):
+        grid = photo_cells(photo, config.train_photo_cells)
+        chosen = choose(photo, grid, config.train_cell_landmarks, 9)
         for i, cell in enumerate(grid):
             if i in chosen:
                 landmarks[next_id] = cell
                 next_id += 1
             else:
-                material[split_of[photo]].append(cell)
+                material["train"].append(cell)
     return {"landmarks": landmarks, "material": {k: tuple(v) for k, v in material.items()}}
 
 
@@ -754,7 +786,7 @@ NAMED_CONFIGS = {
         num_collage_landmarks=3,
         collage_views_per_landmark=2,
     ),
-    "hard": SyntheticConfig(
+    "hard": SyntheticConfig(  # builder version 1.3.0 (1.2.0: train_photo_cells 0, collage views 4)
         photo_cells=6,
         cell_landmarks=4,
         views="strong",
@@ -765,7 +797,9 @@ NAMED_CONFIGS = {
         index_views_per_landmark=24,
         num_distractors=300,
         num_collage_landmarks=250,
-        collage_views_per_landmark=4,
+        collage_views_per_landmark=2,
+        train_photo_cells=16,
+        train_cell_landmarks=16,
     ),
     "hard_tiny": SyntheticConfig(
         image_size=64,
