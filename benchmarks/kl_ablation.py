@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     train_desc = head_init.describe_regions(
         train_extractor, train_set.read, images, layers, cache_dir=os.path.join(args.workdir, "region_cache"),
         cache_chunk=options.cache_chunk,
-        cache_key=f"{train_extractor.fingerprint()}|{config.dataset}|{head_init.training_set_digest(train_set)}",
+        cache_key=head_init.region_cache_key(train_extractor, train_set, config.dataset),
         cache_dtype=options.cache_dtype)
     alphas = {"1 (R-MAC)": np.ones((len(layers), regions.shape[0]), np.float32)}
     for est in estimators:

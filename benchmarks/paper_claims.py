@@ -271,8 +271,7 @@ def network_variants(config, arch: str, taps: Sequence[str], args, test_set, tra
     train_desc = head_init.describe_regions(
         train_extractor, train_set.read, images, layers,
         cache_dir=os.path.join(args.workdir, arch, "region_cache"), cache_chunk=options.cache_chunk,
-        cache_key=(f"{train_extractor.fingerprint()}|{c.dataset}|"
-                   f"{head_init.training_set_digest(train_set)}"),
+        cache_key=head_init.region_cache_key(train_extractor, train_set, c.dataset),
         cache_dtype=options.cache_dtype)
 
     def init(whitening: str, use_layers=layers):

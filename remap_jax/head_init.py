@@ -44,10 +44,10 @@ __all__ = [
     "initialise_head",
     "load_head_init",
     "pool_descriptors",
+    "region_cache_key",
     "save_head_init",
     "save_region_weight_png",
     "select_pairs",
-    "training_set_digest",
     "write_outputs",
 ]
 
@@ -415,16 +415,17 @@ def feature_grid(extractor, layers: Sequence[str]) -> tuple[tuple[int, int], np.
     return (int(h), int(w)), rmac_regions(h, w, head.levels, head.overlap, head.include_global)
 
 
-def training_set_digest(train_set) -> str:
-    """A short digest of a training set's labels and pairs: part of the region cache's key, so that a
-    rebuilt or re-versioned dataset of the same name (e.g. synthetic_landmarks/hard 1.2.0 -> 1.3.0) is never
-    answered from descriptors of the old one."""
+def region_cache_key(extractor, train_set, name: str = "") -> str:
+    """The region cache's key for describing `train_set` with `extractor`: the extractor's fingerprint,
+    `name` (e.g. the dataset name) and a digest of the training set's labels and pairs, so that a rebuilt or
+    re-versioned dataset of the same name (e.g. synthetic_landmarks/hard 1.2.0 -> 1.3.0) is never answered
+    from descriptors of the old one."""
     import hashlib
 
     h = hashlib.sha1()
     for a in (train_set.labels, train_set.qidx, train_set.pidx):
         h.update(np.ascontiguousarray(np.asarray(a, np.int64)).tobytes())
-    return h.hexdigest()[:12]
+    return f"{extractor.fingerprint()}|{name}|{h.hexdigest()[:12]}"
 
 
 def initialise_head(extractor, train_set, layers: Sequence[str], options: HeadInitOptions, *, workdir: str,
@@ -441,7 +442,7 @@ def initialise_head(extractor, train_set, layers: Sequence[str], options: HeadIn
                                     options.num_positive_pairs, options.negatives_per_positive, seed)
     print(f"init_head: {len(pos)} matching and {len(neg)} non-matching pairs over {len(images)} images")
     feature_shape, regions = feature_grid(extractor, layers)
-    key = f"{extractor.fingerprint()}|{cache_key}|{training_set_digest(train_set)}"
+    key = region_cache_key(extractor, train_set, cache_key)
     t1 = time.perf_counter()
     desc = describe_regions(extractor, train_set.read, images, layers,
                             cache_dir=os.path.join(workdir, "region_cache"), cache_chunk=options.cache_chunk,

@@ -275,7 +275,8 @@ def cell_layout(config: SyntheticConfig) -> dict:
                 next_id += 1  # ids are kept either way, so the other photos' ids (and views) do not move
             elif not regrid:
                 material[split_of[photo]].append(cell)
-    for photo in sorted(p for p, split in split_of.items() if fine and split == "train"):
+    regridded = split_landmarks(config)["train"] if fine else ()  # sorted photo ids
+    for photo in regridded:
         grid = photo_cells(photo, config.train_photo_cells)
         chosen = choose(photo, grid, config.train_cell_landmarks, 9)
         for i, cell in enumerate(grid):
