@@ -207,28 +207,24 @@ class JaxSide:
             arch, weights, taps=("layer4",), head="rmac", levels=levels, include_global=include_global,
             dtype=dtype, fold_bn=fold_bn, image_size=size, batch_size=1,
         )
-        self.model = self.extractor.model
-        self.variables = self.extractor.variables
-        self.describe_fn = jax.jit(self.model.apply)
+        self.extractors = {}  # batch size -> Extractor (its devices: all when they divide the batch)
         self.images = None
 
     def load(self, images: np.ndarray, warmup: int) -> list[float]:
-        from jax.sharding import Mesh, NamedSharding
-        from jax.sharding import PartitionSpec as P
+        from remap_jax.extract import Extractor
 
+        batch = images.shape[0]
+        if batch not in self.extractors:  # split the batch over the devices when it divides (one per core)
+            base = self.extractor
+            self.extractors[batch] = Extractor(base.model, base.variables, image_size=base.image_size,
+                                               batch_size=batch)
+        self.current = self.extractors[batch]
         self.host_images = images
-        devices = self.jax.devices()
-        if len(devices) > 1 and images.shape[0] % len(devices) == 0:  # split the batch, one part per device
-            mesh = Mesh(np.array(devices), ("data",))
-            self.images = self.jax.device_put(images, NamedSharding(mesh, P("data")))
-            self.variables = self.jax.device_put(self.extractor.variables, NamedSharding(mesh, P()))
-        else:
-            self.images = self.jax.device_put(images, devices[0])
-            self.variables = self.jax.device_put(self.extractor.variables, devices[0])
+        self.images = self.jax.device_put(images, self.current._batch_sharding)
         return [self.time_once() for _ in range(max(1, warmup))]
 
     def describe(self) -> np.ndarray:
-        return np.asarray(self.describe_fn(self.variables, self.images))
+        return np.asarray(self.current.describe_batch(self.images))
 
     def time_once(self) -> float:
         t0 = time.perf_counter()
@@ -238,25 +234,28 @@ class JaxSide:
     def breakdown(self, repeats: int) -> dict[str, float]:
         """Median seconds per batch of each part: host->device copy, normalisation, backbone (normalised
         input), head (on the layer4 map), and the whole call; plus the backbone's FLOPs (XLA's cost
-        analysis) and the rate it ran at (`backbone_gflops_per_s`)."""
-        jax, model = self.jax, self.model
+        analysis) and the rate it ran at (`backbone_gflops_per_s`). The parts are compiled with the
+        extractor's compiler options (`remap_jax.xla`)."""
+        from remap_jax import xla
         from remap_jax.model import RetrievalModel
 
-        normalise = jax.jit(lambda x: model.apply(self.variables, x, method=RetrievalModel.normalize))
-        backbone = jax.jit(lambda v, x: model.backbone.apply(
+        jax, ex = self.jax, self.current
+        model, variables = ex.model, ex.variables
+        normalise = xla.jit(lambda x: model.apply(variables, x, method=RetrievalModel.normalize))
+        backbone = xla.jit(lambda v, x: model.backbone.apply(
             {"params": v["params"]["backbone"], "batch_stats": v["batch_stats"]["backbone"]}, x,
             taps=tuple(model.taps)))
-        head = jax.jit(lambda p, m: model.head.apply({"params": p},
+        head = xla.jit(lambda p, m: model.head.apply({"params": p},
                                                     {k: v.astype("float32") for k, v in m.items()}))
         normalised = jax.block_until_ready(normalise(self.images))
-        maps = jax.block_until_ready(backbone(self.variables, normalised))
-        head_params = self.variables["params"]["head"]
+        maps = jax.block_until_ready(backbone(variables, normalised))
+        head_params = variables["params"]["head"]
         parts = {
             "transfer": lambda: jax.device_put(self.host_images),
             "normalise": lambda: normalise(self.images),
-            "backbone": lambda: backbone(self.variables, normalised),
+            "backbone": lambda: backbone(variables, normalised),
             "head": lambda: head(head_params, maps),
-            "whole": lambda: self.describe_fn(self.variables, self.images),
+            "whole": lambda: ex.describe_batch(self.images),
         }
         out = {}
         for name, fn in parts.items():
@@ -267,7 +266,7 @@ class JaxSide:
                 jax.block_until_ready(fn())
                 times.append(time.perf_counter() - t0)
             out[name] = float(np.median(times))
-        cost = backbone.lower(self.variables, normalised).compile().cost_analysis()
+        cost = backbone.lower(variables, normalised).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         if cost and cost.get("flops"):
             out["backbone_gflop"] = float(cost["flops"]) / 1e9

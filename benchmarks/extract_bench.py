@@ -4,7 +4,9 @@ For every architecture, compute dtype (float32, bfloat16) and batch size, times 
 function on uint8 batches already on the device (normalisation included), and the head alone on the tap
 maps to give the head's share of the time. Extra rows: the same model with BatchNorm not folded, and the
 full `Extractor` pipeline (JPEG decoding + resizing in threads + device prefetch) for the first
-configuration, to show how much the input pipeline costs. Weights are random (speed does not depend on them).
+configuration, to show how much the input pipeline costs, and on the CPU the same model compiled with
+plain `jax.jit` (jaxlib's default YNNPACK fusions instead of `remap_jax.xla`'s options).
+Weights are random (speed does not depend on them).
 
     python benchmarks/extract_bench.py --quick                 # resnet50, batch 1, both dtypes
     python benchmarks/extract_bench.py                         # resnet50/101, resnext101_32x8d, batches 1,2
@@ -26,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from remap_jax import xla  # noqa: E402
 from remap_jax.backbones import create_backbone, default_taps  # noqa: E402
 from remap_jax.data.images import encode_jpeg  # noqa: E402
 from remap_jax.heads import REMAPHead  # noqa: E402
@@ -57,18 +60,22 @@ def _model(arch: str, dtype: str, fold_bn: bool) -> RetrievalModel:
     return RetrievalModel(backbone=backbone, head=REMAPHead(layers=taps, levels=4), taps=taps)
 
 
-def measure(arch, dtype, batch, size, repeats, fold_bn=True) -> dict:
+def measure(arch, dtype, batch, size, repeats, fold_bn=True, default_fusions=False) -> dict:
+    """The jitted descriptor (what `Extractor.describe_batch` runs: `remap_jax.xla`'s compiler options),
+    or with `default_fusions` plain `jax.jit` (jaxlib's default CPU library fusions), and the head's share."""
     model = _model(arch, dtype, fold_bn)
     variables = _variables(arch, size)
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8))
-    describe = jax.jit(model.apply)  # uint8 pixels in: the model normalises on the device
+    jit = jax.jit if default_fusions else xla.jit
+    describe = jit(model.apply)  # uint8 pixels in: the model normalises on the device
     total = _timeit(describe, variables, images, repeats=repeats)
     # the head alone, on the tap maps the backbone produces
-    maps = jax.jit(lambda v, x: model.apply(v, x, method=RetrievalModel.features))(variables, images)
-    head = jax.jit(lambda p, m: model.head.apply({"params": p}, m))
+    maps = jit(lambda v, x: model.apply(v, x, method=RetrievalModel.features))(variables, images)
+    head = jit(lambda p, m: model.head.apply({"params": p}, m))
     head_time = _timeit(head, variables["params"]["head"], maps, repeats=repeats)
-    return {"arch": arch, "dtype": dtype, "batch": batch, "fold_bn": fold_bn, "variant": "compute",
+    variant = "jaxlib's default CPU fusions" if default_fusions else "compute"
+    return {"arch": arch, "dtype": dtype, "batch": batch, "fold_bn": fold_bn, "variant": variant,
             "seconds_per_batch": total, "images_per_s": batch / total, "head_share": head_time / total}
 
 
@@ -143,6 +150,8 @@ def main(argv=None):
     if not args.no_extras:
         arch, dtype, batch = archs[0], args.dtypes.split(",")[0], batches[-1]
         rows.append(measure(arch, dtype, batch, size, repeats, fold_bn=False))
+        if on_cpu:  # what remap_jax.xla's CPU options bring, side by side
+            rows.append(measure(arch, dtype, batch, size, repeats, default_fusions=True))
         rows.append(measure_pipeline(arch, dtype, batch, size, repeats))
     table = format_table(rows, device)
     print(table)

@@ -234,14 +234,15 @@ def measure_extraction(arch: str, dtype: str, batch: int, size, repeats: int) ->
     import jax
     import numpy as np
 
+    from remap_jax import xla
     from remap_jax.model import RetrievalModel
 
     extractor, weights = _extractor(arch, dtype, size)
     model, variables = extractor.model, extractor.variables
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, *size, 3), dtype=np.uint8))
-    first, seconds = _time_calls(jax.jit(model.apply), (variables, images), repeats)
-    maps = jax.jit(lambda v, x: model.apply(v, x, method=RetrievalModel.features))(variables, images)
-    head = jax.jit(lambda p, m: model.head.apply({"params": p}, m))
+    first, seconds = _time_calls(extractor.describe_batch, (images,), repeats)
+    maps = xla.jit(lambda v, x: model.apply(v, x, method=RetrievalModel.features))(variables, images)
+    head = xla.jit(lambda p, m: model.head.apply({"params": p}, m))
     _, head_s = _time_calls(head, (variables["params"]["head"], maps), repeats)
     return {"images_per_s": batch / seconds, "s_per_batch": seconds, "first_call_s": first,
             "head_share": head_s / seconds, "weights": "installed" if weights else "random"}

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remap_jax import atomic
+from remap_jax import atomic, xla
 from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, resize_to
 from remap_jax.model import (
     DTYPES,
@@ -182,6 +182,7 @@ class Extractor:
             self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         else:
             self._batch_sharding = self._replicated = jax.sharding.SingleDeviceSharding(devices[0])
+        self._platform = devices[0].platform
         self.config: dict | None = None
         self.set_variables(variables)
 
@@ -454,10 +455,24 @@ class Extractor:
         values = jax.tree.map(lambda v: np.asarray(v, np.float32)[:count], out)
         return Described(np.asarray(idx, np.int64), values)
 
+    def describe_batch(self, batch) -> jax.Array:
+        """One compiled call: uint8 (B, H, W, 3) pixels (host or device, already resized) -> (B, D) float32
+        unit descriptors on the device, asynchronously. What `describe_iter` runs per batch, without the
+        reading, resizing, padding and prefetching; single-scale extractors only."""
+        if len(self.scales) != 1:
+            raise ValueError(f"describe_batch: needs a single-scale extractor, this one has scales "
+                             f"{self.scales}; use describe_iter or __call__")
+        if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
+            raise ValueError(f"batch: expected uint8 (B, H, W, 3) pixels, got {batch.dtype} "
+                             f"{tuple(batch.shape)}")
+        batch = jax.device_put(batch, self._batch_sharding)  # a no-op for a batch already placed there
+        size = (int(batch.shape[1]), int(batch.shape[2]))
+        return self._compiled("descriptors")(self._variables_for(size), (batch,))
+
     def _compiled(self, output: str):
         if output == "regions":
-            return _regions_fn(self.model)
-        return _describe_fn(self.model, self.scale_weights)
+            return _regions_fn(self.model, self._platform)
+        return _describe_fn(self.model, self.scale_weights, self._platform)
 
     def _prepare(self, sources, i: int, bbox) -> tuple[tuple[int, int], tuple[np.ndarray, ...]]:
         """Read (or check), decode, crop and resize item i to every scale's static shape (in a worker)."""
@@ -546,14 +561,15 @@ class Extractor:
         from remap_jax import heads
         from remap_jax.regions import num_regions
 
-        head = getattr(self.model, "head", None)
+        model, variables = self.model, self.variables
+        head = getattr(model, "head", None)
         if not isinstance(head, heads.REMAPHead):
-            return self.variables
-        head_params = self.variables["params"].get("head", {})
-        apply = lambda v, x: self.model.backbone.apply(v, x, taps=tuple(self.model.taps))  # noqa: E731
+            return variables
+        head_params = variables["params"].get("head", {})
+        apply = lambda v, x: model.backbone.apply(v, x, taps=tuple(model.taps))  # noqa: E731
         backbone_vars = {
-            "params": self.variables["params"]["backbone"],
-            "batch_stats": self.variables.get("batch_stats", {}).get("backbone", {}),
+            "params": variables["params"]["backbone"],
+            "batch_stats": variables.get("batch_stats", {}).get("backbone", {}),
         }
         maps = jax.eval_shape(apply, backbone_vars, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
         new_head = dict(head_params)
@@ -574,9 +590,9 @@ class Extractor:
             new_head[name] = {**head_params[name], "alpha": jnp.full((r,), alpha.reshape(-1)[0], jnp.float32)}
             changed = True
         if not changed:
-            return self.variables
-        params = {**self.variables["params"], "head": jax.device_put(new_head, self._replicated)}
-        return {**self.variables, "params": params}
+            return variables
+        params = {**variables["params"], "head": jax.device_put(new_head, self._replicated)}
+        return {**variables, "params": params}
 
 
 class ResumeMismatchError(ValueError):
@@ -690,28 +706,29 @@ def partial_file_of_process(path: str) -> str:
     return f"{stem}-p{jax.process_index()}of{jax.process_count()}.npz"
 
 
-def _describe_fn(model: RetrievalModel, weights: tuple[float, ...] | None):
-    """jit(per-scale variables, per-scale uint8 batches -> (B, D)), shared by extractors of equal models so
-    that rebuilding an Extractor reuses the compiled programs."""
+def _describe_fn(model: RetrievalModel, weights: tuple[float, ...] | None, platform: str):
+    """jit(per-scale variables, per-scale uint8 batches -> (B, D)) with `remap_jax.xla`'s options for
+    `platform`, shared by extractors of equal models so that rebuilding an Extractor reuses the compiled
+    programs."""
     try:
-        return _describe_fn_cached(model, weights)
+        return _describe_fn_cached(model, weights, platform)
     except TypeError:  # an unhashable field (e.g. a custom module holding an array): no sharing
-        return _make_describe_fn(model, weights)
+        return _make_describe_fn(model, weights, platform)
 
 
-def _make_describe_fn(model, weights):
+def _make_describe_fn(model, weights, platform):
     def describe(variables_per_scale, batches):
         descs = [model.apply(v, b) for v, b in zip(variables_per_scale, batches, strict=True)]
         return combine_scales(descs, weights)
 
-    return jax.jit(describe)
+    return xla.jit(describe, platform=platform)
 
 
 _describe_fn_cached = functools.lru_cache(maxsize=16)(_make_describe_fn)
 
 
 @functools.lru_cache(maxsize=16)
-def _regions_fn(model: RetrievalModel):
+def _regions_fn(model: RetrievalModel, platform: str):
     """jit(variables, uint8 batch -> layer -> (B, R, C)): the head's R-MAC grid on every tapped layer."""
     from remap_jax import heads
 
@@ -726,7 +743,7 @@ def _regions_fn(model: RetrievalModel):
         return heads.region_descriptors(features, tuple(model.taps), head.levels, head.overlap,
                                         head.include_global)
 
-    return jax.jit(regions)
+    return xla.jit(regions, platform=platform)
 
 
 def _plain(tree):

@@ -87,6 +87,35 @@ def test_descriptors_match_the_model_and_do_not_depend_on_batching():
     assert ex([]).shape == (0, 1024)
 
 
+def test_describe_batch_is_the_compiled_call_of_describe_iter():
+    ex = _extractor()
+    images = np.stack([resize_to(img, SIZE) for img in _rng_images([SIZE, (90, 120)])])
+    out = ex.describe_batch(images)  # host pixels: copied to the extractor's devices
+    assert isinstance(out, jax.Array) and out.shape == (2, 1024) and out.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(out), ex(list(images)))
+    np.testing.assert_array_equal(np.asarray(ex.describe_batch(jax.device_put(images))), np.asarray(out))
+    with pytest.raises(ValueError, match=r"batch: expected uint8 \(B, H, W, 3\) pixels, got float32"):
+        ex.describe_batch(images.astype(np.float32))
+    with pytest.raises(ValueError, match="describe_batch: needs a single-scale extractor"):
+        _pretrained(scales=(1.0, 0.5)).describe_batch(images)
+
+
+def test_cpu_programs_are_compiled_without_library_fusions():
+    """remap_jax.xla's CPU options reach the compiled program: convolutions are XLA's own (no YNNPACK
+    fusion); the options are dropped where XLA_FLAGS names them, and other platforms get none."""
+    from remap_jax import xla
+
+    assert xla.compiler_options("cpu", xla_flags="") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert xla.compiler_options("cpu", xla_flags="--xla_cpu_experimental_ynn_fusion_type=X --a=1") == {}
+    assert xla.compiler_options("gpu", xla_flags="") == {}
+    ex = _extractor()
+    batch = jax.ShapeDtypeStruct((2, *SIZE, 3), np.uint8)
+    text = ex._compiled("descriptors").lower(ex._variables_for(SIZE), (batch,)).compile().as_text()
+    assert "convolution(" in text and "ynn_fusion" not in text
+    library = jax.jit(ex.model.apply).lower(ex.variables, batch).compile().as_text()
+    assert "ynn_fusion" in library  # what jaxlib 0.10 does without the options (so the check above is live)
+
+
 def test_bounding_box_crop():
     ex = _extractor()
     img = _rng_images([(120, 160)])[0]
