@@ -255,7 +255,7 @@ def _resolve_options(
 
 
 # From this many neighbours per query on, exact_search computes every score and sorts each query's row once
-# on the host (numpy's radix sort, tens of ns per element) instead of a running top-k that re-sorts k
+# on the host (numpy's SIMD sort, tens of ns per element) instead of a running top-k that re-sorts k
 # entries per chunk (XLA's CPU top-k slows with k). Both cost about linearly in N; measured at 1M x 512, 70
 # queries, 2-core CPU: k=2048 running 7.6 s vs full 9.0 s, k=4096 running 11.8 s vs full 9.3 s.
 FULL_ORDER_MIN_K = 4096
@@ -288,8 +288,7 @@ def _exact_step_fn(k: int):
 
 @functools.cache
 def _order_key_fn():
-    """Jitted (Qb, D) x (C, D) -> uint32 keys that sort ascending as the float32 scores descend, as two
-    (Qb, C) uint16 planes (low half, high half): the host sorts them with 16-bit radix passes."""
+    """Jitted (Qb, D) x (C, D) -> (Qb, C) uint32 keys that sort ascending as the float32 scores descend."""
     import jax
     import jax.numpy as jnp
 
@@ -300,15 +299,14 @@ def _order_key_fn():
         u = jnp.where(u == sign, jnp.uint32(0), u)  # -0.0 ties with +0.0, as in a float comparison
         # Negative floats: a larger bit pattern is a smaller score, keep it (keys >= 2^31). Non-negative: a
         # larger pattern is a larger score, flip it into 0 .. 2^31 - 1 so that larger scores come first.
-        key = jnp.where(u >= sign, u, jnp.uint32(0x7FFFFFFF) - u)
-        return (key & 0xFFFF).astype(jnp.uint16), (key >> 16).astype(jnp.uint16)
+        return jnp.where(u >= sign, u, jnp.uint32(0x7FFFFFFF) - u)
 
     return jax.jit(keys)
 
 
-def _scores_of_keys(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Inverse of the order key: uint16 planes -> float32 scores (same shape)."""
-    key = (high.astype(np.uint32) << 16) | low
+def _scores_of_keys(key: np.ndarray) -> np.ndarray:
+    """Inverse of the order key: uint32 keys -> float32 scores (same shape)."""
+    key = np.array(key, np.uint32)
     np.subtract(np.uint32(0x7FFFFFFF), key, out=key, where=key < np.uint32(0x80000000))
     return key.view(np.float32)
 
@@ -324,35 +322,51 @@ def _aligned_empty(shape: tuple[int, int], align: int = 64) -> np.ndarray:
 def _database_chunks(database: np.ndarray, rows: int, progress: bool):
     """Yields (start, valid rows, device chunk (rows, D) float32); only the last chunk is zero-padded.
 
-    A chunk may alias a staging buffer that the next iteration overwrites: callers must wait for the work
-    they dispatched on a chunk (``jax.block_until_ready``) before taking the next one. The staging buffer is
-    64-byte aligned because the CPU backend then adopts it without a copy (``device_put`` of an unaligned
-    array copies into freshly allocated memory, several times slower than refilling one buffer); a chunk
-    of a float32 database that is already aligned (a memory-mapped .npy) is adopted directly.
+    A chunk may alias a staging buffer that is refilled two chunks later: callers must wait for the work they
+    dispatched on a chunk (``jax.block_until_ready``) before taking the next one. The staging buffers are
+    64-byte aligned because the CPU backend then adopts them without a copy (``device_put`` of an unaligned
+    array copies into freshly allocated memory, several times slower than refilling a buffer); a chunk of a
+    float32 database that is already aligned (a memory-mapped .npy) is adopted directly. Staging copies run
+    one chunk ahead on a thread, while the caller works on the current chunk (numpy releases the GIL).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import jax
 
     n, d = database.shape
-    starts = range(0, n, rows)
+    starts = list(range(0, n, rows))
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="exact search", unit="chunk", total=len(starts))
-    staging = None
-    for start in starts:
+        bar = tqdm(total=len(starts), desc="exact search", unit="chunk")
+    buffers: list[np.ndarray] = []
+
+    def stage(k: int) -> np.ndarray:
+        """Chunk k as an aligned float32 (rows, D) array: the database's own rows, or a filled buffer."""
+        start = starts[k]
         part = database[start : start + rows]
-        direct = (
-            part.shape[0] == rows
-            and part.dtype == np.float32
-            and part.flags.c_contiguous
-            and part.ctypes.data % 64 == 0
-        )
-        if not direct:  # copy into the staging buffer; pad the last chunk (static shapes)
-            staging = _aligned_empty((rows, d)) if staging is None else staging
-            staging[: part.shape[0]] = part
-            staging[part.shape[0] :] = 0
-            part = staging
-        yield start, min(rows, n - start), jax.device_put(part)
+        if (part.shape[0] == rows and part.dtype == np.float32 and part.flags.c_contiguous
+                and part.ctypes.data % 64 == 0):
+            return part
+        if len(buffers) < 2:
+            buffers.append(_aligned_empty((rows, d)))
+        staging = buffers[k % len(buffers)] if len(buffers) == 2 else buffers[-1]
+        staging[: part.shape[0]] = part
+        staging[part.shape[0] :] = 0  # pad the last chunk (static shapes)
+        return staging
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="remap-stage") as pool:
+        ahead = pool.submit(stage, 0)
+        for k, start in enumerate(starts):
+            part = ahead.result()
+            if k + 1 < len(starts):
+                ahead = pool.submit(stage, k + 1)
+            yield start, min(rows, n - start), jax.device_put(part)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
 
 
 def _query_batches(queries: np.ndarray, query_batch: int):
@@ -396,8 +410,8 @@ def exact_search(
 
     Below ``FULL_ORDER_MIN_K`` neighbours, each chunk's scores are merged into a running top-k on the device.
     From there on, the device turns every score into a uint32 order key and each query's keys are sorted
-    once on the host (two stable 16-bit radix passes, so ties stay in row order); this needs 4 bytes per
-    (query, database row) of host memory besides the results, e.g. 280 MB for 70 queries x 1M rows.
+    once on the host (one sort of 64-bit key-and-row composites, so ties stay in row order); this needs 4
+    bytes per (query, database row) of host memory besides the results, e.g. 280 MB for 70 queries x 1M rows.
     """
     n, d = database.shape
     rows = max(128, (chunk_bytes // (4 * d)) // 128 * 128)
@@ -435,14 +449,12 @@ def _exact_search_full_order(database, queries, k, rows, query_batch, progress, 
 
     n = database.shape[0]
     nq = queries.shape[0]
-    low, high = np.empty((nq, n), np.uint16), np.empty((nq, n), np.uint16)
+    keys = np.empty((nq, n), np.uint32)
     batches = _query_batches(queries, query_batch)
     key_fn = _order_key_fn()
     for start, n_valid, chunk in _database_chunks(database, rows, progress):
         for q0, count, q in batches:
-            lo, hi = key_fn(q, chunk)
-            low[q0 : q0 + count, start : start + n_valid] = np.asarray(lo)[:count, :n_valid]
-            high[q0 : q0 + count, start : start + n_valid] = np.asarray(hi)[:count, :n_valid]
+            keys[q0 : q0 + count, start : start + n_valid] = np.asarray(key_fn(q, chunk))[:count, :n_valid]
     positions = np.empty((nq, k), np.int64)
     scores = np.empty((nq, k), np.float32) if return_scores else None
 
@@ -451,14 +463,18 @@ def _exact_search_full_order(database, queries, k, rows, query_batch, progress, 
     def order(i: int) -> None:
         # One sort of 64-bit composites (32-bit order key above, row below): sorted by key, equal keys (equal
         # scores) in row order. np.sort of uint64 takes numpy's SIMD sort where the CPU has one; measured at
-        # 1M rows: 15.5 ms against 34 ms for two stable 16-bit radix argsorts and their gather.
-        key = (high[i].astype(np.uint64) << np.uint64(16)) | low[i]
-        composite = np.sort((key << np.uint64(32)) | rows_u64)[:k]
-        positions[i] = composite & np.uint64(0xFFFFFFFF)
+        # 1M rows: 15.5 ms against 34 ms for two stable 16-bit radix argsorts and their gather. Built, sorted
+        # and cut back to rows in place; for k = N in the query's own row of the result.
+        composite = positions[i].view(np.uint64) if k == n else np.empty(n, np.uint64)
+        np.left_shift(keys[i], np.uint64(32), out=composite)
+        composite |= rows_u64
+        composite.sort()
         if scores is not None:
-            best = composite >> np.uint64(32)
-            scores[i] = _scores_of_keys((best & np.uint64(0xFFFF)).astype(np.uint16),
-                                        (best >> np.uint64(16)).astype(np.uint16))
+            scores[i] = _scores_of_keys(composite[:k] >> np.uint64(32))
+        head = composite[:k]
+        head &= np.uint64(0xFFFFFFFF)
+        if k < n:
+            positions[i] = head
 
     # numpy releases the GIL while it sorts and gathers, so the rows sort in parallel.
     with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, nq))) as pool:
