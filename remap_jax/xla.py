@@ -2,10 +2,13 @@
 
 CPU: convolutions and dots go to XLA's own Eigen kernels instead of the YNNPACK library fusions that jaxlib
 0.10 uses by default on x86 (`xla_cpu_experimental_ynn_fusion_type` emptied). Measured on a 2-core
-Sapphire-Rapids-class x86-64 CPU (float32, 2 threads): ResNet-50 at 1024x768, batch 1, 0.86 -> 0.64 s per
-image; EfficientNet-Lite0 4.4 -> 6.7 images/s; the ResNet-50 train step (128x160, 24 images) 3.78 ->
-3.53 s. Per ResNet-50 convolution shape 0.9x-4.3x (the 1x1 convolutions of the first stage gain most; one 3x3
-shape is 10% slower). GPU and TPU: no options.
+x86-64 Xeon with AVX-512 (float32, 2 threads): ResNet-50 at 1024x768, batch 1, 0.86 -> 0.64 s per
+image; EfficientNet-Lite0 4.4 -> 6.7 images/s; per ResNet-50 convolution shape 0.9x-4.3x (the 1x1
+convolutions of the first stage gain most; one 3x3 shape is 10% slower). Description uses them (the
+`Extractor`'s programs). Training steps keep jaxlib's defaults: with these options the backward pass is
+slower where it matters here, the EfficientNet-Lite0 demo step took 6 s instead of 1.1 s (the ResNet-50 step
+at 128x160 gained 7%). So does the exact index (`remap_jax.index`): its scoring matmul ran 1.8x slower with Eigen's dot.
+GPU and TPU: no options.
 
 An option the user sets in XLA_FLAGS wins: it is left out here, so
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...` still chooses the library.

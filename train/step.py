@@ -19,7 +19,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from remap_jax import losses, xla
+from remap_jax import losses
 
 
 @struct.dataclass
@@ -81,8 +81,8 @@ def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh, frozen=N
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, {"loss": value, "active": active, "grad_norm": optax.global_norm(grads)}
 
-    return xla.jit(step, platform=mesh.devices.flat[0].platform, in_shardings=(replicated, batch, batch),
-                   out_shardings=(replicated, replicated), donate_argnums=(0,))
+    return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
+                   donate_argnums=(0,))
 
 
 def to_global_batch(rows: np.ndarray, sharding: NamedSharding, global_rows: int | None = None) -> jax.Array:
