@@ -450,13 +450,20 @@ def _exact_search_full_order(database, queries, k, rows, query_batch, progress, 
     n = database.shape[0]
     nq = queries.shape[0]
     keys = np.empty((nq, n), np.uint32)
-    batches = _query_batches(queries, query_batch)
-    key_fn = _order_key_fn()
-    for start, n_valid, chunk in _database_chunks(database, rows, progress):
-        for q0, count, q in batches:
-            keys[q0 : q0 + count, start : start + n_valid] = np.asarray(key_fn(q, chunk))[:count, :n_valid]
     positions = np.empty((nq, k), np.int64)
     scores = np.empty((nq, k), np.float32) if return_scores else None
+    batches = _query_batches(queries, query_batch)
+    key_fn = _order_key_fn()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="remap-touch") as toucher:
+        # The first write to fresh memory costs page faults (measured on this project's VM: 1-1.5 s for the
+        # 560 MB of 70 x 1M positions, against 0.1 s for memory used before). Taking them on a thread while
+        # the device computes the keys keeps them out of the sorts.
+        touched = toucher.submit(positions.fill, 0)
+        for start, n_valid, chunk in _database_chunks(database, rows, progress):
+            for q0, count, q in batches:
+                block = np.asarray(key_fn(q, chunk))
+                keys[q0 : q0 + count, start : start + n_valid] = block[:count, :n_valid]
+        touched.result()
 
     rows_u64 = np.arange(n, dtype=np.uint64)
 
