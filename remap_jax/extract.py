@@ -561,15 +561,14 @@ class Extractor:
         from remap_jax import heads
         from remap_jax.regions import num_regions
 
-        model, variables = self.model, self.variables
-        head = getattr(model, "head", None)
+        head = getattr(self.model, "head", None)
         if not isinstance(head, heads.REMAPHead):
-            return variables
-        head_params = variables["params"].get("head", {})
-        apply = lambda v, x: model.backbone.apply(v, x, taps=tuple(model.taps))  # noqa: E731
+            return self.variables
+        head_params = self.variables["params"].get("head", {})
+        apply = lambda v, x: self.model.backbone.apply(v, x, taps=tuple(self.model.taps))  # noqa: E731
         backbone_vars = {
-            "params": variables["params"]["backbone"],
-            "batch_stats": variables.get("batch_stats", {}).get("backbone", {}),
+            "params": self.variables["params"]["backbone"],
+            "batch_stats": self.variables.get("batch_stats", {}).get("backbone", {}),
         }
         maps = jax.eval_shape(apply, backbone_vars, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
         new_head = dict(head_params)
@@ -590,9 +589,9 @@ class Extractor:
             new_head[name] = {**head_params[name], "alpha": jnp.full((r,), alpha.reshape(-1)[0], jnp.float32)}
             changed = True
         if not changed:
-            return variables
-        params = {**variables["params"], "head": jax.device_put(new_head, self._replicated)}
-        return {**variables, "params": params}
+            return self.variables
+        params = {**self.variables["params"], "head": jax.device_put(new_head, self._replicated)}
+        return {**self.variables, "params": params}
 
 
 class ResumeMismatchError(ValueError):

@@ -340,7 +340,7 @@ def _database_chunks(database: np.ndarray, rows: int, progress: bool):
         from tqdm import tqdm
 
         bar = tqdm(total=len(starts), desc="exact search", unit="chunk")
-    buffers: list[np.ndarray] = []
+    buffers: dict[int, np.ndarray] = {}  # two alternating staging buffers, made when first needed
 
     def stage(k: int) -> np.ndarray:
         """Chunk k as an aligned float32 (rows, D) array: the database's own rows, or a filled buffer."""
@@ -349,9 +349,9 @@ def _database_chunks(database: np.ndarray, rows: int, progress: bool):
         if (part.shape[0] == rows and part.dtype == np.float32 and part.flags.c_contiguous
                 and part.ctypes.data % 64 == 0):
             return part
-        if len(buffers) < 2:
-            buffers.append(_aligned_empty((rows, d)))
-        staging = buffers[k % len(buffers)] if len(buffers) == 2 else buffers[-1]
+        if k % 2 not in buffers:
+            buffers[k % 2] = _aligned_empty((rows, d))
+        staging = buffers[k % 2]
         staging[: part.shape[0]] = part
         staging[part.shape[0] :] = 0  # pad the last chunk (static shapes)
         return staging
