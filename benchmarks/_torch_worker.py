@@ -2,12 +2,13 @@
 cnnimageretrieval-pytorch's `cirtorch.layers.functional.rmac`, timed one call at a time on request.
 
 Runs in a separate virtualenv with torch and torchvision (never a dependency of remap-jax); imports only
-torch, torchvision and numpy (torch lazily, so the pure parts can be imported and tested without it).
+torch, torchvision, numpy and the standard-library `_line_protocol` beside it (torch lazily, so the pure
+parts can be imported and tested without it).
 
     /tmp/torchenv/bin/python benchmarks/_torch_worker.py --arch resnet50 --weights w.safetensors --threads 2
 
-Protocol: one JSON object per line on stdin, one JSON reply per line on stdout (nothing else is printed on
-stdout; errors are replies {"error": "..."}):
+Protocol (`_line_protocol.serve`): one JSON object per line on stdin, one JSON reply per line on stdout
+(nothing else is printed on stdout; errors are replies {"error": "..."}):
 
     {"cmd": "load", "images": "x.npy"}     uint8 (B, H, W, 3) RGB pixels -> {"batch": B, "warmup_s": [...]}
     {"cmd": "time"}                         one timed call on the loaded batch -> {"seconds": s}
@@ -22,12 +23,11 @@ normalisation -> backbone up to layer4 -> R-MAC (L2 per region, sum, L2) -> desc
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 import time
 
 import numpy as np
+from _line_protocol import serve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -204,23 +204,8 @@ class TorchSide:
 
 def main(argv=None):
     args = parse_args(argv)
-    out = sys.stdout
-    sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the reply stream
     side = TorchSide(args)
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        msg = json.loads(line)
-        if msg.get("cmd") == "quit":
-            break
-        try:
-            reply = side.handle(msg)
-        except Exception as e:  # reported to the parent, which decides what to do
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
+    serve(side.handle)
 
 
 if __name__ == "__main__":

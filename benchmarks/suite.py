@@ -357,6 +357,9 @@ def run_worker(args) -> None:
     """`--worker BLOCK`: runs one block in this process, rows into `{out}/blocks/{BLOCK}.jsonl`."""
     os.makedirs(os.path.join(args.out, "blocks"), exist_ok=True)
     path = os.path.join(args.out, "blocks", f"{args.worker}.jsonl")
+    from remap_jax import host_memory
+
+    host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
     import jax
 
     out = RowWriter(path, args.deadline)

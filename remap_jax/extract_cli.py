@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from remap_jax import atomic, distributed
+from remap_jax import atomic, distributed, host_memory
 from remap_jax.extract import (
     RESIZE_MODES,
     Extractor,
@@ -260,6 +260,7 @@ def run(args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    host_memory.retain_freed_memory()  # before JAX starts its threads
     distributed.initialize_from_args(args)
     try:
         run(args)

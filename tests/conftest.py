@@ -2,11 +2,17 @@
 
 import os
 
+from remap_jax import host_memory
+
 # 8 simulated CPU devices so the data-parallel code paths run on this machine. Must be set before JAX
 # initialises its backends, which is why it lives here and not in a fixture.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The commands' malloc settings (remap_jax.host_memory) as environment variables: processes the tests start
+# get them from glibc at start-up, and commands run inside this process leave malloc alone (this process
+# started JAX long before them). tests/test_host_memory.py tests the settings in processes of its own.
+os.environ.update(host_memory.environment())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import _torch_worker  # noqa: E402
 import compare_torch  # noqa: E402
 
+from remap_jax import host_memory  # noqa: E402
 from remap_jax.backbones import load_pretrained  # noqa: E402
 from remap_jax.regions import rmac_regions  # noqa: E402
 
@@ -33,6 +34,20 @@ def test_arguments():
         compare_torch.parse_args([])
     with pytest.raises(argparse.ArgumentTypeError, match="HEIGHTxWIDTH"):
         compare_torch.parse_size("768 by 1024")
+
+
+def test_malloc_settings_reach_the_torch_worker_only_when_both_sides_get_them(monkeypatch):
+    for _, variable, _ in host_memory.SETTINGS.values():
+        monkeypatch.delenv(variable, raising=False)
+    python = ["--torch-python", "/venv/bin/python"]
+    assert compare_torch.parse_args(python).retain_memory == "both"
+    env = compare_torch.worker_env(compare_torch.parse_args(python))
+    assert env["MALLOC_ARENA_MAX"] == "1" and env["OMP_NUM_THREADS"] == "2"
+    for choice in ("jax", "none"):
+        env = compare_torch.worker_env(compare_torch.parse_args([*python, "--retain-memory", choice]))
+        assert not any(k.startswith("MALLOC_") for k in env) and env["OMP_NUM_THREADS"] == "2"
+    with pytest.raises(SystemExit):
+        compare_torch.parse_args([*python, "--retain-memory", "torch"])
 
 
 def test_alternating_schedule_and_ratio():

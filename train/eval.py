@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from remap_jax import distributed
+from remap_jax import distributed, host_memory
 from remap_jax.extract import RESIZE_MODES
 
 
@@ -107,6 +107,7 @@ def index_options_from_args(args) -> dict | None:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     index_options = index_options_from_args(args)
+    host_memory.retain_freed_memory()  # before JAX starts its threads
     distributed.initialize_from_args(args)
     from remap_jax import evaluate
     from remap_jax.data import load_test_set

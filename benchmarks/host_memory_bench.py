@@ -1,0 +1,194 @@
+r"""What `remap_jax.host_memory`'s malloc settings bring to description, side by side in one run.
+
+The settings belong to a process (glibc reads them once, XLA's threads keep the arena they started with),
+so two worker processes describe the same images: one with `retain_freed_memory()` applied first, as the
+commands do, one with glibc's defaults (the MALLOC_* variables removed from its environment). The parent
+alternates timed calls between them (retained, default, retained, ...), one at a time with a short pause,
+after warm-up calls, and prints per configuration the median seconds per call, the ratio (default /
+retained: > 1, the settings help), and the minor page faults and system CPU time of a call on each side.
+
+A call is `Extractor.describe_batch` (uint8 pixels already on the device -> normalisation -> backbone ->
+REMAP head on the default taps -> descriptors on the host), the extractor of `benchmarks/suite.py`'s
+`extract` block: random weights, except EfficientNet-Lite0's from its installed package when present.
+
+    python benchmarks/host_memory_bench.py                                  # ResNet-50 and Lite0, batch 1
+    python benchmarks/host_memory_bench.py --archs resnet50 --batch-sizes 1,2 --repeats 9 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from _line_protocol import LineWorker, serve  # noqa: E402
+
+from remap_jax import host_memory  # noqa: E402
+
+SIDES = ("retained", "default")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", default="resnet50,efficientnet_lite0", help="comma separated")
+    p.add_argument("--batch-sizes", default="1", help="comma separated")
+    p.add_argument("--size", default="768x1024", help="HEIGHTxWIDTH of landscape inputs (default 768x1024)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per side and configuration")
+    p.add_argument("--warmup", type=int, default=6,
+                   help="untimed calls per side (until freed buffers circulate)")
+    p.add_argument("--pause-s", type=float, default=0.2, help="pause between alternating calls")
+    p.add_argument("--json", help="also write the rows and the setup to this file")
+    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        args.size = tuple(int(v) for v in args.size.lower().split("x"))
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        p.error(f"--size / --batch-sizes: expected HEIGHTxWIDTH and integers, got {args.size!r}, "
+                f"{args.batch_sizes!r}")
+    if len(args.size) != 2 or min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--size HEIGHTxWIDTH, batch sizes and --repeats >= 1, --warmup >= 0")
+    return args
+
+
+def default_environment(environ=None) -> dict[str, str]:
+    """`environ` (default: os.environ) without the variables that set glibc's malloc: its defaults."""
+    environ = os.environ if environ is None else environ
+    names = {variable for _, variable, _ in host_memory.SETTINGS.values()} | {"GLIBC_TUNABLES"}
+    return {k: v for k, v in environ.items() if k not in names}
+
+
+def summarise(config: dict, times: dict[str, list[float]], faults: dict[str, list[int]],
+              system: dict[str, list[float]]) -> dict:
+    """One row: medians per side, ratio = default / retained seconds (> 1: the settings help)."""
+    row = dict(config)
+    for side in SIDES:
+        row[f"{side}_s"] = float(np.median(times[side]))
+        row[f"{side}_faults"] = int(np.median(faults[side]))
+        row[f"{side}_system_s"] = float(np.median(system[side]))
+        row[f"{side}_times"] = list(times[side])
+    row["ratio"] = row["default_s"] / row["retained_s"]
+    return row
+
+
+def format_table(rows: list[dict], setup: dict) -> str:
+    lines = [f"describe_batch {setup['size'][1]}x{setup['size'][0]} (WxH), {setup['dtype']}, median of "
+             f"{setup['repeats']} alternating calls; {setup['machine']}, load average "
+             f"{setup['load_before']:.2f} -> {setup['load_after']:.2f}; jax {setup['jax']}, "
+             f"{setup['device']}", "",
+             "| arch | batch | retained s | default s | ratio (default / retained) "
+             "| page faults per call (retained / default) | system s per call (retained / default) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['batch']} | {r['retained_s']:.3f} | {r['default_s']:.3f} | "
+                     f"{r['ratio']:.2f}x | {r['retained_faults']} / {r['default_faults']} | "
+                     f"{r['retained_system_s']:.3f} / {r['default_system_s']:.3f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- the worker
+
+class Describer:
+    """A worker's state: the extractor of the current configuration and its batch on the device."""
+
+    def __init__(self):
+        self.call = None
+
+    def handle(self, msg: dict) -> dict:
+        import jax
+        from suite import _extractor
+
+        cmd = msg.get("cmd")
+        if cmd == "info":
+            device = jax.devices()[0]
+            return {"jax": jax.__version__, "device": f"{device.device_kind} ({jax.default_backend()})"}
+        if cmd == "load":
+            extractor, _ = _extractor(msg["arch"], msg["dtype"], tuple(msg["size"]))
+            rng = np.random.default_rng(0)
+            images = jax.device_put(rng.integers(0, 256, (msg["batch"], *msg["size"], 3), dtype=np.uint8))
+            self.call = lambda: np.asarray(extractor.describe_batch(images))
+            for _ in range(msg["warmup"]):
+                self.call()
+            return {"loaded": True}
+        if cmd == "time":
+            if self.call is None:
+                return {"error": "time: nothing loaded (send a load command first)"}
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            t0 = time.perf_counter()
+            self.call()
+            seconds = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            return {"seconds": seconds, "faults": after.ru_minflt - before.ru_minflt,
+                    "system_s": after.ru_stime - before.ru_stime}
+        return {"error": f"unknown command {cmd!r}; expected info, load, time or quit"}
+
+
+def run_worker(side: str) -> None:
+    if side == "retained":
+        host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
+    serve(Describer().handle)
+
+
+# ------------------------------------------------------------------------------------------- the parent
+
+def run(args) -> tuple[list[dict], dict]:
+    import platform
+
+    cmd = [sys.executable, os.path.abspath(__file__)]
+    env = {**default_environment(), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    setup = {"size": list(args.size), "dtype": args.dtype, "repeats": args.repeats,
+             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_before": os.getloadavg()[0],
+             "settings": host_memory.settings({})}
+    workers = {side: LineWorker([*cmd, "--worker", side], env, name=f"{side} worker") for side in SIDES}
+    rows = []
+    try:
+        setup.update(workers["retained"].request(cmd="info"))
+        for arch in args.archs.split(","):
+            for batch in args.batch_sizes:
+                config = {"arch": arch, "batch": batch}
+                for worker in workers.values():
+                    worker.request(cmd="load", arch=arch, dtype=args.dtype, size=list(args.size), batch=batch,
+                                   warmup=args.warmup)
+                times, faults, system = ({s: [] for s in SIDES} for _ in range(3))
+                for _ in range(args.repeats):
+                    for side in SIDES:
+                        time.sleep(args.pause_s)
+                        reply = workers[side].request(cmd="time")
+                        times[side].append(reply["seconds"])
+                        faults[side].append(reply["faults"])
+                        system[side].append(reply["system_s"])
+                rows.append(summarise(config, times, faults, system))
+                print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_times")}),
+                      file=sys.stderr, flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    setup["load_after"] = os.getloadavg()[0]
+    return rows, setup
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args.worker)
+        return None
+    rows, setup = run(args)
+    print(format_table(rows, setup))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"setup": setup, "rows": rows}, f, indent=1)
+    return rows, setup
+
+
+if __name__ == "__main__":
+    main()
