@@ -1,18 +1,25 @@
-r"""What `remap_jax.host_memory`'s malloc settings bring to description, side by side in one run.
+r"""What malloc settings bring to description, side by side in one run.
 
-The settings belong to a process (glibc reads them once, XLA's threads keep the arena they started with),
-so two worker processes describe the same images: one with `retain_freed_memory()` applied first, as the
-commands do, one with glibc's defaults (the MALLOC_* variables removed from its environment). The parent
-alternates timed calls between them (retained, default, retained, ...), one at a time with a short pause,
-after warm-up calls, and prints per configuration the median seconds per call, the ratio (default /
-retained: > 1, the settings help), and the minor page faults and system CPU time of a call on each side.
+Malloc settings belong to a process (glibc reads its tunables once, XLA's threads keep the arena they started
+with), so one worker process per setting describes the same images, and the parent alternates timed calls
+between them (one call per side in turn, with a short pause, after warm-up calls). Sides (`--sides`):
+
+- `default`: glibc's defaults (MALLOC_* and GLIBC_TUNABLES removed from the worker's environment);
+- `retained`: `remap_jax.host_memory.retain_freed_memory()` applied first, as the commands do;
+- `hugetlb`: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35): malloc asks for transparent huge
+  pages on the memory it maps, where the kernel's THP mode is `madvise`; only settable at start-up;
+- `retained+hugetlb`: both.
+
+Printed per configuration: each side's median seconds per call, its ratio to the first side (first /
+side: > 1, faster than it), and the minor page faults and system CPU time of a call.
 
 A call is `Extractor.describe_batch` (uint8 pixels already on the device -> normalisation -> backbone ->
 REMAP head on the default taps -> descriptors on the host), the extractor of `benchmarks/suite.py`'s
 `extract` block: random weights, except EfficientNet-Lite0's from its installed package when present.
 
     python benchmarks/host_memory_bench.py                                  # ResNet-50 and Lite0, batch 1
-    python benchmarks/host_memory_bench.py --archs resnet50 --batch-sizes 1,2 --repeats 9 --json out.json
+    python benchmarks/host_memory_bench.py --archs resnet50 --batch-sizes 1,8 --repeats 9 --json out.json \
+        --sides default,retained,hugetlb,retained+hugetlb
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from _line_protocol import LineWorker, serve  # noqa: E402
 
 from remap_jax import host_memory  # noqa: E402
 
-SIDES = ("retained", "default")
+SIDES = ("default", "retained", "hugetlb", "retained+hugetlb")
+HUGETLB = "glibc.malloc.hugetlb=1"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,9 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=6,
                    help="untimed calls per side (until freed buffers circulate)")
     p.add_argument("--pause-s", type=float, default=0.2, help="pause between alternating calls")
+    p.add_argument("--sides", default="default,retained", help=f"comma separated, some of {','.join(SIDES)}; "
+                   "ratios are to the first")
     p.add_argument("--json", help="also write the rows and the setup to this file")
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.sides = args.sides.split(",")
+    if not set(args.sides) <= set(SIDES) or len(set(args.sides)) != len(args.sides) or len(args.sides) < 2:
+        p.error(f"--sides: expected two or more of {','.join(SIDES)}, got {','.join(args.sides)}")
     try:
         args.size = tuple(int(v) for v in args.size.lower().split("x"))
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -61,38 +74,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def default_environment(environ=None) -> dict[str, str]:
-    """`environ` (default: os.environ) without the variables that set glibc's malloc: its defaults."""
+def side_environment(side: str, environ=None) -> dict[str, str]:
+    """The worker's environment for `side`: `environ` (default: os.environ) without the variables that set
+    glibc's malloc, plus GLIBC_TUNABLES for the huge-page sides (`retained` is applied by the worker)."""
     environ = os.environ if environ is None else environ
     names = {variable for _, variable, _ in host_memory.SETTINGS.values()} | {"GLIBC_TUNABLES"}
-    return {k: v for k, v in environ.items() if k not in names}
+    env = {k: v for k, v in environ.items() if k not in names}
+    if side.endswith("hugetlb"):
+        env["GLIBC_TUNABLES"] = HUGETLB
+    return env
 
 
-def summarise(config: dict, times: dict[str, list[float]], faults: dict[str, list[int]],
+def summarise(config: dict, sides: list[str], times: dict[str, list[float]], faults: dict[str, list[int]],
               system: dict[str, list[float]]) -> dict:
-    """One row: medians per side, ratio = default / retained seconds (> 1: the settings help)."""
+    """One row: medians per side, and each side's ratio to the first (first / side seconds: > 1, faster)."""
     row = dict(config)
-    for side in SIDES:
+    for side in sides:
         row[f"{side}_s"] = float(np.median(times[side]))
         row[f"{side}_faults"] = int(np.median(faults[side]))
         row[f"{side}_system_s"] = float(np.median(system[side]))
         row[f"{side}_times"] = list(times[side])
-    row["ratio"] = row["default_s"] / row["retained_s"]
+        row[f"{side}_ratio"] = row[f"{sides[0]}_s"] / row[f"{side}_s"]
     return row
 
 
 def format_table(rows: list[dict], setup: dict) -> str:
+    sides = setup["sides"]
     lines = [f"describe_batch {setup['size'][1]}x{setup['size'][0]} (WxH), {setup['dtype']}, median of "
              f"{setup['repeats']} alternating calls; {setup['machine']}, load average "
              f"{setup['load_before']:.2f} -> {setup['load_after']:.2f}; jax {setup['jax']}, "
-             f"{setup['device']}", "",
-             "| arch | batch | retained s | default s | ratio (default / retained) "
-             "| page faults per call (retained / default) | system s per call (retained / default) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"{setup['device']}; cells: seconds per call (ratio to {sides[0]}; page faults; system seconds)",
+             "", "| arch | batch | " + " | ".join(sides) + " |", "|---|---:|" + "---:|" * len(sides)]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['batch']} | {r['retained_s']:.3f} | {r['default_s']:.3f} | "
-                     f"{r['ratio']:.2f}x | {r['retained_faults']} / {r['default_faults']} | "
-                     f"{r['retained_system_s']:.3f} / {r['default_system_s']:.3f} |")
+        cells = [f"{r[f'{s}_s']:.3f} ({r[f'{s}_ratio']:.2f}x; {r[f'{s}_faults']}; {r[f'{s}_system_s']:.3f})"
+                 for s in sides]
+        lines.append(f"| {r['arch']} | {r['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -134,7 +150,7 @@ class Describer:
 
 
 def run_worker(side: str) -> None:
-    if side == "retained":
+    if side.startswith("retained"):
         host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
     serve(Describer().handle)
 
@@ -145,29 +161,31 @@ def run(args) -> tuple[list[dict], dict]:
     import platform
 
     cmd = [sys.executable, os.path.abspath(__file__)]
-    env = {**default_environment(), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    setup = {"size": list(args.size), "dtype": args.dtype, "repeats": args.repeats,
+    setup = {"size": list(args.size), "dtype": args.dtype, "repeats": args.repeats, "sides": args.sides,
              "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_before": os.getloadavg()[0],
-             "settings": host_memory.settings({})}
-    workers = {side: LineWorker([*cmd, "--worker", side], env, name=f"{side} worker") for side in SIDES}
+             "settings": host_memory.settings({}), "glibc": platform.libc_ver()[1]}
+    workers = {}
+    for side in args.sides:
+        env = {**side_environment(side), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        workers[side] = LineWorker([*cmd, "--worker", side], env, name=f"{side} worker")
     rows = []
     try:
-        setup.update(workers["retained"].request(cmd="info"))
+        setup.update(workers[args.sides[0]].request(cmd="info"))
         for arch in args.archs.split(","):
             for batch in args.batch_sizes:
                 config = {"arch": arch, "batch": batch}
                 for worker in workers.values():
                     worker.request(cmd="load", arch=arch, dtype=args.dtype, size=list(args.size), batch=batch,
                                    warmup=args.warmup)
-                times, faults, system = ({s: [] for s in SIDES} for _ in range(3))
+                times, faults, system = ({s: [] for s in args.sides} for _ in range(3))
                 for _ in range(args.repeats):
-                    for side in SIDES:
+                    for side in args.sides:
                         time.sleep(args.pause_s)
                         reply = workers[side].request(cmd="time")
                         times[side].append(reply["seconds"])
                         faults[side].append(reply["faults"])
                         system[side].append(reply["system_s"])
-                rows.append(summarise(config, times, faults, system))
+                rows.append(summarise(config, args.sides, times, faults, system))
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_times")}),
                       file=sys.stderr, flush=True)
     finally:

@@ -1,15 +1,20 @@
 """Keeping freed host memory in the process, so that XLA:CPU's per-call buffers stop page-faulting.
 
 XLA:CPU allocates a program's buffers with malloc on its worker threads at every call and frees them at
-the end (a ResNet-50 description at 1024x768: 330 MB). glibc serves each thread from its own arena, whose
-heaps hold at most 64 MB, so every large buffer is mmapped and unmapped per call, and the kernel hands the
-next call fresh zeroed pages: 84k page faults per ResNet-50 call on the project's 2-core VM, where a fault
-costs 7-11 us. Three malloc settings keep that memory in the process instead: one arena (the main heap,
-which has no size cap), buffers up to 1 GiB from that heap rather than mmapped, and a freed heap top of up
-to 2 GiB kept rather than returned to the kernel. Measured on that VM: 0 faults per call instead of 84k,
-ResNet-50 0.60 -> 0.54 s per image, the Lite0 demo 2 min 19 s -> 2 min 8 s (system time 56 -> 9 s); the
-same settings make PyTorch's CPU inference faster too (`benchmarks/compare_torch.py --retain-memory`).
-The cost: the process keeps its peak heap until it exits.
+the end (a ResNet-50 description at 1024x768: 330 MB per image). glibc serves each thread from its own
+arena, whose heaps hold at most 64 MB, so every large buffer is mmapped and unmapped per call, and the
+kernel hands the next call fresh zeroed pages: 84k page faults per ResNet-50 call. Three malloc settings
+keep that memory in the process instead: one arena (the main heap, which has no size cap), buffers below
+2 GiB from that heap rather than mmapped, and a freed heap top of up to 2 GiB kept rather than returned.
+
+Measured side by side on the project's 2-core VM (`benchmarks/host_memory_bench.py`, where a fault's cost
+varies with the VM's state): ResNet-50 at 1024x768, batch 1, 0 faults per call instead of 84k and
+1.03-1.26x faster over four runs; batch 4 1.07x; EfficientNet-Lite0 1.12x; the Lite0 demo 2 min 19 s ->
+2 min 8 s (system time 56 -> 9 s). A buffer above 2 GiB (one device describing 8 such images at once) is
+still mapped per call, and that case ran 0.86-0.95x as fast as with glibc's defaults: the commands split a
+batch over one device per core, which keeps their buffers below. The same settings make PyTorch's CPU
+inference faster too (`benchmarks/compare_torch.py --retain-memory`). The cost: the process keeps its peak
+heap until it exits.
 
 The commands (`train.main`, `train.eval`, `train.init_head`, `remap-extract`, `remap-index`) and the
 benchmarks call `retain_freed_memory()` first; a script of yours can do the same before JAX starts, or set
@@ -32,7 +37,7 @@ __all__ = ["SETTINGS", "environment", "retain_freed_memory", "settings"]
 # name -> (mallopt parameter, environment variable glibc reads at start-up, value)
 SETTINGS = {
     "arena_max": (-8, "MALLOC_ARENA_MAX", 1),  # M_ARENA_MAX: every thread allocates from the main heap
-    "mmap_threshold": (-3, "MALLOC_MMAP_THRESHOLD_", 1 << 30),  # M_MMAP_THRESHOLD: up to 1 GiB from the heap
+    "mmap_threshold": (-3, "MALLOC_MMAP_THRESHOLD_", (1 << 31) - 1),  # M_MMAP_THRESHOLD: up to 2 GiB, heap
     "trim_threshold": (-1, "MALLOC_TRIM_THRESHOLD_", (1 << 31) - 1),  # M_TRIM_THRESHOLD: keep the freed top
 }
 

@@ -15,23 +15,34 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import host_memory_bench  # noqa: E402
 
 
-def test_default_side_environment_drops_the_malloc_variables():
+def test_side_environments_drop_the_malloc_variables_and_add_huge_pages_where_asked():
     environ = {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": "9", "GLIBC_TUNABLES": "glibc.malloc.x=1",
                "PATH": "/bin", "XLA_FLAGS": "--x"}
-    assert host_memory_bench.default_environment(environ) == {"PATH": "/bin", "XLA_FLAGS": "--x"}
+    for side in ("default", "retained"):  # `retained` is applied by its worker, as the commands do
+        assert host_memory_bench.side_environment(side, environ) == {"PATH": "/bin", "XLA_FLAGS": "--x"}
+    for side in ("hugetlb", "retained+hugetlb"):
+        assert host_memory_bench.side_environment(side, environ) == {
+            "PATH": "/bin", "XLA_FLAGS": "--x", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
-def test_rows_and_table():
+def test_arguments_rows_and_table():
+    assert host_memory_bench.parse_args([]).sides == ["default", "retained"]
+    for bad in ("default", "default,default", "default,fast"):
+        with pytest.raises(SystemExit):
+            host_memory_bench.parse_args(["--sides", bad])
+    sides = ["default", "retained"]
     times = {"retained": [0.5, 0.4, 0.6], "default": [0.6, 0.5, 0.9]}
     faults = {"retained": [0, 0, 3], "default": [80, 90, 85]}
     system = {"retained": [0.0, 0.01, 0.0], "default": [0.2, 0.2, 0.3]}
-    row = host_memory_bench.summarise({"arch": "resnet50", "batch": 1}, times, faults, system)
-    assert row["retained_s"] == 0.5 and row["default_s"] == 0.6 and row["ratio"] == pytest.approx(1.2)
+    row = host_memory_bench.summarise({"arch": "resnet50", "batch": 1}, sides, times, faults, system)
+    assert row["retained_s"] == 0.5 and row["default_s"] == 0.6
+    assert row["retained_ratio"] == pytest.approx(1.2) and row["default_ratio"] == 1.0
     assert (row["retained_faults"], row["default_faults"]) == (0, 85)
     setup = {"size": [768, 1024], "dtype": "float32", "repeats": 3, "machine": "x86_64 2 CPUs",
-             "load_before": 0.5, "load_after": 0.7, "jax": "0.10.2", "device": "cpu (cpu)"}
+             "sides": sides, "load_before": 0.5, "load_after": 0.7, "jax": "0.10.2", "device": "cpu (cpu)"}
     table = host_memory_bench.format_table([row], setup)
-    assert "| resnet50 | 1 | 0.500 | 0.600 | 1.20x | 0 / 85 |" in table and "1024x768 (WxH)" in table
+    assert "| arch | batch | default | retained |" in table and "1024x768 (WxH)" in table
+    assert "| resnet50 | 1 | 0.600 (1.00x; 85; 0.200) | 0.500 (1.20x; 0; 0.000) |" in table
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the settings are glibc's")
@@ -46,6 +57,7 @@ def test_tiny_run_of_both_workers(tmp_path):
     report = json.loads(out.read_text())
     (row,) = report["rows"]
     assert report["setup"]["settings"]["arena_max"] == 1 and len(row["retained_times"]) == 3
+    assert report["setup"]["sides"] == ["default", "retained"]
     # ResNet-18 at 256x320 allocates tens of MB per call: fresh pages on the default side only (the median
     # of three calls: now and then a retained call still grows the heap, when a freed buffer comes back late)
     assert row["default_faults"] > 2000 and row["retained_faults"] < row["default_faults"] / 10, row
