@@ -24,8 +24,8 @@ Memory: by default both sides run with `remap_jax.host_memory`'s malloc settings
 mallopt, the worker through the MALLOC_* variables glibc reads at start-up), so that neither pays page
 faults on per-call buffers: on the project's VM those faults cost PyTorch more than JAX (ResNet-50 at
 1024x768, batch 2: 0.82 -> 0.51 s per image for PyTorch, 0.59 -> 0.54 s for remap-jax).
-`--retain-memory jax` compares each side as it ships (remap-jax's commands set them, a torch script does
-not), `--retain-memory none` glibc's defaults on both sides.
+`--retain-memory jax` compares each side as it ships (remap-jax's extraction commands set them, a torch
+script does not), `--retain-memory none` glibc's defaults on both sides.
 
     python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         numpy safetensors
@@ -102,8 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retain-memory", default="both", choices=["both", "jax", "none"],
                    help="which sides get remap_jax.host_memory's malloc settings (freed buffers stay in the "
                         "process instead of page-faulting at every call): both (default, the fair "
-                        "comparison), jax (each side as it ships: remap-jax's commands set them, torch does "
-                        "not), none (glibc's defaults on both sides)")
+                        "comparison), jax (each side as it ships: remap-jax's extraction commands set them, "
+                        "torch does not), none (glibc's defaults on both sides)")
     p.add_argument("--json", help="write the rows and the setup to this file")
     args = p.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:

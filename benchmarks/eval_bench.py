@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from remap_jax import evaluate as E
-from remap_jax import host_memory
 
 
 def classic_revisited(ranks, gnd, kappas=(1, 5, 10)):
@@ -227,7 +226,6 @@ def main():
     p.add_argument("--sections", default="scoring,ranking,synthetic", help="parts to run, comma separated")
     p.add_argument("--sizes", help="database sizes, comma separated (default 5k,100k,1M; --quick 5k,100k)")
     args = p.parse_args()
-    host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
     sizes = [5_000, 100_000] if args.quick else [5_000, 100_000, 1_000_000]
     if args.sizes:
         sizes = [int(x) for x in args.sizes.split(",")]

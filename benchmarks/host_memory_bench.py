@@ -5,7 +5,7 @@ with), so one worker process per setting describes the same images, and the pare
 between them (one call per side in turn, with a short pause, after warm-up calls). Sides (`--sides`):
 
 - `default`: glibc's defaults (MALLOC_* and GLIBC_TUNABLES removed from the worker's environment);
-- `retained`: `remap_jax.host_memory.retain_freed_memory()` applied first, as the commands do;
+- `retained`: `remap_jax.host_memory.retain_freed_memory()` applied first, as the extraction commands do;
 - `hugetlb`: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35): malloc asks for transparent huge
   pages on the memory it maps, where the kernel's THP mode is `madvise`; only settable at start-up;
 - `retained+hugetlb`: both.
@@ -76,9 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def side_environment(side: str, environ=None) -> dict[str, str]:
     """The worker's environment for `side`: `environ` (default: os.environ) without the variables that set
-    glibc's malloc, plus GLIBC_TUNABLES for the huge-page sides (`retained` is applied by the worker)."""
+    glibc's malloc (or switch remap-jax's settings off), plus GLIBC_TUNABLES for the huge-page sides
+    (`retained` is applied by the worker)."""
     environ = os.environ if environ is None else environ
-    names = {variable for _, variable, _ in host_memory.SETTINGS.values()} | {"GLIBC_TUNABLES"}
+    names = {variable for _, variable, _ in host_memory.SETTINGS.values()}
+    names |= {"GLIBC_TUNABLES", host_memory.SWITCH}
     env = {k: v for k, v in environ.items() if k not in names}
     if side.endswith("hugetlb"):
         env["GLIBC_TUNABLES"] = HUGETLB
@@ -151,7 +153,7 @@ class Describer:
 
 def run_worker(side: str) -> None:
     if side.startswith("retained"):
-        host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
+        host_memory.retain_freed_memory()  # as the extraction commands, before JAX starts its threads
     serve(Describer().handle)
 
 

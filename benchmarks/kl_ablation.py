@@ -91,9 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--export", default="", help="use the backbone of a trained model exported by "
                         "train.main (WORKDIR/export) instead of the off-the-shelf one")
     args = parser.parse_args(argv)
-    from remap_jax.host_memory import retain_freed_memory
 
-    retain_freed_memory()  # as the commands, before JAX starts its threads
     import jax
 
     from remap_jax.data import load_test_set, load_training_set

@@ -391,9 +391,7 @@ def main(argv=None) -> int:
     import jax
 
     from remap_jax.distributed import use_cpu_cores
-    from remap_jax.host_memory import retain_freed_memory
 
-    retain_freed_memory()  # as the commands, before JAX starts its threads
     use_cpu_cores()  # one device per core on a CPU host, as the commands (before anything touches a device)
     from remap_jax.backbones import default_taps
     from remap_jax.data import load_test_set, load_training_set

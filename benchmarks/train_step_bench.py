@@ -153,9 +153,6 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    from remap_jax import host_memory
-
-    host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
     if args.worker:
         run_worker(args)
         return

@@ -13,15 +13,19 @@ varies with the VM's state): ResNet-50 at 1024x768, batch 1, 0 faults per call i
 2 min 8 s (system time 56 -> 9 s). A buffer above 2 GiB (one device describing 8 such images at once) is
 still mapped per call, and that case ran 0.86-0.95x as fast as with glibc's defaults: the commands split a
 batch over one device per core, which keeps their buffers below. The same settings make PyTorch's CPU
-inference faster too (`benchmarks/compare_torch.py --retain-memory`). The cost: the process keeps its peak
-heap until it exits.
+inference faster too (`benchmarks/compare_torch.py --retain-memory`). The costs: the process keeps its
+peak heap until it exits, and every thread allocates under one lock, which made the ResNet-50 train step
+(128x160) 4.45 s instead of 3.61 s and its compilation 15 s instead of 11 s; the Lite0 demo, whose
+training alternates with description, took the same time either way (139 s / 137 s).
 
-The commands (`train.main`, `train.eval`, `train.init_head`, `remap-extract`, `remap-index`) and the
-benchmarks call `retain_freed_memory()` first; a script of yours can do the same before JAX starts, or set
-the variables of `environment()` when it starts a process. A setting the user made wins: one named in the
+So the describing commands (`remap-extract`, `train.eval`, `train.init_head`) and the description and ROI
+benchmarks call `retain_freed_memory()` first, and training does not; a script of yours that describes
+images can do the same before JAX starts, or set the variables of `environment()` when it starts a
+process. A setting the user made wins: one named in the
 environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, or
 `GLIBC_TUNABLES=glibc.malloc.arena_max=...`) is left alone, so `MALLOC_ARENA_MAX=8 remap-extract ...` keeps
-eight arenas. Other C libraries (macOS, musl) have no such settings: nothing is done there.
+eight arenas, and `REMAP_JAX_RETAIN_MEMORY=0` turns all three off. Other C libraries (macOS, musl) have no
+such settings: nothing is done there.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import platform
 import warnings
 from collections.abc import Mapping
 
-__all__ = ["SETTINGS", "environment", "retain_freed_memory", "settings"]
+__all__ = ["SETTINGS", "SWITCH", "environment", "retain_freed_memory", "settings"]
+
+SWITCH = "REMAP_JAX_RETAIN_MEMORY"  # "0": apply none of the settings; "1" (or unset): those left to us
 
 # name -> (mallopt parameter, environment variable glibc reads at start-up, value)
 SETTINGS = {
@@ -50,6 +56,11 @@ def _named_by_user(name: str, variable: str, environ: Mapping[str, str]) -> bool
 def settings(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """{name: value} of the `SETTINGS` that `environ` (default: os.environ) leaves to us."""
     environ = os.environ if environ is None else environ
+    switch = environ.get(SWITCH, "1")
+    if switch not in ("0", "1"):
+        raise ValueError(f"{SWITCH}={switch!r}: expected 0 (leave malloc alone) or 1 (the default)")
+    if switch == "0":
+        return {}
     return {name: value for name, (_, variable, value) in SETTINGS.items()
             if not _named_by_user(name, variable, environ)}
 

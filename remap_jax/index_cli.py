@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from remap_jax import atomic, host_memory
+from remap_jax import atomic
 from remap_jax.features import feature_files, load_features
 
 
@@ -171,7 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    host_memory.retain_freed_memory()  # before JAX starts its threads
     try:
         args.func(args)
     except (CommandError, ValueError, FileExistsError) as e:

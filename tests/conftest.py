@@ -9,10 +9,10 @@ from remap_jax import host_memory
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The commands' malloc settings (remap_jax.host_memory) as environment variables: processes the tests start
-# get them from glibc at start-up, and commands run inside this process leave malloc alone (this process
-# started JAX long before them). tests/test_host_memory.py tests the settings in processes of its own.
-os.environ.update(host_memory.environment())
+# The extraction commands' malloc settings (remap_jax.host_memory) off: commands run inside this process
+# (which started JAX long before them) and the processes the tests start leave malloc alone.
+# tests/test_host_memory.py and tests/test_host_memory_bench.py test them in processes of their own.
+os.environ.setdefault(host_memory.SWITCH, "0")
 
 
 def pytest_collection_modifyitems(config, items):

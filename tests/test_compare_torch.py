@@ -37,7 +37,7 @@ def test_arguments():
 
 
 def test_malloc_settings_reach_the_torch_worker_only_when_both_sides_get_them(monkeypatch):
-    for _, variable, _ in host_memory.SETTINGS.values():
+    for variable in [v for _, v, _ in host_memory.SETTINGS.values()] + [host_memory.SWITCH, "GLIBC_TUNABLES"]:
         monkeypatch.delenv(variable, raising=False)
     python = ["--torch-python", "/venv/bin/python"]
     assert compare_torch.parse_args(python).retain_memory == "both"

@@ -44,7 +44,7 @@ print(json.dumps({"applied": applied, "faults": faults, "warnings": [str(w.messa
 
 def _run(mode: str, **env) -> dict:
     clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "XLA_FLAGS")}
+             if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "XLA_FLAGS", host_memory.SWITCH)}
     proc = subprocess.run([sys.executable, "-c", FAULTS, mode], env={**clean, **env, "JAX_PLATFORMS": "cpu"},
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -62,6 +62,10 @@ def test_settings_leave_what_the_user_named_alone():
         "MALLOC_MMAP_THRESHOLD_": str((1 << 31) - 1), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
     named = {variable: "1" for _, variable, _ in host_memory.SETTINGS.values()}
     assert host_memory.environment(named) == {} and host_memory.retain_freed_memory(named) == {}
+    assert host_memory.settings({"REMAP_JAX_RETAIN_MEMORY": "1"}) == everything
+    assert host_memory.settings({"REMAP_JAX_RETAIN_MEMORY": "0"}) == {}
+    with pytest.raises(ValueError, match="REMAP_JAX_RETAIN_MEMORY='yes': expected 0"):
+        host_memory.settings({"REMAP_JAX_RETAIN_MEMORY": "yes"})
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; other C libraries get none")

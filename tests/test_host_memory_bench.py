@@ -17,7 +17,7 @@ import host_memory_bench  # noqa: E402
 
 def test_side_environments_drop_the_malloc_variables_and_add_huge_pages_where_asked():
     environ = {"MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": "9", "GLIBC_TUNABLES": "glibc.malloc.x=1",
-               "PATH": "/bin", "XLA_FLAGS": "--x"}
+               "REMAP_JAX_RETAIN_MEMORY": "0", "PATH": "/bin", "XLA_FLAGS": "--x"}
     for side in ("default", "retained"):  # `retained` is applied by its worker, as the commands do
         assert host_memory_bench.side_environment(side, environ) == {"PATH": "/bin", "XLA_FLAGS": "--x"}
     for side in ("hugetlb", "retained+hugetlb"):

@@ -42,9 +42,8 @@ def main(argv):
         sys.exit(2)
     import jax
 
-    from remap_jax import distributed, host_memory
+    from remap_jax import distributed
 
-    host_memory.retain_freed_memory()  # before JAX starts its threads
     distributed.use_cpu_cores(FLAGS.cpu_devices)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto=config.distributed)
