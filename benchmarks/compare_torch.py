@@ -22,10 +22,11 @@ CPU options) and `--breakdown` times the parts of the jax side (transfer, normal
 
 Memory: by default both sides run with `remap_jax.host_memory`'s malloc settings (the jax side through
 mallopt, the worker through the MALLOC_* variables glibc reads at start-up), so that neither pays page
-faults on per-call buffers: on the project's VM those faults cost PyTorch more than JAX (ResNet-50 at
-1024x768, batch 2: 0.82 -> 0.51 s per image for PyTorch, 0.59 -> 0.54 s for remap-jax).
-`--retain-memory jax` compares each side as it ships (remap-jax's extraction commands set them, a torch
-script does not), `--retain-memory none` glibc's defaults on both sides.
+faults on its per-call buffers, whose cost depends on the VM's state, not on the framework: on the
+project's VM they cost PyTorch more than JAX (ResNet-50 at 1024x768, batch 2: 0.77 -> 0.53 s per image
+for PyTorch, 0.61 -> 0.56 s for remap-jax, in two runs an hour apart). `--retain-memory none` compares
+both as they ship (glibc's defaults), `--retain-memory jax` remap-jax with the settings against PyTorch
+without.
 
     python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         numpy safetensors
@@ -101,9 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-torch", action="store_true", help="time the jax side alone (no torch venv needed)")
     p.add_argument("--retain-memory", default="both", choices=["both", "jax", "none"],
                    help="which sides get remap_jax.host_memory's malloc settings (freed buffers stay in the "
-                        "process instead of page-faulting at every call): both (default, the fair "
-                        "comparison), jax (each side as it ships: remap-jax's extraction commands set them, "
-                        "torch does not), none (glibc's defaults on both sides)")
+                        "process instead of page-faulting at every call): both (default: the frameworks, "
+                        "not the VM's page faults), jax, or none (both as they ship)")
     p.add_argument("--json", help="write the rows and the setup to this file")
     args = p.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:

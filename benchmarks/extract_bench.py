@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax import host_memory, xla  # noqa: E402
+from remap_jax import xla  # noqa: E402
 from remap_jax.backbones import create_backbone, default_taps  # noqa: E402
 from remap_jax.data.images import encode_jpeg  # noqa: E402
 from remap_jax.heads import REMAPHead  # noqa: E402
@@ -132,7 +132,6 @@ def main(argv=None):
     p.add_argument("--no-extras", action="store_true", help="skip the unfolded-BN and pipeline rows")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     args = p.parse_args(argv)
-    host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
 
     on_cpu = jax.default_backend() == "cpu"
     archs = args.archs.split(",")

@@ -26,7 +26,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from remap_jax import host_memory  # noqa: E402
 from remap_jax.ops import roi_pool  # noqa: E402
 from remap_jax.ops.roi_pool import roi_max_pool  # noqa: E402
 from remap_jax.regions import rmac_regions  # noqa: E402
@@ -202,7 +201,6 @@ def main(argv=None):
     parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS), help="wall or process CPU time")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = parser.parse_args(argv)
-    host_memory.retain_freed_memory()  # as the commands, before JAX starts its threads
     shapes = [("custom", s) for s in args.shape] if args.shape else DEFAULT_SHAPES
     dtypes = args.dtype or ["float32", "bfloat16"]
     rows, variant_rows = run(

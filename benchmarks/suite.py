@@ -57,10 +57,6 @@ for _path in (ROOT, BENCH):
 BLOCKS = ("roi_pool", "exact_search", "ranking", "extract", "train_step")
 # Shares of the time budget (what is left when a block starts is shared by the weights of the blocks left).
 WEIGHTS = {"roi_pool": 0.12, "extract": 0.36, "train_step": 0.28, "exact_search": 0.12, "ranking": 0.12}
-# Blocks that run with remap_jax.host_memory's malloc settings, as the extraction commands do (not the
-# train step, which its single malloc arena made 23% slower on the 2-core CPU, nor search and ranking,
-# whose memory figures need freed memory handed back).
-RETAINED_BLOCKS = ("roi_pool", "extract")
 LITES = tuple(f"efficientnet_lite{i}" for i in range(5))
 DEFAULT_TIMEOUT = {"full": 480, "quick": 600, "tiny": 40}
 
@@ -361,10 +357,6 @@ def run_worker(args) -> None:
     """`--worker BLOCK`: runs one block in this process, rows into `{out}/blocks/{BLOCK}.jsonl`."""
     os.makedirs(os.path.join(args.out, "blocks"), exist_ok=True)
     path = os.path.join(args.out, "blocks", f"{args.worker}.jsonl")
-    if args.worker in RETAINED_BLOCKS:
-        from remap_jax import host_memory
-
-        host_memory.retain_freed_memory()  # as the extraction commands, before JAX starts its threads
     import jax
 
     out = RowWriter(path, args.deadline)

@@ -260,7 +260,7 @@ def run(args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    host_memory.retain_freed_memory()  # before JAX starts its threads
+    host_memory.apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     distributed.initialize_from_args(args)
     try:
         run(args)

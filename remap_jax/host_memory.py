@@ -1,4 +1,4 @@
-"""Keeping freed host memory in the process, so that XLA:CPU's per-call buffers stop page-faulting.
+"""Keeping freed host memory in the process, so that XLA:CPU's per-call buffers stop page-faulting (opt-in).
 
 XLA:CPU allocates a program's buffers with malloc on its worker threads at every call and frees them at
 the end (a ResNet-50 description at 1024x768: 330 MB per image). glibc serves each thread from its own
@@ -7,25 +7,22 @@ kernel hands the next call fresh zeroed pages: 84k page faults per ResNet-50 cal
 keep that memory in the process instead: one arena (the main heap, which has no size cap), buffers below
 2 GiB from that heap rather than mmapped, and a freed heap top of up to 2 GiB kept rather than returned.
 
-Measured side by side on the project's 2-core VM (`benchmarks/host_memory_bench.py`, where a fault's cost
-varies with the VM's state): ResNet-50 at 1024x768, batch 1, 0 faults per call instead of 84k and
-1.03-1.26x faster over four runs; batch 4 1.07x; EfficientNet-Lite0 1.12x; the Lite0 demo 2 min 19 s ->
-2 min 8 s (system time 56 -> 9 s). A buffer above 2 GiB (one device describing 8 such images at once) is
-still mapped per call, and that case ran 0.86-0.95x as fast as with glibc's defaults: the commands split a
-batch over one device per core, which keeps their buffers below. The same settings make PyTorch's CPU
-inference faster too (`benchmarks/compare_torch.py --retain-memory`). The costs: the process keeps its
-peak heap until it exits, and every thread allocates under one lock, which made the ResNet-50 train step
-(128x160) 4.45 s instead of 3.61 s and its compilation 15 s instead of 11 s; the Lite0 demo, whose
-training alternates with description, took the same time either way (139 s / 137 s).
+What that is worth depends on what a page fault costs, which on the project's 2-core VM fell over a day
+as the VM's memory got touched (`benchmarks/host_memory_bench.py`, side by side): ResNet-50 at 1024x768,
+batch 1, 0 faults per call instead of 84k and 1.18x / 1.26x faster in the first hours after boot, 1.03x /
+1.04x later; EfficientNet-Lite0 1.12x, later 1.00x. The costs: every thread allocates under one lock (the
+ResNet-50 train step at 128x160 took 4.45 s instead of 3.61 s, its compilation 15 s instead of 11 s; a
+48-image `remap-extract` took 39.0 s instead of 37.7 s once faults were cheap), a buffer above 2 GiB (one
+device describing 8 such images at once) is still mapped per call and that case ran 0.86-0.95x as fast,
+and the process keeps its peak heap until it exits. PyTorch's CPU inference pays the same faults
+(`benchmarks/compare_torch.py --retain-memory`).
 
-So the describing commands (`remap-extract`, `train.eval`, `train.init_head`) and the description and ROI
-benchmarks call `retain_freed_memory()` first, and training does not; a script of yours that describes
-images can do the same before JAX starts, or set the variables of `environment()` when it starts a
-process. A setting the user made wins: one named in the
-environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, or
-`GLIBC_TUNABLES=glibc.malloc.arena_max=...`) is left alone, so `MALLOC_ARENA_MAX=8 remap-extract ...` keeps
-eight arenas, and `REMAP_JAX_RETAIN_MEMORY=0` turns all three off. Other C libraries (macOS, musl) have no
-such settings: nothing is done there.
+So it is opt-in: `REMAP_JAX_RETAIN_MEMORY=1` makes the describing commands (`remap-extract`, `train.eval`,
+`train.init_head`) apply the settings first (`apply_requested`), and a script calls
+`retain_freed_memory()` before its first JAX computation, or sets the variables of `environment()` for a
+process it starts. A setting the user made wins: one named in the environment (`MALLOC_ARENA_MAX`,
+`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, or `GLIBC_TUNABLES=glibc.malloc.arena_max=...`) is
+left alone. Other C libraries (macOS, musl) have no such settings: nothing is done there.
 """
 
 from __future__ import annotations
@@ -36,9 +33,10 @@ import platform
 import warnings
 from collections.abc import Mapping
 
-__all__ = ["SETTINGS", "SWITCH", "environment", "retain_freed_memory", "settings"]
+__all__ = ["SETTINGS", "SWITCH", "apply_requested", "environment", "requested", "retain_freed_memory",
+           "settings"]
 
-SWITCH = "REMAP_JAX_RETAIN_MEMORY"  # "0": apply none of the settings; "1" (or unset): those left to us
+SWITCH = "REMAP_JAX_RETAIN_MEMORY"  # "1": the describing commands apply the settings; "0" or unset: not
 
 # name -> (mallopt parameter, environment variable glibc reads at start-up, value)
 SETTINGS = {
@@ -56,11 +54,6 @@ def _named_by_user(name: str, variable: str, environ: Mapping[str, str]) -> bool
 def settings(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     """{name: value} of the `SETTINGS` that `environ` (default: os.environ) leaves to us."""
     environ = os.environ if environ is None else environ
-    switch = environ.get(SWITCH, "1")
-    if switch not in ("0", "1"):
-        raise ValueError(f"{SWITCH}={switch!r}: expected 0 (leave malloc alone) or 1 (the default)")
-    if switch == "0":
-        return {}
     return {name: value for name, (_, variable, value) in SETTINGS.items()
             if not _named_by_user(name, variable, environ)}
 
@@ -70,6 +63,21 @@ def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     its start-up): {variable: value} for those `environ` (default: os.environ) does not name."""
     chosen = settings(environ)
     return {SETTINGS[name][1]: str(value) for name, value in chosen.items()}
+
+
+def requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `environ` (default: os.environ) asks for the settings: REMAP_JAX_RETAIN_MEMORY=1."""
+    environ = os.environ if environ is None else environ
+    switch = environ.get(SWITCH, "0")
+    if switch not in ("0", "1"):
+        raise ValueError(f"{SWITCH}={switch!r}: expected 1 (keep freed memory) or 0 (glibc's defaults)")
+    return switch == "1"
+
+
+def apply_requested(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """`retain_freed_memory(environ)` where `requested(environ)`, else nothing ({}): what the describing
+    commands call first."""
+    return retain_freed_memory(environ) if requested(environ) else {}
 
 
 def _jax_backend_started() -> bool:

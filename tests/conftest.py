@@ -2,17 +2,11 @@
 
 import os
 
-from remap_jax import host_memory
-
 # 8 simulated CPU devices so the data-parallel code paths run on this machine. Must be set before JAX
 # initialises its backends, which is why it lives here and not in a fixture.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The extraction commands' malloc settings (remap_jax.host_memory) off: commands run inside this process
-# (which started JAX long before them) and the processes the tests start leave malloc alone.
-# tests/test_host_memory.py and tests/test_host_memory_bench.py test them in processes of their own.
-os.environ.setdefault(host_memory.SWITCH, "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -107,7 +107,7 @@ def index_options_from_args(args) -> dict | None:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     index_options = index_options_from_args(args)
-    host_memory.retain_freed_memory()  # before JAX starts its threads
+    host_memory.apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     distributed.initialize_from_args(args)
     from remap_jax import evaluate
     from remap_jax.data import load_test_set

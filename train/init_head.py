@@ -37,9 +37,9 @@ def main(argv):
     from absl import flags
 
     from remap_jax.distributed import use_cpu_cores
-    from remap_jax.host_memory import retain_freed_memory
+    from remap_jax.host_memory import apply_requested
 
-    retain_freed_memory()  # before JAX starts its threads
+    apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     use_cpu_cores(flags.FLAGS.cpu_devices)
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 

@@ -164,8 +164,9 @@ def _cells_by_rows_then_columns(x: jnp.ndarray, row_cuts, col_cuts, load, combin
 
 
 # Independent chains of the 16-bit cell pass (`_cells_by_rows_then_columns`). Side by side on the 2-core
-# CPU (bf16, batch 8, with remap_jax.host_memory's settings): stage 5 4.55 ms with one chain, 3.11 / 3.21 ms
-# with 2 / 4; stage 4 4.35 ms, 3.89 / 3.34 ms (its 24 row intervals balance better over more chains).
+# CPU (bf16, batch 8, two runs): stage 5 4.2-4.5 ms with one chain, 2.9-3.6 ms with 2, 3.4-3.6 ms with 4;
+# stage 4 3.9-4.3, 3.0-3.4, 3.1 ms; batch 1 (stage 5) 0.6 ms with any. More chains than cores costs little
+# and leaves room on larger CPUs.
 _CPU_CHAINS = 4
 
 _KEY_MAGNITUDE = np.int16(0x7FFF)  # every bit of a 16-bit float but the sign
