@@ -7,10 +7,10 @@ kernel hands the next call fresh zeroed pages: 84k page faults per ResNet-50 cal
 keep that memory in the process instead: one arena (the main heap, which has no size cap), buffers below
 2 GiB from that heap rather than mmapped, and a freed heap top of up to 2 GiB kept rather than returned.
 
-What that is worth depends on what a page fault costs, which on the project's 2-core VM fell over a day
-as the VM's memory got touched (`benchmarks/host_memory_bench.py`, side by side): ResNet-50 at 1024x768,
-batch 1, 0 faults per call instead of 84k and 1.18x / 1.26x faster in the first hours after boot, 1.03x /
-1.04x later; EfficientNet-Lite0 1.12x, later 1.00x. The costs: every thread allocates under one lock (the
+What that is worth depends on what a page fault costs, which on the project's 2-core VM fell as the VM's
+memory got touched (`benchmarks/host_memory_bench.py`, side by side): ResNet-50 at 1024x768, batch 1,
+0 faults per call instead of 84k and 1.03-1.26x faster in four runs over two hours after boot (1.04x in
+the last); EfficientNet-Lite0 1.12x, later 1.00x. The costs: every thread allocates under one lock (the
 ResNet-50 train step at 128x160 took 4.45 s instead of 3.61 s, its compilation 15 s instead of 11 s; a
 48-image `remap-extract` took 39.0 s instead of 37.7 s once faults were cheap), a buffer above 2 GiB (one
 device describing 8 such images at once) is still mapped per call and that case ran 0.86-0.95x as fast,
