@@ -24,7 +24,7 @@ Memory: by default both sides run with `remap_jax.host_memory`'s malloc settings
 mallopt, the worker through the MALLOC_* variables glibc reads at start-up), so that neither pays page
 faults on its per-call buffers, whose cost depends on the VM's state, not on the framework: on the
 project's VM they cost PyTorch more than JAX (ResNet-50 at 1024x768, batch 2: 0.77 -> 0.53 s per image
-for PyTorch, 0.61 -> 0.56 s for remap-jax, in two runs an hour apart). `--retain-memory none` compares
+for PyTorch, 0.61 -> 0.56 s for remap-jax, in two runs minutes apart). `--retain-memory none` compares
 both as they ship (glibc's defaults), `--retain-memory jax` remap-jax with the settings against PyTorch
 without.
 
