@@ -100,7 +100,7 @@ def retain_freed_memory(environ: Mapping[str, str] | None = None) -> dict[str, i
     if _jax_backend_started():
         warnings.warn("retain_freed_memory: a JAX backend is already running; its worker threads keep their "
                       "own malloc arenas, so their buffers are still mmapped per call. Call it before the "
-                      "first JAX computation (the commands call it first).", RuntimeWarning, stacklevel=2)
+                      "first JAX computation (as the describing commands do).", RuntimeWarning, stacklevel=2)
     libc = ctypes.CDLL(None)
     applied = {}
     for name, value in chosen.items():
