@@ -55,7 +55,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from _line_protocol import LineWorker  # noqa: E402
 
-from remap_jax import host_memory  # noqa: E402
+from remap_jax import atomic, host_memory  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -434,8 +434,7 @@ def main(argv=None):
     rows, setup = run(args)
     print(format_table(rows, setup))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"setup": setup, "rows": rows}, f, indent=1)
+        atomic.write_json(args.json, {"setup": setup, "rows": rows})
     return rows, setup
 
 

@@ -38,8 +38,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from _line_protocol import LineWorker, serve  # noqa: E402
+from compare_torch import alternating_schedule, parse_batches, parse_size  # noqa: E402
 
-from remap_jax import host_memory  # noqa: E402
+from remap_jax import atomic, host_memory  # noqa: E402
 
 SIDES = ("default", "retained", "hugetlb", "retained+hugetlb")
 HUGETLB = "glibc.malloc.hugetlb=1"
@@ -48,8 +49,9 @@ HUGETLB = "glibc.malloc.hugetlb=1"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", default="resnet50,efficientnet_lite0", help="comma separated")
-    p.add_argument("--batch-sizes", default="1", help="comma separated")
-    p.add_argument("--size", default="768x1024", help="HEIGHTxWIDTH of landscape inputs (default 768x1024)")
+    p.add_argument("--batch-sizes", type=parse_batches, default=[1], help="comma separated (default 1)")
+    p.add_argument("--size", type=parse_size, default=(768, 1024),
+                   help="HEIGHTxWIDTH of landscape inputs (default 768x1024)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=7, help="timed calls per side and configuration")
     p.add_argument("--warmup", type=int, default=6,
@@ -63,14 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.sides = args.sides.split(",")
     if not set(args.sides) <= set(SIDES) or len(set(args.sides)) != len(args.sides) or len(args.sides) < 2:
         p.error(f"--sides: expected two or more of {','.join(SIDES)}, got {','.join(args.sides)}")
-    try:
-        args.size = tuple(int(v) for v in args.size.lower().split("x"))
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    except ValueError:
-        p.error(f"--size / --batch-sizes: expected HEIGHTxWIDTH and integers, got {args.size!r}, "
-                f"{args.batch_sizes!r}")
-    if len(args.size) != 2 or min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--size HEIGHTxWIDTH, batch sizes and --repeats >= 1, --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1, --warmup >= 0")
     return args
 
 
@@ -180,13 +176,12 @@ def run(args) -> tuple[list[dict], dict]:
                     worker.request(cmd="load", arch=arch, dtype=args.dtype, size=list(args.size), batch=batch,
                                    warmup=args.warmup)
                 times, faults, system = ({s: [] for s in args.sides} for _ in range(3))
-                for _ in range(args.repeats):
-                    for side in args.sides:
-                        time.sleep(args.pause_s)
-                        reply = workers[side].request(cmd="time")
-                        times[side].append(reply["seconds"])
-                        faults[side].append(reply["faults"])
-                        system[side].append(reply["system_s"])
+                for side in alternating_schedule(args.repeats, args.sides):
+                    time.sleep(args.pause_s)
+                    reply = workers[side].request(cmd="time")
+                    times[side].append(reply["seconds"])
+                    faults[side].append(reply["faults"])
+                    system[side].append(reply["system_s"])
                 rows.append(summarise(config, args.sides, times, faults, system))
                 print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_times")}),
                       file=sys.stderr, flush=True)
@@ -205,8 +200,7 @@ def main(argv=None):
     rows, setup = run(args)
     print(format_table(rows, setup))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"setup": setup, "rows": rows}, f, indent=1)
+        atomic.write_json(args.json, {"setup": setup, "rows": rows})
     return rows, setup
 
 
