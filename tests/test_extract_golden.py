@@ -5,8 +5,14 @@
 multi-scale R-MAC, and an export with learned region weights and whitening read through `--checkpoint`.
 Regenerate it only after an intended change of the numbers: `python tools/make_extract_golden.py`.
 
-The comparison is exact on a CPU with the vector extensions of the machine that wrote the fixture (recorded in
-it); on another CPU XLA may emit other kernels, so there ulp-scale differences are allowed (atol 2e-7).
+The fixture is a file written on one machine, so the comparison allows what another CPU model changes and
+nothing more: XLA:CPU's kernels round differently on another processor even with the same vector
+extensions. Measured against the fixture (written on an Intel Xeon with AVX-512 and AMX): an AMD EPYC
+(AVX-512, no AMX) differs by up to 1.2e-7, and XLA capped at AVX2 or AVX on it
+(`XLA_FLAGS=--xla_cpu_max_isa=...`, honoured: each cap gives other numbers) by up to 1.5e-7, absolute on
+unit rows (1.2e-3 relative on components near 1e-4). The test allows 1e-6 absolute and asks for the same
+ranking of the images against each other. Bit-identity stays where both sides run on one machine
+(tests/test_extract.py: batching and order, describe_batch against the pipeline; resume and sharding).
 """
 
 import os
@@ -81,18 +87,12 @@ def _run_case(tmp_path, name: str) -> dict:
         return {"descriptors": f["descriptors"], "ids": f["ids"]}
 
 
-def cpu_vector_isa() -> str:
-    """The x86 vector extensions of this CPU (what decides which kernels XLA's CPU backend emits)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return " ".join(sorted(f for f in flags if f.startswith(("avx", "sse", "fma", "amx")))) or "unknown"
+# Largest difference a CPU model may make on a unit-norm descriptor component (measured: 1.5e-7; see above).
+CROSS_CPU_ATOL = 1e-6
 
 
 def write_fixture(tmp_path) -> None:
-    arrays = {"cpu_vector_isa": np.array(cpu_vector_isa())}
+    arrays = {}
     for name in CASES:
         got = _run_case(tmp_path, name)
         arrays[f"{name}/descriptors"], arrays[f"{name}/ids"] = got["descriptors"], got["ids"]
@@ -103,10 +103,12 @@ def write_fixture(tmp_path) -> None:
 def test_extract_descriptors_match_the_golden_fixture(tmp_path, name):
     got = _run_case(tmp_path, name)
     with np.load(FIXTURE) as f:
-        want, ids, isa = f[f"{name}/descriptors"], f[f"{name}/ids"], str(f["cpu_vector_isa"])
+        want, ids = f[f"{name}/descriptors"], f[f"{name}/ids"]
     np.testing.assert_array_equal(got["ids"], ids)
     assert got["descriptors"].dtype == np.float32 and got["descriptors"].shape == want.shape
-    if isa == cpu_vector_isa():
-        np.testing.assert_array_equal(got["descriptors"], want)  # bit-identical
-    else:
-        np.testing.assert_allclose(got["descriptors"], want, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(got["descriptors"], want, rtol=0, atol=CROSS_CPU_ATOL)
+    # Each image as a query against the others: the same order as the fixture's.
+    def order(x):
+        return np.argsort(-(x @ x.T), axis=1, kind="stable")
+
+    np.testing.assert_array_equal(order(got["descriptors"]), order(want))
