@@ -3,8 +3,11 @@
 import os
 
 # 8 simulated CPU devices so the data-parallel code paths run on this machine. Must be set before JAX
-# initialises its backends, which is why it lives here and not in a fixture.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# initialises its backends, which is why it lives here and not in a fixture. Added to flags the caller sets
+# (e.g. `XLA_FLAGS=--xla_cpu_max_isa=AVX2` to run the suite as an older CPU would) unless they name a count.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
