@@ -30,7 +30,14 @@ from remap_jax.serve.batching import Overloaded
 from remap_jax.serve.limits import BodyLimit, BodyTooLarge
 from remap_jax.serve.openapi import openapi_schema
 from remap_jax.serve.service import SearchService
-from remap_jax.serve.uploads import UploadError, check_declared_type, decode_image, parse_box, parse_choice, parse_k
+from remap_jax.serve.uploads import (
+    UploadError,
+    check_declared_type,
+    decode_image,
+    parse_box,
+    parse_choice,
+    parse_k,
+)
 
 __all__ = ["create_app"]
 
@@ -60,8 +67,8 @@ def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup:
             form = await request.form(max_files=1, max_fields=MAX_PARTS - 1, max_part_size=64 << 10)
         except (MultiPartException, HTTPException) as e:
             detail = getattr(e, "message", None) or getattr(e, "detail", str(e))
-            raise UploadError(400, "bad_form", f"request: malformed or oversized form ({detail}); expected at "
-                              f"most one file and the fields {list(FORM_FIELDS)}") from None
+            raise UploadError(400, "bad_form", f"request: malformed or oversized form ({detail}); expected "
+                              f"at most one file and the fields {list(FORM_FIELDS)}") from None
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(form.close)
             items = list(form.multi_items())
@@ -76,8 +83,8 @@ def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup:
             fields = dict(items)
             upload, image_id = fields.get("image"), fields.get("id")
             if (upload is None) == (image_id is None or image_id == ""):
-                raise UploadError(400, "missing_image", "request: expected exactly one of an `image` file and an "
-                                  "`id` of an indexed image")
+                raise UploadError(400, "missing_image", "request: expected exactly one of an `image` file "
+                                  "and an `id` of an indexed image")
             k = parse_k(fields.get("k"), service.default_k, service.max_k)
             rerank = parse_choice(fields.get("rerank"), "rerank", list(service.rerankers), "none")
             if upload is not None:
@@ -124,8 +131,9 @@ def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup:
     async def stats(request: Request) -> Response:
         snap = service.stats.snapshot()
         snap["queued"] = service.batcher.queued
-        snap["batch_policy"] = {"sizes": list(service.policy.sizes), "max_wait_ms": service.policy.max_wait_s * 1e3,
-                                "max_queue": service.policy.max_queue, "platform": service.platform}
+        policy = service.policy
+        snap["batch_policy"] = {"sizes": list(policy.sizes), "max_wait_ms": policy.max_wait_s * 1e3,
+                                "max_queue": policy.max_queue, "platform": service.platform}
         return JSONResponse(snap)
 
     async def schema(request: Request) -> Response:
@@ -141,7 +149,8 @@ def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup:
         return _error(413, "too_large", str(exc), headers={"connection": "close"})
 
     async def overloaded(request: Request, exc: Overloaded) -> Response:
-        return _error(503, "overloaded", f"service: overloaded, {exc}; retry shortly", headers={"retry-after": "1"})
+        return _error(503, "overloaded", f"service: overloaded, {exc}; retry shortly",
+                      headers={"retry-after": "1"})
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return _error(exc.status_code, "http_" + str(exc.status_code), str(exc.detail))
@@ -201,7 +210,8 @@ class _StatsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            name = getattr(route, "path", None) or ("/static" if scope["path"].startswith("/static/") else "other")
+            static = scope["path"].startswith("/static/")
+            name = getattr(route, "path", None) or ("/static" if static else "other")
             self.stats.record(name, status, time.perf_counter() - start)
 
 

@@ -58,14 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--bucket", type=int, default=64)
     model.add_argument("--dtype", choices=("float32", "bfloat16"))
     srv = p.add_argument_group("service")
-    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--batch-sizes", help="comma-separated batch sizes compiled at start (default per "
                      "platform: cpu 1; gpu/tpu 1,2,4,8,16)")
     srv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
-    srv.add_argument("--max-queue", type=int, default=64, help="queued requests beyond which new ones get 503")
+    srv.add_argument("--max-queue", type=int, default=64,
+                     help="queued requests beyond which new ones get 503")
     srv.add_argument("--max-bytes", type=_size, default=8 << 20, help="upload byte cap (default 8M)")
-    srv.add_argument("--max-pixels", type=_size, default=40_000_000, help="upload pixel cap (default 40000000)")
+    srv.add_argument("--max-pixels", type=_size, default=40_000_000,
+                     help="upload pixel cap (default 40000000)")
     srv.add_argument("--k", type=int, default=12, help="results when a search names no k")
     srv.add_argument("--max-k", type=int, default=100, help="most results a search may ask for")
     srv.add_argument("--skip-model-check", action="store_true",

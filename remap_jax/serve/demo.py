@@ -27,7 +27,8 @@ def demo_model_flags(export: str | None = DEMO_EXPORT) -> list[str]:
     EfficientNet-Lite0 (installed weights) as the demo evaluates it off the shelf (192x256, 3 levels)."""
     if export and os.path.isfile(os.path.join(export, "config.json")):
         return ["--checkpoint", export]
-    return ["--arch", "efficientnet_lite0", "--weights", "installed", "--levels", "3", "--image-size", "192,256"]
+    return ["--arch", "efficientnet_lite0", "--weights", "installed", "--levels", "3",
+            "--image-size", "192,256"]
 
 
 def write_demo_images(workdir: str, dataset: str = DEMO_DATASET) -> tuple[str, str]:

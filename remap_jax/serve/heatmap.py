@@ -115,7 +115,8 @@ def contributions(region_vectors: Mapping[str, np.ndarray], alpha: Mapping[str, 
     return Contributions(terms, bias_term, total, (z / norm).astype(np.float32))
 
 
-def cell_map(boxes: np.ndarray, values: np.ndarray, map_size: Sequence[int], grid: Sequence[int]) -> np.ndarray:
+def cell_map(boxes: np.ndarray, values: np.ndarray, map_size: Sequence[int], grid: Sequence[int]
+             ) -> np.ndarray:
     """Region values spread over a (gh, gw) `grid` covering the image: each region's value divided evenly
     among the grid cells whose centres fall inside its box.
 

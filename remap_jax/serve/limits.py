@@ -43,7 +43,8 @@ class BodyLimit:
                 except ValueError:
                     declared = -1
                 if declared < 0 or declared > self.max_bytes:
-                    return await _refuse(send, BodyTooLarge(self.max_bytes, declared if declared > 0 else None))
+                    seen = declared if declared > 0 else None
+                    return await _refuse(send, BodyTooLarge(self.max_bytes, seen))
         seen = 0
         limit = self.max_bytes
 
@@ -62,6 +63,6 @@ class BodyLimit:
 async def _refuse(send, error: BodyTooLarge) -> None:
     body = json.dumps({"error": {"code": "too_large", "message": str(error)}}).encode()
     await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

@@ -65,7 +65,8 @@ def openapi_schema(service, max_body_bytes: int) -> dict:
                                  "responses": {"200": {"description": "ok"}}}},
             "/stats": {"get": {"summary": "Requests, errors, latency p50/p90/p99 (ms), batch-size histogram",
                                "responses": {"200": {"description": "counters"}}}},
-            "/openapi.json": {"get": {"summary": "This schema", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/openapi.json": {"get": {"summary": "This schema",
+                                      "responses": {"200": {"description": "OpenAPI"}}}},
             "/": {"get": {"summary": "The search page", "responses": {"200": {"description": "HTML"}}}},
         },
         "components": {"schemas": {
@@ -75,7 +76,8 @@ def openapi_schema(service, max_body_bytes: int) -> dict:
             "SearchResult": {"type": "object", "required": ["query", "k", "results"], "properties": {
                 "query": {"type": "string", "description": "token for /explain"},
                 "k": {"type": "integer"}, "rerank": {"type": "string"}, "source": {"type": "string"},
-                "query_size": {"type": "array", "items": {"type": "integer"}, "description": "[width, height]"},
+                "query_size": {"type": "array", "items": {"type": "integer"},
+                               "description": "[width, height]"},
                 "box": {"type": ["array", "null"], "items": {"type": "integer"}},
                 "timing_ms": {"type": "object"},
                 "results": {"type": "array", "items": {"type": "object", "properties": {

@@ -160,8 +160,9 @@ class SearchService:
         step = max(1, len(self.ids) // sample)
         missing = [i for i in self.ids[::step] if not os.path.isfile(self._path_of(i))]
         if missing:
-            raise ValueError(f"images folder {self.images_dir}: {len(missing)} of the index's ids name no file "
-                             f"there, e.g. {missing[0]!r}; expected the folder given to `remap-extract --images`")
+            raise ValueError(f"images folder {self.images_dir}: {len(missing)} of the index's ids name no "
+                             f"file there, e.g. {missing[0]!r}; expected the folder given to "
+                             "`remap-extract --images`")
 
     def check_model(self, probes: int = 2) -> None:
         """Describes a few indexed images: each must find itself among its first results with a similarity
@@ -175,8 +176,9 @@ class SearchService:
             if not hit.size or sc[hit[0]] < 0.95:
                 found = f"similarity {sc[hit[0]]:.3f}" if hit.size else "not among its first results"
                 raise ModelMismatchError(
-                    f"model: indexed image {self.ids[row]!r} described now is {found} to its own index entry; "
-                    "expected about 1.0: serve the index with the model (and image size) that built it")
+                    f"model: indexed image {self.ids[row]!r} described now is {found} to its own index "
+                    "entry; expected about 1.0: serve the index with the model (and image size) that "
+                    "built it")
 
     # ---------------------------------------------------------------------------------------- describing
 
@@ -223,7 +225,8 @@ class SearchService:
         {"query": token, "results": [{"id", "score", "rank"}], "timing_ms": {...}}."""
         k = self.default_k if k is None else int(k)
         if rerank not in self.rerankers:
-            raise UploadError(400, "bad_rerank", f"rerank: {rerank!r}; expected one of {list(self.rerankers)}")
+            raise UploadError(400, "bad_rerank",
+                              f"rerank: {rerank!r}; expected one of {list(self.rerankers)}")
         start = time.perf_counter()
         pixels = self.prepare(image, box)
         prepared = time.perf_counter()
@@ -250,8 +253,8 @@ class SearchService:
         """The file of indexed image `image_id`: looked up in the index's id list, resolved inside the images
         folder (404 `unknown_id` otherwise; 404 `missing_file` if the file went away)."""
         if image_id not in self._rows:
-            raise UploadError(404, "unknown_id", f"id: {image_id[:200]!r} is not in the index; expected an id "
-                              "returned by /search")
+            raise UploadError(404, "unknown_id", f"id: {image_id[:200]!r} is not in the index; expected an "
+                              "id returned by /search")
         path = self._path_of(image_id)
         if not path.startswith(self.images_dir + os.sep) or not os.path.isfile(path):
             raise UploadError(404, "missing_file", f"id: {image_id[:200]!r} has no file inside the images "
@@ -294,7 +297,8 @@ class SearchService:
 
             model = self.extractor.model
             fn = lambda v, x: model.apply(v, x, method=RetrievalModel.features)  # noqa: E731
-            maps = jax.eval_shape(fn, self.extractor.variables, jax.ShapeDtypeStruct((1, *shape, 3), np.uint8))
+            pixels = jax.ShapeDtypeStruct((1, *shape, 3), np.uint8)
+            maps = jax.eval_shape(fn, self.extractor.variables, pixels)
             self._map_sizes[shape] = {layer: tuple(int(d) for d in m.shape[1:3]) for layer, m in maps.items()}
         return self._map_sizes[shape]
 
@@ -310,8 +314,8 @@ class SearchService:
             raise UploadError(422, "no_heatmap", f"heatmap: unavailable: {reason}")
         query = self._queries.get(token)
         if query is None:
-            raise UploadError(404, "unknown_query", f"query: {token[:40]!r} is unknown or expired (the service "
-                              "keeps recent queries only); search again")
+            raise UploadError(404, "unknown_query", f"query: {token[:40]!r} is unknown or expired (the "
+                              "service keeps recent queries only); search again")
         if result_id not in self._rows:
             raise UploadError(404, "unknown_id", f"result: {result_id[:200]!r} is not in the index")
         result = self._results.get(result_id)
@@ -334,7 +338,8 @@ class SearchService:
         grid = tuple(max(m[i] for m in maps.values()) for i in (0, 1))
         share = sum(heatmap.cell_map(boxes[lay], parts.regions[lay], maps[lay], grid) for lay in layers)
         total_alpha = sum(a.sum() for a in alpha.values()) or 1.0
-        weights = sum(heatmap.cell_map(boxes[lay], alpha[lay] / total_alpha, maps[lay], grid) for lay in layers)
+        weights = sum(heatmap.cell_map(boxes[lay], alpha[lay] / total_alpha, maps[lay], grid)
+                      for lay in layers)
         regions = []
         for lay in layers:
             h, w = maps[lay]

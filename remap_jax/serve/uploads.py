@@ -38,6 +38,8 @@ FORMATS = {
 }
 #: declared part types accepted besides FORMATS' own: clients that do not know the type send these.
 GENERIC_TYPES = ("application/octet-stream", "")
+#: other names some clients use for the same formats
+ALIASES = ("image/jpg", "image/pjpeg", "image/x-ms-bmp", "image/x-png")
 
 
 class UploadError(Exception):
@@ -53,7 +55,7 @@ class UploadError(Exception):
 def check_declared_type(content_type: str | None, field: str = "image") -> None:
     """Refuses (415) a part whose declared media type is neither an accepted image type nor generic."""
     declared = (content_type or "").split(";")[0].strip().lower()
-    if declared in GENERIC_TYPES or declared in FORMATS.values() or declared in ("image/jpg", "image/x-ms-bmp"):
+    if declared in GENERIC_TYPES or declared in FORMATS.values() or declared in ALIASES:
         return
     raise UploadError(415, "unsupported_media_type",
                       f"{field}: declared content type {declared!r}; expected one of "
@@ -67,8 +69,8 @@ def check_header(data: bytes, max_pixels: int, field: str = "image") -> tuple[st
     `max_pixels` pixels.
     """
     if not data:
-        raise UploadError(400, "empty_file", f"{field}: the file is empty (0 bytes); expected an encoded image "
-                          f"({', '.join(FORMATS)})")
+        raise UploadError(400, "empty_file", f"{field}: the file is empty (0 bytes); expected an encoded "
+                          f"image ({', '.join(FORMATS)})")
     try:
         with warnings.catch_warnings():
             # Pillow warns (DecompressionBombWarning) or raises above its own limit; ours is lower anyway.
@@ -86,7 +88,8 @@ def check_header(data: bytes, max_pixels: int, field: str = "image") -> tuple[st
                           f"{field}: format {fmt}; expected one of {', '.join(FORMATS)}")
     if width < 1 or height < 1 or width * height > max_pixels:
         raise UploadError(400, "too_many_pixels",
-                          f"{field}: {width}x{height} = {width * height} pixels; expected at most {max_pixels}")
+                          f"{field}: {width}x{height} = {width * height} pixels; expected at most "
+                          f"{max_pixels}")
     return fmt, width, height
 
 
@@ -119,7 +122,8 @@ def parse_box(text: str | None, width: int, height: int) -> tuple[int, int, int,
     x0, y0, x1, y1 = (int(round(v)) for v in values)
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise UploadError(400, "bad_box", f"box: ({x0}, {y0}, {x1}, {y1}) is empty or outside the "
-                          f"{width}x{height} image; expected 0 <= x0 < x1 <= {width}, 0 <= y0 < y1 <= {height}")
+                          f"{width}x{height} image; expected 0 <= x0 < x1 <= {width}, "
+                          f"0 <= y0 < y1 <= {height}")
     return x0, y0, x1, y1
 
 
