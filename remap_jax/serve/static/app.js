@@ -88,6 +88,17 @@ function showQuery(src) {
   $("query-img").src = src;
 }
 
+// Show the query with its long side at QUERY_SIDE pixels (small queries enlarged, large ones reduced).
+const QUERY_SIDE = 400;
+function sizeQuery() {
+  const img = $("query-img");
+  if (!img.naturalWidth) return;
+  const scale = Math.min(QUERY_SIDE / Math.max(img.naturalWidth, img.naturalHeight),
+                         ($("query-panel").clientWidth || QUERY_SIDE) / img.naturalWidth);
+  img.style.width = `${Math.round(img.naturalWidth * scale)}px`;
+  img.style.height = `${Math.round(img.naturalHeight * scale)}px`;
+}
+
 function searchWithFile(file) {
   if (!file) return;
   state.file = file;
@@ -222,8 +233,8 @@ function init() {
   });
   $("options").addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
   for (const radio of document.querySelectorAll('input[name="mode"]')) radio.addEventListener("change", drawHeat);
-  $("query-img").addEventListener("load", drawHeat);
-  window.addEventListener("resize", drawHeat);
+  $("query-img").addEventListener("load", () => { sizeQuery(); drawHeat(); });
+  window.addEventListener("resize", () => { sizeQuery(); drawHeat(); });
   fetch("/healthz").then((r) => r.json()).then((h) => {
     $("about").textContent = `${h.images} images, ${h.dim}-d descriptors, ${h.platform}`;
     $("k").max = 100;
