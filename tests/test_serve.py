@@ -30,7 +30,8 @@ MAX_BODY = 1 << 20
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
-    return build_collection(str(tmp_path_factory.mktemp("serve")))
+    return build_collection(str(tmp_path_factory.getbasetemp() / "serve_collection"))  # shared with the
+    # browser test
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +350,27 @@ def test_command_line_errors_are_one_line(capsys, tmp_path):
     assert main(["--index", str(tmp_path), "--images", str(tmp_path), "--arch", "efficientnet_lite0",
                  "--weights", "installed", "--image-size", "64,64"]) == 2
     assert "not a remap-jax index" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # about a minute (TFDS build + Lite0 extraction); `remap-serve --demo` and
+# benchmarks/serve_load.py run the same path on the full split
+def test_demo_builds_its_collection_and_index_once(tmp_path):
+    """`remap-serve --demo` on the tiny synthetic split: images written, described and indexed by the
+    command's own code, then served (the model check passes); a second start reuses everything."""
+    from remap_jax.serve.cli import build_parser, build_service
+
+    workdir = tmp_path / "demo"
+    argv = ["--demo", "--workdir", str(workdir), "--demo-dataset", "synthetic_landmarks/hard_tiny",
+            "--data-dir", str(tmp_path / "tfds"), "--demo-export", str(tmp_path / "no_export")]
+    service, what = build_service(build_parser().parse_args(argv))
+    assert "hard_tiny" in what and "efficientnet_lite0" in what
+    images = sorted(p.name for p in (workdir / "images").glob("db_*.jpg"))
+    assert len(images) == len(service.ids) and sorted(service.ids) == images
+    assert list((workdir / "queries").glob("q_*.jpg"))
+    indexes = list(workdir.glob("index-*"))
+    assert len(indexes) == 1
+    stamp = (indexes[0] / "index.json").stat().st_mtime_ns
+    service, _ = build_service(build_parser().parse_args(argv))
+    assert (indexes[0] / "index.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    with pytest.raises(ValueError, match="holds the images of synthetic_landmarks/hard_tiny"):
+        build_service(build_parser().parse_args([*argv[:4], "synthetic_landmarks/tiny", *argv[5:]]))

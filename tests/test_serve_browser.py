@@ -62,7 +62,8 @@ def server(tmp_path_factory):
 
     from remap_jax.serve.app import create_app
 
-    paths = build_collection(str(tmp_path_factory.mktemp("serve_browser")))
+    # the collection of tests/test_serve.py (built once per session)
+    paths = build_collection(str(tmp_path_factory.getbasetemp() / "serve_collection"))
     port = _free_port()
     config = uvicorn.Config(create_app(make_service(paths)), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true",
                      help="serve the demo's test split (synthetic_landmarks/hard), building it in --workdir")
     src.add_argument("--workdir", default="/tmp/remap_serve", help="--demo: where images and index go")
+    src.add_argument("--demo-dataset", default="synthetic_landmarks/hard",
+                     help="--demo: the test set served (a synthetic_landmarks config, e.g. .../hard_tiny)")
+    src.add_argument("--data-dir", help="--demo: TFDS data folder (default ~/tensorflow_datasets)")
     src.add_argument("--demo-export", default=None,
                      help="--demo: a trained export to use (default: the main job's /tmp/remap_demo/export "
                           "when present, else ImageNet EfficientNet-Lite0)")
@@ -106,8 +109,9 @@ def build_service(args):
             raise ValueError("--demo: builds its own index and images; leave out --index and --images")
         flags = demo.demo_model_flags(args.demo_export or demo.DEMO_EXPORT)
         extractor, _ = make_extractor(_model_args(args, flags))
-        index_dir, images_dir = demo.prepare_demo(args.workdir, flags, extractor.fingerprint())
-        what = f"demo {demo.DEMO_DATASET} ({' '.join(flags)})"
+        index_dir, images_dir = demo.prepare_demo(args.workdir, flags, extractor.fingerprint(),
+                                                  args.demo_dataset, args.data_dir)
+        what = f"demo {args.demo_dataset} ({' '.join(flags)})"
     else:
         if not (args.index and args.images):
             raise ValueError("expected --index and --images (and the model flags), or --demo")

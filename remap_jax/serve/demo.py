@@ -31,15 +31,22 @@ def demo_model_flags(export: str | None = DEMO_EXPORT) -> list[str]:
             "--image-size", "192,256"]
 
 
-def write_demo_images(workdir: str, dataset: str = DEMO_DATASET) -> tuple[str, str]:
+def write_demo_images(workdir: str, dataset: str = DEMO_DATASET, data_dir: str | None = None
+                      ) -> tuple[str, str]:
     """Writes the test split's database and query images once (a marker file records completion);
-    returns (images folder, queries folder)."""
+    returns (images folder, queries folder). `data_dir`: TFDS's (default ~/tensorflow_datasets)."""
     images, queries = os.path.join(workdir, "images"), os.path.join(workdir, "queries")
-    if os.path.isfile(os.path.join(images, _DONE)):
+    done = os.path.join(images, _DONE)
+    if os.path.isfile(done):
+        with open(done) as f:
+            written = f.read().strip()
+        if written != dataset:
+            raise ValueError(f"--workdir {workdir}: holds the images of {written}, not {dataset}; use "
+                             "another workdir")
         return images, queries
     from remap_jax.data.sets import load_test_set
 
-    test = load_test_set(dataset)
+    test = load_test_set(dataset, data_dir=data_dir)
     os.makedirs(images, exist_ok=True)
     os.makedirs(queries, exist_ok=True)
     width = len(str(test.num_index - 1))
@@ -56,12 +63,13 @@ def write_demo_images(workdir: str, dataset: str = DEMO_DATASET) -> tuple[str, s
     return images, queries
 
 
-def prepare_demo(workdir: str, model_flags: list[str], fingerprint: str) -> tuple[str, str]:
+def prepare_demo(workdir: str, model_flags: list[str], fingerprint: str, dataset: str = DEMO_DATASET,
+                 data_dir: str | None = None) -> tuple[str, str]:
     """The demo's (index folder, images folder) under `workdir`, written and built if missing."""
     from remap_jax import extract_cli, index_cli
 
     os.makedirs(workdir, exist_ok=True)
-    images, _ = write_demo_images(workdir)
+    images, _ = write_demo_images(workdir, dataset, data_dir)
     index = os.path.join(workdir, f"index-{fingerprint}")
     if os.path.isfile(os.path.join(index, "index.json")):
         return index, images
