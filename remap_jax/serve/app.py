@@ -53,9 +53,13 @@ def image_url(image_id: str, kind: str = "images") -> str:
     return f"/{kind}/" + urllib.parse.quote(image_id)
 
 
-def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup: bool = True):
+def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup: bool = True,
+               decode_slots: int = 2):
     """The ASGI app serving `service`; uploads over `max_body_bytes` get 413. `warmup` compiles everything at
-    start-up (before the first request is answered)."""
+    start-up (before the first request is answered). At most `decode_slots` uploads are decoded at once:
+    a decoded image can be far larger than its upload (up to 3 bytes per pixel of the pixel cap), so this
+    bounds the memory that concurrent uploads take."""
+    decoding = asyncio.Semaphore(decode_slots)
 
     async def search(request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -92,18 +96,27 @@ def create_app(service: SearchService, *, max_body_bytes: int = 8 << 20, warmup:
                     raise UploadError(400, "missing_image", "image: a text field; expected a file part")
                 check_declared_type(upload.content_type)
                 data = await upload.read()
-                image = await asyncio.to_thread(decode_image, data, service.max_pixels)
                 source = "upload"
             else:
                 image_id = str(image_id)
-                image = await asyncio.to_thread(service.read_indexed, image_id)
                 source = f"id:{image_id}"
-        box = parse_box(fields.get("box"), image.shape[1], image.shape[0])
-        answer = await service.search(image, box=box, k=k, rerank=rerank, source=source)
+        async with decoding:  # decoded images are held only in here; the batcher gets the small prepared ones
+            start = time.perf_counter()
+            if source == "upload":
+                image = await asyncio.to_thread(decode_image, data, service.max_pixels)
+            else:
+                image = await asyncio.to_thread(service.read_indexed, image_id)
+            size = (int(image.shape[1]), int(image.shape[0]))
+            box = parse_box(fields.get("box"), *size)
+            pixels = await asyncio.to_thread(service.prepare, image, box)
+            del image
+            prepare_ms = round((time.perf_counter() - start) * 1e3, 2)
+        answer = await service.search(pixels, size=size, box=box, k=k, rerank=rerank, source=source)
+        answer["timing_ms"]["decode_prepare"] = prepare_ms
         for r in answer["results"]:
             r["image_url"] = image_url(r["id"])
             r["thumb_url"] = image_url(r["id"], "thumbs")
-        answer["query_size"] = [int(image.shape[1]), int(image.shape[0])]
+        answer["query_size"] = list(size)
         answer["box"] = None if box is None else list(box)
         answer["source"] = source
         return JSONResponse(answer)

@@ -7,6 +7,7 @@ folder (what `remap-extract --images DIR` writes), looked up in that list and re
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import mimetypes
@@ -219,30 +220,28 @@ class SearchService:
             out[i] = (descriptors[i], positions[i], scores[i])
         return out
 
-    async def search(self, image: np.ndarray, *, box=None, k: int | None = None, rerank: str = "none",
-                     source: str = "upload") -> dict:
-        """Describes `image` (cropped to `box`) and returns its `k` best matches:
+    async def search(self, pixels: np.ndarray, *, size: tuple[int, int], box=None, k: int | None = None,
+                     rerank: str = "none", source: str = "upload") -> dict:
+        """Describes prepared `pixels` (`prepare`: the image of (width, height) `size`, cropped to `box` and
+        resized) and returns the `k` best matches:
         {"query": token, "results": [{"id", "score", "rank"}], "timing_ms": {...}}."""
         k = self.default_k if k is None else int(k)
         if rerank not in self.rerankers:
             raise UploadError(400, "bad_rerank",
                               f"rerank: {rerank!r}; expected one of {list(self.rerankers)}")
         start = time.perf_counter()
-        pixels = self.prepare(image, box)
-        prepared = time.perf_counter()
         descriptor, positions, scores = await self.batcher.submit(pixels)
         described = time.perf_counter()
         method = self.rerankers[rerank]
         if method is not None:
             positions, scores = method(self, descriptor, positions, scores)
         token = secrets.token_urlsafe(12)
-        self._queries.put(token, Query(pixels, descriptor, source, (image.shape[1], image.shape[0]),
+        self._queries.put(token, Query(pixels, descriptor, source, (int(size[0]), int(size[1])),
                                        None if box is None else tuple(int(v) for v in box)))
         results = [{"rank": r + 1, "id": self.ids[p], "score": round(float(s), 6)}
                    for r, (p, s) in enumerate(zip(positions[:k], scores[:k], strict=True))]
         return {"query": token, "k": k, "rerank": rerank, "results": results,
-                "timing_ms": {"prepare": round((prepared - start) * 1e3, 2),
-                              "queue_describe_search": round((described - prepared) * 1e3, 2)}}
+                "timing_ms": {"queue_describe_search": round((described - start) * 1e3, 2)}}
 
     # ------------------------------------------------------------------------------------- indexed images
 
@@ -305,8 +304,6 @@ class SearchService:
     async def explain(self, token: str, result_id: str) -> dict:
         """Each region's share of the similarity between described query `token` and indexed `result_id`,
         and the learned region weights, as maps over the query (see `remap_jax.serve.heatmap`)."""
-        import asyncio
-
         from remap_jax.regions import rmac_regions
 
         reason = self.explainable()
