@@ -374,3 +374,21 @@ def test_demo_builds_its_collection_and_index_once(tmp_path):
     assert (indexes[0] / "index.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     with pytest.raises(ValueError, match="holds the images of synthetic_landmarks/hard_tiny"):
         build_service(build_parser().parse_args([*argv[:4], "synthetic_landmarks/tiny", *argv[5:]]))
+
+
+def test_explain_needs_a_remap_head(collection):
+    from remap_jax import Extractor, Index
+    from remap_jax.serve.service import SearchService
+    from remap_jax.serve.uploads import UploadError
+    from tests.serve_helpers import SIZE, TAPS
+
+    gem = Extractor.from_pretrained("efficientnet_lite0", weights="installed", taps=TAPS, head="gem",
+                                    image_size=SIZE, resize="exact", batch_size=1)
+    ids = [str(i) for i in Index.load(collection["index"]).ids]
+    rows = np.random.default_rng(0).standard_normal((len(ids), gem.dim)).astype(np.float32)
+    index = Index.build(rows / np.linalg.norm(rows, axis=1, keepdims=True), ids=ids)
+    service = SearchService(gem, index, collection["images"])
+    assert "GeM" in service.explainable()
+    with pytest.raises(UploadError, match="heatmap: unavailable") as e:
+        asyncio.run(service.explain("token", ids[0]))
+    assert e.value.status == 422 and e.value.code == "no_heatmap"
