@@ -322,6 +322,7 @@ class SearchService:
             self._results.put(result_id, result)
         if query.regions is None:
             query.regions = await asyncio.to_thread(self._regions, query.pixels)
+            self._queries.put(token, query)  # counts the regions' bytes in the cache's budget
         head = self.extractor.model.head
         layers = tuple(head.layers)
         shape = query.pixels.shape[:2]
