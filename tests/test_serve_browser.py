@@ -111,6 +111,24 @@ def test_page_uploads_shows_results_and_heatmap(server, tmp_path_factory, capsys
         browser.save_screenshot(shot)
         with capsys.disabled():
             print(f"\nremap-serve page screenshot: {shot}")
+        # a box dragged on the query: only that part is described, the heatmap covers the box
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        query = browser.find_element(By.ID, "query-img")
+        width, height = query.size["width"], query.size["height"]
+        ActionChains(browser).move_to_element_with_offset(query, -width // 4, -height // 4).click_and_hold() \
+            .move_by_offset(width // 2, height // 2).release().perform()
+        wait.until(lambda b: ", box " in b.find_element(By.ID, "status").text)
+        box = [int(v) for v in browser.find_element(By.ID, "box").get_attribute("value").split(",")]
+        assert 0 < box[0] < box[2] < 140 and 0 < box[1] < box[3] < 100
+        wait.until(lambda b: b.find_element(By.ID, "heat").get_attribute("data-drawn") == "1")
+        heat = browser.find_element(By.ID, "heat")
+        assert heat.size["width"] < width * 0.75  # over the box only
+        boxed = shot.replace(".png", "_box.png")
+        browser.save_screenshot(boxed)
+        with capsys.disabled():
+            print(f"remap-serve page screenshot, search with a dragged box: {boxed}")
+        tiles = browser.find_elements(By.CSS_SELECTOR, "#results .result")
         # the second heatmap mode and "more like this" by clicking a result
         browser.find_element(By.CSS_SELECTOR, 'input[name="mode"][value="weights"]').click()
         wait.until(lambda b: b.find_element(By.ID, "heat").get_attribute("data-mode") == "weights")

@@ -29,6 +29,7 @@ async function search() {
   const box = $("box").value.trim();
   if (box) form.append("box", box);
   setStatus("searching…");
+  clearHeat();
   const started = performance.now();
   let response;
   try {
@@ -48,7 +49,8 @@ async function search() {
   state.box = answer.box;
   $("again").disabled = false;
   setStatus(`${answer.results.length} results in ${Math.round(performance.now() - started)} ms ` +
-            `(${answer.source === "upload" ? "uploaded image" : answer.source})`);
+            `(${answer.source === "upload" ? "uploaded image" : answer.source}` +
+            (answer.box ? `, box ${answer.box.join(",")})` : ")"));
   renderResults();
   if (answer.results.length) explain(answer.results[0].id);
 }
@@ -219,7 +221,38 @@ function drawLegend(kind, scale) {
   legend.append(low, bar, high);
 }
 
+// Drag on the query to search with a box: only that part of the image is described.
+function boxFromDrag() {
+  const img = $("query-img");
+  let start = null;
+  const point = (ev) => {
+    const rect = img.getBoundingClientRect();
+    return [Math.min(Math.max(ev.clientX - rect.left, 0), rect.width),
+            Math.min(Math.max(ev.clientY - rect.top, 0), rect.height)];
+  };
+  img.addEventListener("mousedown", (ev) => { ev.preventDefault(); start = point(ev); });
+  window.addEventListener("mousemove", (ev) => {
+    if (!start) return;
+    const [x, y] = point(ev);
+    Object.assign($("box-frame").style, { left: `${Math.min(x, start[0])}px`, top: `${Math.min(y, start[1])}px`,
+      width: `${Math.abs(x - start[0])}px`, height: `${Math.abs(y - start[1])}px` });
+    $("box-frame").hidden = false;
+  });
+  window.addEventListener("mouseup", (ev) => {
+    if (!start) return;
+    const [x, y] = point(ev);
+    const sx = img.naturalWidth / img.clientWidth, sy = img.naturalHeight / img.clientHeight;
+    const box = [Math.min(x, start[0]) * sx, Math.min(y, start[1]) * sy, Math.max(x, start[0]) * sx,
+                 Math.max(y, start[1]) * sy].map(Math.round);
+    start = null;
+    if (box[2] - box[0] < 4 || box[3] - box[1] < 4) { $("box-frame").hidden = !state.box; return; }
+    $("box").value = box.join(",");
+    search();
+  });
+}
+
 function init() {
+  boxFromDrag();
   const drop = $("drop");
   drop.addEventListener("click", () => $("file").click());
   drop.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") $("file").click(); });
