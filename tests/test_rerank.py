@@ -1,0 +1,172 @@
+"""SuperGlobal re-ranking against a plain-loop numpy reference, its wiring and its input checks."""
+
+import numpy as np
+import pytest
+
+from remap_jax import evaluate
+from remap_jax.rerank import SuperGlobal, rerank_ranks, superglobal_rerank
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n, dim, seed, clusters=6, spread=0.6):
+    """Unit rows around a few centres, so that shortlists hold real neighbours."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    return unit(centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim)))
+
+
+def reference_superglobal(q, db, shortlist, m, k, beta):
+    """SuperGlobal's MDescAug + RerankwMDA written as plain loops (float64), one query at a time."""
+    out = []
+    for qi in range(q.shape[0]):
+        ids = [int(i) for i in shortlist[qi, :m]]
+        x = [db[i].astype(np.float64) for i in ids]
+        refined = []
+        for i in range(m):
+            sims = [(float(np.dot(x[i], x[j])), j) for j in range(m) if j != i]
+            sims.sort(key=lambda t: -t[0])  # stable: equal similarities keep the lower position
+            total, weight = x[i].copy(), 1.0
+            for s, j in sims[:k]:
+                total += beta * s * x[j]
+                weight += beta * s
+            refined.append(total / weight)
+        s = [float(np.dot(q[qi].astype(np.float64), r)) for r in refined]
+        pre = sorted(range(m), key=lambda i: -s[i])
+        expanded = refined[pre[0]].copy()
+        for i in pre[1 : k + 1]:
+            expanded = np.maximum(expanded, refined[i])
+        final = {i: (s[i] + float(np.dot(expanded, refined[i]))) / 2 for i in range(m)}
+        order = sorted(pre, key=lambda i: -final[i])  # stable over the refined order
+        out.append([ids[i] for i in order])
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("m,k,beta", [(20, 4, 0.15), (12, 0, 0.3), (16, 15, 1.0), (1, 0, 0.15)])
+def test_matches_plain_loop_reference(m, k, beta):
+    db = clustered(60, 24, 0)
+    q = clustered(5, 24, 1)
+    shortlist = evaluate.rank_database(q, db, k=30).T
+    positions, scores = superglobal_rerank(q, db, shortlist, SuperGlobal(m=m, k=k, beta=beta))
+    expected = reference_superglobal(q, db, shortlist, m, k, beta)
+    np.testing.assert_array_equal(positions, expected)
+    assert positions.shape == scores.shape == (5, m)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    for a, b in zip(positions, shortlist[:, :m], strict=True):
+        assert sorted(a) == sorted(b)  # only the top m is re-ordered
+
+
+def test_device_database_gives_the_same_ranking():
+    import jax
+
+    db = clustered(80, 16, 2)
+    q = clustered(7, 16, 3)
+    shortlist = evaluate.rank_database(q, db, k=25).T
+    options = SuperGlobal(m=25, k=5, beta=0.2)
+    host = superglobal_rerank(q, db, shortlist, options)
+    device = superglobal_rerank(q, jax.device_put(db), shortlist, options)
+    np.testing.assert_array_equal(host[0], device[0])
+    np.testing.assert_allclose(host[1], device[1], rtol=1e-5, atol=1e-6)
+
+
+def test_rank_database_reranks_only_the_top_m():
+    db = clustered(70, 16, 4)
+    q = clustered(6, 16, 5)
+    plain = evaluate.rank_database(q, db)
+    options = SuperGlobal(m=20, k=3, beta=0.15)
+    reranked = evaluate.rank_database(q, db, rerank=options)
+    np.testing.assert_array_equal(reranked[20:], plain[20:])
+    np.testing.assert_array_equal(reranked, rerank_ranks(plain, q, db, options))
+    assert not np.array_equal(reranked[:20], plain[:20])
+    # a cut shallower than m still re-ranks the whole top m first, then cuts
+    np.testing.assert_array_equal(evaluate.rank_database(q, db, k=10, rerank=options), reranked[:10])
+
+
+def test_query_batches_agree_with_one_batch(monkeypatch):
+    from remap_jax import rerank
+
+    db = clustered(50, 8, 6)
+    q = clustered(11, 8, 7)
+    shortlist = evaluate.rank_database(q, db, k=15).T
+    whole = superglobal_rerank(q, db, shortlist, SuperGlobal(m=15, k=4))
+    monkeypatch.setattr(rerank, "_query_batch", lambda *a, **kw: 4)  # 3 batches, the last padded
+    split = superglobal_rerank(q, db, shortlist, SuperGlobal(m=15, k=4))
+    np.testing.assert_array_equal(whole[0], split[0])
+
+
+def test_beta_zero_is_plain_expansion_of_unrefined_rows():
+    db = clustered(40, 8, 8)
+    q = clustered(3, 8, 9)
+    shortlist = evaluate.rank_database(q, db, k=10).T
+    positions, _ = superglobal_rerank(q, db, shortlist, SuperGlobal(m=10, k=3, beta=0.0))
+    np.testing.assert_array_equal(positions, reference_superglobal(q, db, shortlist, 10, 3, 0.0))
+
+
+def test_parse_and_to_dict():
+    assert SuperGlobal.parse("") == SuperGlobal()
+    assert SuperGlobal.parse("m=50, k=4,beta=0.2") == SuperGlobal(m=50, k=4, beta=0.2)
+    assert SuperGlobal(m=50, k=4, beta=0.2).to_dict() == {"method": "superglobal", "m": 50, "k": 4,
+                                                          "beta": 0.2}
+    with pytest.raises(ValueError, match="expected m=INT"):
+        SuperGlobal.parse("M=5")
+    with pytest.raises(ValueError, match="--rerank k: expected a number"):
+        SuperGlobal.parse("k=two")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match=r"rerank k: expected 0 <= k < m=5 .*got k=5"):
+        SuperGlobal(m=5, k=5)
+    with pytest.raises(ValueError, match=r"rerank beta: expected a finite weight >= 0, got beta=-0.1"):
+        SuperGlobal(beta=-0.1)
+    with pytest.raises(ValueError, match="rerank beta"):
+        SuperGlobal(beta=float("nan"))
+    with pytest.raises(ValueError, match="rerank m: expected a shortlist of >= 1"):
+        SuperGlobal(m=0, k=0)
+    with pytest.raises(ValueError, match="rerank m: expected an integer"):
+        SuperGlobal(m=2.5)
+
+
+def test_m_larger_than_database():
+    db = clustered(10, 8, 0)
+    q = clustered(2, 8, 1)
+    with pytest.raises(ValueError, match=r"rerank m: expected m <= 10 \(the database size\), got m=20"):
+        superglobal_rerank(q, db, np.zeros((2, 20), np.int64), SuperGlobal(m=20))
+    with pytest.raises(ValueError, match=r"rerank m: expected m <= 10"):
+        evaluate.rank_database(q, db, rerank=SuperGlobal(m=20))
+
+
+def test_nan_rows():
+    import jax
+
+    db = clustered(30, 8, 0)
+    q = clustered(2, 8, 1)
+    shortlist = evaluate.rank_database(q, db, k=10).T
+    bad = db.copy()
+    bad[shortlist[1, 3]] = np.nan
+    match = rf"database: row {shortlist[1, 3]} \(in the shortlist of query 1\) contains NaN"
+    with pytest.raises(ValueError, match=match):
+        superglobal_rerank(q, bad, shortlist, SuperGlobal(m=10, k=3))
+    with pytest.raises(ValueError, match=match):
+        superglobal_rerank(q, jax.device_put(bad), shortlist, SuperGlobal(m=10, k=3))
+    nan_q = q.copy()
+    nan_q[1, 0] = np.nan
+    with pytest.raises(ValueError, match="queries: row 1 contains NaN"):
+        superglobal_rerank(nan_q, db, shortlist, SuperGlobal(m=10, k=3))
+
+
+def test_mismatched_dimensions_and_shortlists():
+    db = clustered(30, 8, 0)
+    q = clustered(2, 8, 1)
+    with pytest.raises(ValueError, match=r"queries: expected shape \(Q, 8\)"):
+        superglobal_rerank(clustered(2, 6, 1), db, np.zeros((2, 10), np.int64), SuperGlobal(m=10, k=3))
+    with pytest.raises(ValueError, match=r"shortlist: expected integer shape \(2, >= 10\)"):
+        superglobal_rerank(q, db, np.zeros((2, 5), np.int64), SuperGlobal(m=10, k=3))
+    with pytest.raises(ValueError, match=r"shortlist: expected row numbers in 0..29"):
+        superglobal_rerank(q, db, np.full((2, 10), 30), SuperGlobal(m=10, k=3))
+    with pytest.raises(ValueError, match="rerank: expected a SuperGlobal"):
+        superglobal_rerank(q, db, np.zeros((2, 10), np.int64), {"m": 10})
