@@ -97,7 +97,7 @@ def _superglobal_batch(queries, rows, k: int, beta: float):
     b, m, _ = rows.shape
     eye = jnp.eye(m, dtype=bool)
     weights = eye.astype(rows.dtype)[None]  # each descriptor itself, weight 1
-    if k > 0 and beta > 0:
+    if k > 0:
         sims = jnp.einsum("bmd,bnd->bmn", rows, rows, precision=hi)
         # the K nearest others (the diagonal is the weight-1 term; top_k keeps lower positions on ties)
         nb_sims, nb = jax.lax.top_k(jnp.where(eye[None], -jnp.inf, sims), k)  # (B, M, K)
@@ -117,10 +117,10 @@ def _superglobal_batch(queries, rows, k: int, beta: float):
 
 
 @functools.cache
-def _host_rows_program(k: int, beta: float):
+def _host_rows_program(k: int):
     import jax
 
-    def run(queries, rows):
+    def run(queries, rows, beta):
         order, scores = _superglobal_batch(queries, rows, k, beta)
         return order, scores
 
@@ -128,11 +128,11 @@ def _host_rows_program(k: int, beta: float):
 
 
 @functools.cache
-def _device_rows_program(k: int, beta: float):
+def _device_rows_program(k: int):
     import jax
     import jax.numpy as jnp
 
-    def run(queries, database, shortlist):
+    def run(queries, database, shortlist, beta):
         rows = jnp.take(database, shortlist, axis=0)  # (B, M, D) gathered where the database lives
         finite = jnp.all(jnp.isfinite(rows), axis=-1)  # (B, M)
         order, scores = _superglobal_batch(queries, rows.astype(jnp.float32), k, beta)
@@ -146,7 +146,7 @@ def _query_batch(num_queries: int, m: int, dim: int, budget_bytes: int = 64 << 2
     per_query = 4 * m * (dim + 3 * m)
     b = max(1, min(256, budget_bytes // per_query))
     b = 1 << (b.bit_length() - 1)
-    return min(b, 1 << max(0, num_queries - 1).bit_length())
+    return min(b, max(8, 1 << max(0, num_queries - 1).bit_length()))  # few compiled shapes
 
 
 def _raise_nonfinite(finite: np.ndarray, shortlist: np.ndarray, start: int) -> None:
@@ -207,7 +207,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
     if nq == 0:
         return positions, scores
     bq = _query_batch(nq, m, dim)
-    k, beta = int(options.k), float(options.beta)
+    k, beta = int(options.k), np.float32(options.beta)
     pending = []
     for start in range(0, nq, bq):
         count = min(bq, nq - start)
@@ -216,7 +216,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
         ids = np.zeros((bq, m), np.int64)
         ids[:count] = shortlist[start : start + count]
         if on_device:
-            order, sc, finite = _device_rows_program(k, beta)(q, database, ids.astype(np.int32))
+            order, sc, finite = _device_rows_program(k)(q, database, ids.astype(np.int32), beta)
             finite = np.asarray(finite)[:count]
             if not finite.all():
                 _raise_nonfinite(finite, ids, start)
@@ -225,7 +225,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
             finite = np.isfinite(rows[:count]).all(axis=-1)
             if not finite.all():
                 _raise_nonfinite(finite, ids, start)
-            order, sc = _host_rows_program(k, beta)(q, rows)
+            order, sc = _host_rows_program(k)(q, rows, beta)
         pending.append((start, count, ids, order, sc))  # dispatched; the host gathers the next batch
     for start, count, ids, order, sc in pending:
         order = np.asarray(order)[:count]

@@ -44,7 +44,7 @@ def reference_superglobal(q, db, shortlist, m, k, beta):
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("m,k,beta", [(20, 4, 0.15), (12, 0, 0.3), (16, 15, 1.0), (1, 0, 0.15)])
+@pytest.mark.parametrize("m,k,beta", [(20, 4, 0.15), (20, 4, 1.0), (20, 0, 0.3), (20, 19, 0.5), (1, 0, 0.15)])
 def test_matches_plain_loop_reference(m, k, beta):
     db = clustered(60, 24, 0)
     q = clustered(5, 24, 1)
@@ -61,10 +61,10 @@ def test_matches_plain_loop_reference(m, k, beta):
 def test_device_database_gives_the_same_ranking():
     import jax
 
-    db = clustered(80, 16, 2)
-    q = clustered(7, 16, 3)
+    db = clustered(80, 24, 2)
+    q = clustered(7, 24, 3)
     shortlist = evaluate.rank_database(q, db, k=25).T
-    options = SuperGlobal(m=25, k=5, beta=0.2)
+    options = SuperGlobal(m=20, k=4, beta=0.2)
     host = superglobal_rerank(q, db, shortlist, options)
     device = superglobal_rerank(q, jax.device_put(db), shortlist, options)
     np.testing.assert_array_equal(host[0], device[0])
@@ -72,10 +72,10 @@ def test_device_database_gives_the_same_ranking():
 
 
 def test_rank_database_reranks_only_the_top_m():
-    db = clustered(70, 16, 4)
-    q = clustered(6, 16, 5)
+    db = clustered(70, 24, 4)
+    q = clustered(6, 24, 5)
     plain = evaluate.rank_database(q, db)
-    options = SuperGlobal(m=20, k=3, beta=0.15)
+    options = SuperGlobal(m=20, k=4, beta=0.15)
     reranked = evaluate.rank_database(q, db, rerank=options)
     np.testing.assert_array_equal(reranked[20:], plain[20:])
     np.testing.assert_array_equal(reranked, rerank_ranks(plain, q, db, options))
@@ -87,21 +87,21 @@ def test_rank_database_reranks_only_the_top_m():
 def test_query_batches_agree_with_one_batch(monkeypatch):
     from remap_jax import rerank
 
-    db = clustered(50, 8, 6)
-    q = clustered(11, 8, 7)
-    shortlist = evaluate.rank_database(q, db, k=15).T
-    whole = superglobal_rerank(q, db, shortlist, SuperGlobal(m=15, k=4))
-    monkeypatch.setattr(rerank, "_query_batch", lambda *a, **kw: 4)  # 3 batches, the last padded
-    split = superglobal_rerank(q, db, shortlist, SuperGlobal(m=15, k=4))
+    db = clustered(50, 24, 6)
+    q = clustered(11, 24, 7)
+    shortlist = evaluate.rank_database(q, db, k=20).T
+    whole = superglobal_rerank(q, db, shortlist, SuperGlobal(m=20, k=4))
+    monkeypatch.setattr(rerank, "_query_batch", lambda *a, **kw: 8)  # 2 batches, the last padded
+    split = superglobal_rerank(q, db, shortlist, SuperGlobal(m=20, k=4))
     np.testing.assert_array_equal(whole[0], split[0])
 
 
 def test_beta_zero_is_plain_expansion_of_unrefined_rows():
-    db = clustered(40, 8, 8)
-    q = clustered(3, 8, 9)
-    shortlist = evaluate.rank_database(q, db, k=10).T
-    positions, _ = superglobal_rerank(q, db, shortlist, SuperGlobal(m=10, k=3, beta=0.0))
-    np.testing.assert_array_equal(positions, reference_superglobal(q, db, shortlist, 10, 3, 0.0))
+    db = clustered(40, 24, 8)
+    q = clustered(3, 24, 9)
+    shortlist = evaluate.rank_database(q, db, k=20).T
+    positions, _ = superglobal_rerank(q, db, shortlist, SuperGlobal(m=20, k=4, beta=0.0))
+    np.testing.assert_array_equal(positions, reference_superglobal(q, db, shortlist, 20, 4, 0.0))
 
 
 def test_parse_and_to_dict():
@@ -143,20 +143,20 @@ def test_m_larger_than_database():
 def test_nan_rows():
     import jax
 
-    db = clustered(30, 8, 0)
-    q = clustered(2, 8, 1)
-    shortlist = evaluate.rank_database(q, db, k=10).T
+    db = clustered(30, 24, 0)
+    q = clustered(2, 24, 1)
+    shortlist = evaluate.rank_database(q, db, k=20).T
     bad = db.copy()
     bad[shortlist[1, 3]] = np.nan
-    match = rf"database: row {shortlist[1, 3]} \(in the shortlist of query 1\) contains NaN"
+    match = rf"database: row {shortlist[1, 3]} \(in the shortlist of query [01]\) contains NaN"
     with pytest.raises(ValueError, match=match):
-        superglobal_rerank(q, bad, shortlist, SuperGlobal(m=10, k=3))
+        superglobal_rerank(q, bad, shortlist, SuperGlobal(m=20, k=4))
     with pytest.raises(ValueError, match=match):
-        superglobal_rerank(q, jax.device_put(bad), shortlist, SuperGlobal(m=10, k=3))
+        superglobal_rerank(q, jax.device_put(bad), shortlist, SuperGlobal(m=20, k=4))
     nan_q = q.copy()
     nan_q[1, 0] = np.nan
     with pytest.raises(ValueError, match="queries: row 1 contains NaN"):
-        superglobal_rerank(nan_q, db, shortlist, SuperGlobal(m=10, k=3))
+        superglobal_rerank(nan_q, db, shortlist, SuperGlobal(m=20, k=4))
 
 
 def test_mismatched_dimensions_and_shortlists():
