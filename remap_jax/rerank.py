@@ -184,7 +184,8 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
     n, dim = shape
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != dim:
-        raise ValueError(f"queries: expected shape (Q, {dim}) (the database's dimension), got {queries.shape}")
+        raise ValueError(f"queries: expected shape (Q, {dim}) (the database's dimension), got "
+                         f"{queries.shape}")
     queries = np.ascontiguousarray(queries, np.float32)
     if not np.isfinite(queries).all():
         bad = int(np.argmin(np.isfinite(queries).all(axis=1)))

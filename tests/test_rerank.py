@@ -170,3 +170,54 @@ def test_mismatched_dimensions_and_shortlists():
         superglobal_rerank(q, db, np.full((2, 10), 30), SuperGlobal(m=10, k=3))
     with pytest.raises(ValueError, match="rerank: expected a SuperGlobal"):
         superglobal_rerank(q, db, np.zeros((2, 10), np.int64), {"m": 10})
+
+
+# ------------------------------------------------------------------------------------------------ Index
+
+
+def test_index_search_reranks_exact_and_scann(tmp_path):
+    from remap_jax.index import Index
+
+    db = clustered(300, 24, 10)
+    q = clustered(4, 24, 11)
+    options = SuperGlobal(m=20, k=4)
+    plain = evaluate.rank_database(q, db, k=30).T
+    expected, expected_scores = superglobal_rerank(q, db, plain, options)
+
+    exact = Index.build(db, ids=np.arange(300) + 1000)
+    ids, scores = exact.search(q, k=30, rerank=options)
+    np.testing.assert_array_equal(ids[:, :20] - 1000, expected)
+    np.testing.assert_array_equal(ids[:, 20:] - 1000, plain[:, 20:])
+    np.testing.assert_allclose(scores[:, :20], expected_scores, rtol=1e-5, atol=1e-6)
+    short, _ = exact.search(q, k=5, rerank=options)  # searched to depth m, then cut
+    np.testing.assert_array_equal(short, ids[:, :5])
+    one, _ = exact.search(q[0], k=5, rerank=options)
+    np.testing.assert_array_equal(one, ids[0, :5])
+
+    # ScaNN re-scoring every candidate (exact shortlist): built in this process, then saved and loaded
+    scann = Index.build(db, method="scann", pq_bytes=4, reorder=len(db))
+    np.testing.assert_array_equal(scann.search_positions(q, 30, rerank=options)[0][:, :20], expected)
+    scann.save(tmp_path / "ix")
+    loaded = Index.load(tmp_path / "ix")
+    np.testing.assert_array_equal(loaded.search_positions(q, 30, rerank=options)[0][:, :20], expected)
+
+
+@pytest.mark.parametrize("dtype,atol", [("bfloat16", 1e-2), ("int8", 2e-2)])
+def test_loaded_scann_decodes_quantised_rescoring_vectors(tmp_path, dtype, atol):
+    from remap_jax.index import Index
+
+    db = clustered(200, 24, 12)
+    Index.build(db, method="scann", pq_bytes=4, reorder=50, reorder_dtype=dtype).save(tmp_path / "ix")
+    rows = Index.load(tmp_path / "ix").rerank_vectors()
+    np.testing.assert_allclose(rows[np.array([[3, 7], [150, 0]])], db[[[3, 7], [150, 0]]], atol=atol)
+
+
+def test_codes_only_scann_refuses_to_rerank():
+    from remap_jax.index import Index
+
+    db = clustered(200, 24, 13)
+    ix = Index.build(db, method="scann", pq_bytes=4, reorder=0)
+    with pytest.raises(ValueError, match=r"rerank: this ScaNN index keeps PQ codes only \(reorder=0\)"):
+        ix.search(db[:2], 10, rerank=SuperGlobal(m=20, k=4))
+    with pytest.raises(ValueError, match=r"rerank m: expected m <= 200"):
+        Index.build(db).search(db[:2], 10, rerank=SuperGlobal(m=300, k=4))
