@@ -138,7 +138,8 @@ def sweep(q, db, gnd, grid=SWEEP) -> list[dict]:
 
 def format_sweep(rows: list[dict], model: str) -> str:
     lines = [f"sweep ({model}): Medium / Hard mAP and gains over the plain ranking",
-             "| M | K | beta | Medium | Hard | Medium gain | Hard gain |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| M | K | beta | Medium | Hard | Medium gain | Hard gain |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['m']} | {r['k']} | {r['beta']} | {r['medium']:.2f} | {r['hard']:.2f} | "
                      f"{r['medium_gain']:+.2f} ± {r['medium_se']:.2f} | {r['hard_gain']:+.2f} ± "

@@ -80,11 +80,11 @@ class SuperGlobal:
             name, sep, value = item.partition("=")
             name = name.strip()
             if not sep or name not in ("m", "k", "beta"):
-                raise ValueError(f"--rerank: expected m=INT,k=INT,beta=FLOAT (any of them), got {text!r}")
+                raise ValueError(f"rerank: expected m=INT,k=INT,beta=FLOAT (any of them), got {text!r}")
             try:
                 fields[name] = float(value) if name == "beta" else int(value)
             except ValueError:
-                raise ValueError(f"--rerank {name}: expected a number, got {value.strip()!r}") from None
+                raise ValueError(f"rerank {name}: expected a number, got {value.strip()!r}") from None
         return cls(**fields)
 
 

@@ -111,7 +111,7 @@ def test_parse_and_to_dict():
                                                           "beta": 0.2}
     with pytest.raises(ValueError, match="expected m=INT"):
         SuperGlobal.parse("M=5")
-    with pytest.raises(ValueError, match="--rerank k: expected a number"):
+    with pytest.raises(ValueError, match="rerank k: expected a number"):
         SuperGlobal.parse("k=two")
 
 
@@ -221,3 +221,104 @@ def test_codes_only_scann_refuses_to_rerank():
         ix.search(db[:2], 10, rerank=SuperGlobal(m=20, k=4))
     with pytest.raises(ValueError, match=r"rerank m: expected m <= 200"):
         Index.build(db).search(db[:2], 10, rerank=SuperGlobal(m=300, k=4))
+
+
+# ------------------------------------------------------------------------------- evaluation and commands
+
+
+def test_evaluate_descriptors_reranks_after_dba_and_qe_and_records_settings(tmp_path):
+    import json
+
+    from remap_jax.evaluation import evaluate_descriptors, write_results
+
+    db = clustered(120, 24, 14)
+    q = clustered(4, 24, 15)
+    gnd = [{"easy": np.arange(i, 120, 7)[:6], "hard": np.arange(i + 1, 120, 11)[:3], "junk": []}
+           for i in range(4)]
+    options = SuperGlobal(m=20, k=4)
+    res, ranks = evaluate_descriptors(q, db, gnd, qe=True, dba=True, rerank=options, return_ranks=True)
+    assert res["rerank"] == {"method": "superglobal", "m": 20, "k": 4, "beta": 0.15}
+    aug = evaluate.alpha_database_augmentation(db)
+    expanded = evaluate.alpha_query_expansion(q, aug)
+    np.testing.assert_array_equal(ranks, evaluate.rank_database(expanded, aug, rerank=options))
+    write_results(str(tmp_path / "results.json"), res, name="toy")
+    assert json.loads((tmp_path / "results.json").read_text())["rerank"]["m"] == 20
+    via_index = evaluate_descriptors(q, db, gnd, rerank=options, index="exact")
+    assert via_index["rerank"]["m"] == 20
+    assert via_index["medium"]["mAP"] == evaluate_descriptors(q, db, gnd, rerank=options)["medium"]["mAP"]
+
+
+def test_train_eval_rerank_flag(monkeypatch, capsys):
+    import remap_jax.data
+    import remap_jax.evaluation
+    import train.eval as cmd
+
+    class FakeSet:
+        name, num_queries, num_index, num_distractors = "toy", 3, 40, 0
+
+    seen = {}
+
+    def fake_run_eval(extractor, test_set, **options):
+        seen.update(options)
+        row = {"mAP": 50.0, "mP@1": 50.0, "mP@5": 50.0, "mP@10": 50.0, "num_queries": 3}
+        return {"easy": row, "medium": row, "hard": row, "seconds": 0.1}
+
+    monkeypatch.setattr(cmd, "make_extractor", lambda args: None)
+    monkeypatch.setattr(remap_jax.data, "load_test_set", lambda *a, **kw: FakeSet())
+    monkeypatch.setattr(remap_jax.evaluation, "run_eval", fake_run_eval)
+    common = ["--arch", "resnet18", "--dataset", "toy", "--out", "/nonexistent"]
+    cmd.main([*common, "--rerank", "m=30,k=3"])
+    assert seen["rerank"] == SuperGlobal(m=30, k=3)
+    assert "SuperGlobal M=30 K=3 beta=0.15" in capsys.readouterr().out
+    cmd.main([*common, "--rerank"])
+    assert seen["rerank"] == SuperGlobal()
+    cmd.main(common)
+    assert seen["rerank"] is None
+    with pytest.raises(SystemExit, match=r"--rerank m=5,k=5: rerank k: expected 0 <= k < m=5"):
+        cmd.main([*common, "--rerank", "m=5,k=5"])
+
+
+def test_config_test_rerank_is_checked_before_training():
+    from train.configs.base import get_base_config
+    from train.validate import validate_config
+
+    config = get_base_config()
+    assert config.test_rerank == ""
+    config.model.pretrained = ""
+    validate_config(config)
+    config.test_rerank = "m=10,k=2,beta=0.3"
+    validate_config(config)
+    config.test_rerank = "m=10,k=20"
+    with pytest.raises(ValueError, match=r"config.test_rerank = 'm=10,k=20': rerank k: expected 0 <= k < m"):
+        validate_config(config)
+
+
+def test_remap_index_search_rerank(tmp_path, capsys):
+    from remap_jax.index_cli import main
+
+    db = clustered(300, 24, 16)
+    q = clustered(5, 24, 17)
+    np.savez(tmp_path / "db.npz", descriptors=db, ids=np.array([f"d{i}" for i in range(300)]),
+             failed=np.array([], str))
+    np.savez(tmp_path / "q.npz", descriptors=q, ids=np.array([f"q{i}" for i in range(5)]),
+             failed=np.array([], str))
+    assert main(["build", "--features", str(tmp_path / "db.npz"), "--out", str(tmp_path / "idx")]) == 0
+    out = tmp_path / "ranks.npz"
+    search = ["search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npz"), "--k", "25"]
+    assert main([*search, "--rerank", "m=20,k=4", "--out", str(out)]) == 0
+    assert "SuperGlobal M=20 K=4 beta=0.15" in capsys.readouterr().out
+    r = np.load(out)
+    plain = evaluate.rank_database(q, db, k=25).T
+    expected, _ = superglobal_rerank(q, db, plain, SuperGlobal(m=20, k=4))
+    np.testing.assert_array_equal(r["positions"][:, :20], expected)
+    np.testing.assert_array_equal(r["positions"][:, 20:], plain[:, 20:])
+    assert str(r["rerank"]) == '{"method": "superglobal", "m": 20, "k": 4, "beta": 0.15}'
+
+    assert main(["build", "--features", str(tmp_path / "db.npz"), "--out", str(tmp_path / "codes"),
+                 "--method", "scann", "--pq-bytes", "4", "--reorder", "0"]) == 0
+    capsys.readouterr()
+    codes = ["search", "--index", str(tmp_path / "codes"), "--queries", str(tmp_path / "q.npz"), "--k", "5"]
+    assert main([*codes, "--rerank", "--out", str(out)]) == 2
+    assert "keeps PQ codes only" in capsys.readouterr().err
+    assert main([*search, "--rerank", "m=20,k=25", "--out", str(out)]) == 2
+    assert "rerank k: expected 0 <= k < m=20" in capsys.readouterr().err
