@@ -38,7 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 DEMO_MODELS = {"fine-tuned": "eval_after", "off-the-shelf": "eval_off_the_shelf"}
-SWEEP = {"m": (25, 50, 100, 200, 400), "k": (3, 5, 9, 15), "beta": (0.05, 0.15, 0.3, 1.0)}
+SWEEP = {"m": (25, 50, 100, 200, 400), "k": (3, 5, 9, 15), "beta": (0.05, 0.15, 0.3, 1.0, 2.0)}
 
 
 # --------------------------------------------------------------------------------------------- quality
@@ -159,7 +159,8 @@ def run_quality(args) -> dict:
         report["rows"] += quality_rows(variants(q, db, gnd, rerank), model)
         print(format_quality([r for r in report["rows"] if r["model"] == model]), flush=True)
         if not args.no_sweep:
-            report["sweeps"][model] = sweep(q, db, gnd)
+            grid = {name: getattr(args, f"sweep_{name}") or SWEEP[name] for name in SWEEP}
+            report["sweeps"][model] = sweep(q, db, gnd, grid)
             print(format_sweep(report["sweeps"][model], model), flush=True)
     print(f"\nSuperGlobal {rerank.to_dict()}; {len(gnd)} queries, database {db.shape[0]} x {db.shape[1]}")
     print(format_quality(report["rows"]))
@@ -189,8 +190,8 @@ def available_bytes() -> int | None:
     return None
 
 
-def measure_cost(n: int, dim: int, m: int = 100, queries: int = 64, repeats: int = 3, k: int = 9,
-                 beta: float = 0.15) -> dict:
+def measure_cost(n: int, dim: int, m: int = 100, queries: int = 64, repeats: int = 3, k: int = 5,
+                 beta: float = 1.0) -> dict:
     """ms per query: exact top-m search alone vs search + SuperGlobal re-rank of the top m (best of
     `repeats`, alternating), and the re-rank alone on the searched shortlist."""
     from remap_jax.index import exact_search
@@ -273,8 +274,12 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="part", required=True)
     qp = sub.add_parser("quality", help="demo mAP with and without re-ranking, and the M/K/beta sweep")
     qp.add_argument("--demo", default="/tmp/remap_demo", help="the demo's workdir (run there if empty)")
-    qp.add_argument("--rerank", default="", help="SuperGlobal settings, e.g. m=100,k=9,beta=0.15")
+    qp.add_argument("--rerank", default="",
+                    help="SuperGlobal settings (default: SuperGlobal()), e.g. m=200,k=9,beta=0.15")
     qp.add_argument("--no-sweep", action="store_true")
+    qp.add_argument("--sweep-m", type=int, nargs="+", help=f"sweep these M (default {SWEEP['m']})")
+    qp.add_argument("--sweep-k", type=int, nargs="+", help=f"sweep these K (default {SWEEP['k']})")
+    qp.add_argument("--sweep-beta", type=float, nargs="+", help=f"sweep these beta (default {SWEEP['beta']})")
     cp = sub.add_parser("cost", help="ms per query: search alone vs search + re-rank")
     cp.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     cp.add_argument("--dims", type=int, nargs="+", default=[512, 1600])

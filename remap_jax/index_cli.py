@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="default",
         metavar="m=M,k=K,beta=B",
-        help="SuperGlobal re-ranking of the top M (alone: the defaults m=100,k=9,beta=0.15; or any of "
+        help="SuperGlobal re-ranking of the top M (alone: the defaults m=100,k=5,beta=1; or any of "
         "m=INT,k=INT,beta=FLOAT); needs an exact index or ScaNN with re-scoring vectors",
     )
     s.set_defaults(func=_search)

@@ -237,7 +237,7 @@ def test_evaluate_descriptors_reranks_after_dba_and_qe_and_records_settings(tmp_
            for i in range(4)]
     options = SuperGlobal(m=20, k=4)
     res, ranks = evaluate_descriptors(q, db, gnd, qe=True, dba=True, rerank=options, return_ranks=True)
-    assert res["rerank"] == {"method": "superglobal", "m": 20, "k": 4, "beta": 0.15}
+    assert res["rerank"] == {"method": "superglobal", "m": 20, "k": 4, "beta": 1.0}
     aug = evaluate.alpha_database_augmentation(db)
     expanded = evaluate.alpha_query_expansion(q, aug)
     np.testing.assert_array_equal(ranks, evaluate.rank_database(expanded, aug, rerank=options))
@@ -269,7 +269,7 @@ def test_train_eval_rerank_flag(monkeypatch, capsys):
     common = ["--arch", "resnet18", "--dataset", "toy", "--out", "/nonexistent"]
     cmd.main([*common, "--rerank", "m=30,k=3"])
     assert seen["rerank"] == SuperGlobal(m=30, k=3)
-    assert "SuperGlobal M=30 K=3 beta=0.15" in capsys.readouterr().out
+    assert "SuperGlobal M=30 K=3 beta=1" in capsys.readouterr().out
     cmd.main([*common, "--rerank"])
     assert seen["rerank"] == SuperGlobal()
     cmd.main(common)
@@ -306,13 +306,13 @@ def test_remap_index_search_rerank(tmp_path, capsys):
     out = tmp_path / "ranks.npz"
     search = ["search", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npz"), "--k", "25"]
     assert main([*search, "--rerank", "m=20,k=4", "--out", str(out)]) == 0
-    assert "SuperGlobal M=20 K=4 beta=0.15" in capsys.readouterr().out
+    assert "SuperGlobal M=20 K=4 beta=1" in capsys.readouterr().out
     r = np.load(out)
     plain = evaluate.rank_database(q, db, k=25).T
     expected, _ = superglobal_rerank(q, db, plain, SuperGlobal(m=20, k=4))
     np.testing.assert_array_equal(r["positions"][:, :20], expected)
     np.testing.assert_array_equal(r["positions"][:, 20:], plain[:, 20:])
-    assert str(r["rerank"]) == '{"method": "superglobal", "m": 20, "k": 4, "beta": 0.15}'
+    assert str(r["rerank"]) == '{"method": "superglobal", "m": 20, "k": 4, "beta": 1.0}'
 
     assert main(["build", "--features", str(tmp_path / "db.npz"), "--out", str(tmp_path / "codes"),
                  "--method", "scann", "--pq-bytes", "4", "--reorder", "0"]) == 0
