@@ -91,15 +91,21 @@ class SuperGlobal:
         return cls(**fields)
 
 
-def _superglobal_batch(queries, rows, k: int, beta: float):
-    """(B, D) queries, (B, M, D) shortlist rows -> (B, M) shortlist positions re-ordered, (B, M) scores."""
+def _superglobal_batch(queries, rows, k: int, beta):
+    """(B, D) queries, (B, M, D) shortlist rows -> (B, M) shortlist positions re-ordered, (B, M) scores.
+
+    The refined rows are ``x' = W x / w`` with W (M x M) holding 1 on the diagonal and ``beta * s_ij`` at the
+    K nearest others, ``w`` W's row sums. Their scores against any vector v are ``W (x v) / w``: the only
+    M x M x D product is the similarity matrix; the refined rows themselves are formed for the K + 1 that
+    build the expanded query only.
+    """
     import jax
     import jax.numpy as jnp
 
     hi = jax.lax.Precision.HIGHEST
     b, m, _ = rows.shape
     eye = jnp.eye(m, dtype=bool)
-    weights = eye.astype(rows.dtype)[None]  # each descriptor itself, weight 1
+    weights = jnp.broadcast_to(eye.astype(rows.dtype), (b, m, m))  # each descriptor itself, weight 1
     if k > 0:
         sims = jnp.einsum("bmd,bnd->bmn", rows, rows, precision=hi)
         # the K nearest others (the diagonal is the weight-1 term; top_k keeps lower positions on ties)
@@ -107,13 +113,20 @@ def _superglobal_batch(queries, rows, k: int, beta: float):
         bi = jnp.arange(b)[:, None, None]
         mi = jnp.arange(m)[None, :, None]
         weights = weights + jnp.zeros((b, m, m), rows.dtype).at[bi, mi, nb].add(beta * nb_sims)
-    refined = jnp.einsum("bmn,bnd->bmd", weights, rows, precision=hi)
-    refined = refined / jnp.sum(weights, axis=-1, keepdims=True)
-    s = jnp.einsum("bmd,bd->bm", refined, queries, precision=hi)
+    total = jnp.sum(weights, axis=-1)  # (B, M)
+
+    def refined_scores(v):  # (B, D) -> (B, M) <v, x'_i>
+        xv = jnp.einsum("bmd,bd->bm", rows, v, precision=hi)
+        return jnp.einsum("bmn,bn->bm", weights, xv, precision=hi) / total
+
+    s = refined_scores(queries)
     _, pre = jax.lax.top_k(s, m)  # the refined ranking
-    top = jnp.take_along_axis(refined, pre[:, : k + 1, None], axis=1)  # (B, K + 1, D)
-    expanded = jnp.max(top, axis=1)
-    r = jnp.einsum("bmd,bd->bm", refined, expanded, precision=hi)
+    top = pre[:, : k + 1]
+    top_weights = jnp.take_along_axis(weights, top[:, :, None], axis=1)  # (B, K + 1, M)
+    top_rows = jnp.einsum("bkn,bnd->bkd", top_weights, rows, precision=hi)
+    top_rows = top_rows / jnp.take_along_axis(total, top, axis=1)[:, :, None]
+    expanded = jnp.max(top_rows, axis=1)  # (B, D)
+    r = refined_scores(expanded)
     final = jnp.take_along_axis((s + r) * 0.5, pre, axis=1)  # in refined order: ties keep that order
     scores, o = jax.lax.top_k(final, m)
     return jnp.take_along_axis(pre, o, axis=1), scores
@@ -144,12 +157,28 @@ def _device_rows_program(k: int):
     return jax.jit(run)
 
 
-def _query_batch(num_queries: int, m: int, dim: int, budget_bytes: int = 64 << 20) -> int:
-    """Queries per step: a power of two whose (B, M, D) rows and (B, M, M) matrices fit ``budget_bytes``."""
+def _query_batch(num_queries: int, m: int, dim: int, budget_bytes: int = 8 << 20) -> int:
+    """Queries per step: a power of two whose (B, M, D) rows and (B, M, M) matrices fit ``budget_bytes``.
+
+    Small steps stay in cache: on the 2-core CPU, M = 100 x D = 1600, 8 queries per step ran 1.5-2x faster
+    per query than 64.
+    """
     per_query = 4 * m * (dim + 3 * m)
     b = max(1, min(256, budget_bytes // per_query))
     b = 1 << (b.bit_length() - 1)
     return min(b, max(8, 1 << max(0, num_queries - 1).bit_length()))  # few compiled shapes
+
+
+def _gather_rows(database, ids: np.ndarray) -> np.ndarray:
+    """(B, M, D) float32 rows of ``database``; 64-byte aligned for a float32 array, so that the CPU backend
+    adopts the buffer without a copy (a fresh buffer per step: the device may still read the last one)."""
+    if isinstance(database, np.ndarray) and database.dtype == np.float32:
+        from remap_jax.index import _aligned_empty
+
+        rows = _aligned_empty((ids.size, database.shape[1]))
+        np.take(database, ids.reshape(-1), axis=0, out=rows)
+        return rows.reshape(*ids.shape, database.shape[1])
+    return np.asarray(database[ids], np.float32)
 
 
 def _raise_nonfinite(finite: np.ndarray, shortlist: np.ndarray, start: int) -> None:
@@ -225,7 +254,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
             if not finite.all():
                 _raise_nonfinite(finite, ids, start)
         else:
-            rows = np.asarray(database[ids], np.float32)  # (B, M, D)
+            rows = _gather_rows(database, ids)
             finite = np.isfinite(rows[:count]).all(axis=-1)
             if not finite.all():
                 _raise_nonfinite(finite, ids, start)
