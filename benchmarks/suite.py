@@ -20,7 +20,8 @@ below are the accelerator's; `--quick` shrinks them, see `preset`):
   float32 and bfloat16, batch 1/8/32 at 1024x768; ratio to float32 at the same arch and batch; head share.
 - `rerank`: SuperGlobal re-ranking (`remap_jax.rerank`) of the top 100 at 10k, 100k and 1M database rows,
   512 and 1600 dimensions: ms per query of exact top-100 search alone vs search + re-rank, side by side
-  (`benchmarks/rerank_bench.py`, `suite_block`); a size whose database does not fit memory is skipped.
+  (`benchmarks/rerank_bench.py`, `suite_block`); a database over half the free memory is memory-mapped
+  from a temporary file.
 - `train_step`: one REMAP train step (forward + backward + Adam; `benchmarks/train_step_bench.py`) at
   384x512, 8 tuples of 3 images, on 1 device and on all devices, float32 and bfloat16; ratio to float32 on
   1 device.
