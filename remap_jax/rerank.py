@@ -10,8 +10,9 @@ queries on the device that holds the database rows:
    of largest ``s_i`` (SuperGlobal's K counts the descriptor itself: its default K = 9 takes 10), and the
    top M are ranked by ``(s_i + <e, x'_i>) / 2``.
 
-Nothing past the top M moves. Cost per query: about ``2 M^2 D`` multiply-adds (the M x M similarities and
-the weighted means), plus gathering ``M x D`` database rows.
+Nothing past the top M moves. Cost per query: about ``M^2 D`` multiply-adds (the M x M similarities; the
+refined scores are computed as ``W (x q) / w`` from the M x M weights W, and refined rows are formed only
+for the K + 1 that make the expanded query), plus gathering ``M x D`` database rows.
 
 Order with the other post-processing of this library: alpha-DBA replaces the database vectors first
 (offline), alpha-QE expands the query from the ranking of those vectors, the expanded query ranks the
@@ -166,7 +167,7 @@ def _query_batch(num_queries: int, m: int, dim: int, budget_bytes: int = 8 << 20
     per_query = 4 * m * (dim + 3 * m)
     b = max(1, min(256, budget_bytes // per_query))
     b = 1 << (b.bit_length() - 1)
-    return min(b, max(8, 1 << max(0, num_queries - 1).bit_length()))  # few compiled shapes
+    return min(b, 1 << max(0, num_queries - 1).bit_length())  # few compiled shapes, one query unpadded
 
 
 def _gather_rows(database, ids: np.ndarray) -> np.ndarray:
@@ -250,17 +251,17 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
         ids[:count] = shortlist[start : start + count]
         if on_device:
             order, sc, finite = _device_rows_program(k)(q, database, ids.astype(np.int32), beta)
-            finite = np.asarray(finite)[:count]
-            if not finite.all():
-                _raise_nonfinite(finite, ids, start)
         else:
             rows = _gather_rows(database, ids)
             finite = np.isfinite(rows[:count]).all(axis=-1)
             if not finite.all():
                 _raise_nonfinite(finite, ids, start)
             order, sc = _host_rows_program(k)(q, rows, beta)
-        pending.append((start, count, ids, order, sc))  # dispatched; the host gathers the next batch
-    for start, count, ids, order, sc in pending:
+            finite = None
+        pending.append((start, count, ids, order, sc, finite))  # dispatched; the host gathers the next batch
+    for start, count, ids, order, sc, finite in pending:
+        if finite is not None and not np.asarray(finite)[:count].all():
+            _raise_nonfinite(np.asarray(finite)[:count], ids, start)
         order = np.asarray(order)[:count]
         positions[start : start + count] = np.take_along_axis(ids[:count], order, axis=1)
         scores[start : start + count] = np.asarray(sc)[:count]
