@@ -295,6 +295,10 @@ def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None,
     if k is not None and k < 1:
         raise ValueError(f"k: expected >= 1 or None, got {k}")
     depth = n if k is None else min(int(k), n)
+    if rerank is not None:
+        from remap_jax.rerank import check_options
+
+        rerank = check_options(rerank)
     if rerank is not None and rerank.m > n:
         raise ValueError(f"rerank m: expected m <= {n} (the database size), got m={rerank.m}")
     if n == 0 or qvecs.shape[0] == 0:

@@ -783,8 +783,9 @@ class Index:
         return (pos[0], sc[0]) if single else (pos, sc)
 
     def _search_reranked(self, q: np.ndarray, k: int, rerank, search_options: dict):
-        from remap_jax.rerank import superglobal_rerank
+        from remap_jax.rerank import check_options, superglobal_rerank
 
+        rerank = check_options(rerank)
         vectors = self.rerank_vectors()
         if rerank.m > len(self):
             raise ValueError(f"rerank m: expected m <= {len(self)} (the database size), got m={rerank.m}")

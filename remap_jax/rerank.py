@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SuperGlobal", "rerank_ranks", "superglobal_rerank"]
+__all__ = ["SuperGlobal", "check_options", "rerank_ranks", "superglobal_rerank"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +90,13 @@ class SuperGlobal:
             except ValueError:
                 raise ValueError(f"rerank {name}: expected a number, got {value.strip()!r}") from None
         return cls(**fields)
+
+
+def check_options(options) -> SuperGlobal:
+    """``options`` if it is a :class:`SuperGlobal`, else a one-line ValueError."""
+    if not isinstance(options, SuperGlobal):
+        raise ValueError(f"rerank: expected a SuperGlobal(m=..., k=..., beta=...), got {options!r}")
+    return options
 
 
 def _superglobal_batch(queries, rows, k: int, beta):
@@ -207,9 +214,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
     """
     import jax
 
-    options = SuperGlobal() if options is None else options
-    if not isinstance(options, SuperGlobal):
-        raise ValueError(f"rerank: expected a SuperGlobal(m=..., k=..., beta=...), got {options!r}")
+    options = check_options(SuperGlobal() if options is None else options)
     on_device = isinstance(database, jax.Array)
     shape = tuple(database.shape)
     if len(shape) != 2:
@@ -271,7 +276,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
 def rerank_ranks(ranks, queries, database, options: SuperGlobal | None = None) -> np.ndarray:
     """A (depth, Q) ranking (``remap_jax.evaluate`` convention, column q = query q) with each column's top M
     re-ranked by :func:`superglobal_rerank`; rows M and below are unchanged. Returns a new int64 array."""
-    options = SuperGlobal() if options is None else options
+    options = check_options(SuperGlobal() if options is None else options)
     ranks = np.asarray(ranks)
     if ranks.ndim != 2 or ranks.shape[0] < options.m:
         raise ValueError(f"ranks: expected shape (>= {options.m}, num_queries) (the top m of each query), "

@@ -170,6 +170,8 @@ def test_mismatched_dimensions_and_shortlists():
         superglobal_rerank(q, db, np.full((2, 10), 30), SuperGlobal(m=10, k=3))
     with pytest.raises(ValueError, match="rerank: expected a SuperGlobal"):
         superglobal_rerank(q, db, np.zeros((2, 10), np.int64), {"m": 10})
+    with pytest.raises(ValueError, match="rerank: expected a SuperGlobal"):
+        evaluate.rank_database(q, db, rerank={"m": 10})
 
 
 # ------------------------------------------------------------------------------------------------ Index
