@@ -18,6 +18,10 @@ below are the accelerator's; `--quick` shrinks them, see `preset`):
 - `extract`: images/s of the descriptor (uint8 pixels on the device -> normalisation -> backbone -> REMAP
   head on the default taps) through `Extractor.from_pretrained`, ResNet-50/101 and EfficientNet-Lite0..4,
   float32 and bfloat16, batch 1/8/32 at 1024x768; ratio to float32 at the same arch and batch; head share.
+- `rerank`: SuperGlobal re-ranking (`remap_jax.rerank`) of the top 100 at 10k, 100k and 1M database rows,
+  512 and 1600 dimensions: ms per query of exact top-100 search alone vs search + re-rank, side by side
+  (`benchmarks/rerank_bench.py`, `suite_block`); a database over half the free memory is memory-mapped
+  from a temporary file.
 - `train_step`: one REMAP train step (forward + backward + Adam; `benchmarks/train_step_bench.py`) at
   384x512, 8 tuples of 3 images, on 1 device and on all devices, float32 and bfloat16; ratio to float32 on
   1 device.
@@ -53,10 +57,13 @@ for _path in (ROOT, BENCH):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import rerank_bench  # noqa: E402  (numpy only at import; the block imports JAX in its worker)
+
 # Cheap blocks first: what they leave of their budgets goes to the two that can use any amount of time.
-BLOCKS = ("roi_pool", "exact_search", "ranking", "extract", "train_step")
+BLOCKS = ("roi_pool", "exact_search", "ranking", "rerank", "extract", "train_step")
 # Shares of the time budget (what is left when a block starts is shared by the weights of the blocks left).
-WEIGHTS = {"roi_pool": 0.12, "extract": 0.36, "train_step": 0.28, "exact_search": 0.12, "ranking": 0.12}
+WEIGHTS = {"roi_pool": 0.12, "extract": 0.36, "train_step": 0.28, "exact_search": 0.12, "ranking": 0.12,
+           "rerank": 0.10}
 LITES = tuple(f"efficientnet_lite{i}" for i in range(5))
 DEFAULT_TIMEOUT = {"full": 480, "quick": 600, "tiny": 40}
 
@@ -75,6 +82,7 @@ def preset(name: str, on_cpu: bool) -> dict:
                            "dtypes": ["float32"], "repeats": 1},
             "exact_search": {"n": 4096, "dim": 32, "queries": 16, "k": 10},
             "ranking": {"n": 4096, "dim": 32, "queries": 8},
+            "rerank": rerank_bench.SUITE_PRESETS["tiny"],
         }
     if name == "quick":  # a 2-core CPU within 10 minutes
         return {
@@ -88,6 +96,7 @@ def preset(name: str, on_cpu: bool) -> dict:
                            "dtypes": ["float32", "bfloat16"], "repeats": 2},
             "exact_search": {"n": 200_000, "dim": 512, "queries": 200, "k": 100},
             "ranking": {"n": 200_000, "dim": 512, "queries": 70},
+            "rerank": rerank_bench.SUITE_PRESETS["quick"],
         }
     batch = 8 if on_cpu else 32
     return {
@@ -104,6 +113,7 @@ def preset(name: str, on_cpu: bool) -> dict:
                        "dtypes": ["float32", "bfloat16"], "repeats": 5},
         "exact_search": {"n": 1_000_000, "dim": 512, "queries": 1000, "k": 100},
         "ranking": {"n": 1_000_000, "dim": 512, "queries": 70},
+        "rerank": rerank_bench.SUITE_PRESETS["full"],
     }
 
 
@@ -350,7 +360,8 @@ def block_ranking(cfg: dict, out: RowWriter) -> None:
 
 
 BLOCK_FUNCTIONS = {"roi_pool": block_roi_pool, "extract": block_extract, "train_step": block_train_step,
-                   "exact_search": block_exact_search, "ranking": block_ranking}
+                   "exact_search": block_exact_search, "ranking": block_ranking,
+                   "rerank": rerank_bench.suite_block}
 
 
 def run_worker(args) -> None:
@@ -397,7 +408,7 @@ def read_block(path: str) -> dict:
 
 
 _KEY_FIELDS = ("shape", "BxHxWxC", "method", "arch", "dtype", "batch", "size", "devices", "num_db", "part",
-               "k")
+               "k", "dim")
 
 
 def run_block(name: str, args, budget: float) -> dict:
@@ -476,6 +487,7 @@ COLUMNS = {
                 ("jax_top100_s", "top-100 s", "{:.3f}"), ("numpy_top100_s", "numpy top-100 s", "{:.3f}"),
                 ("top_speedup", "top-100 vs numpy", "{:.1f}x"), ("vectorised_s", "scoring s", "{:.3f}"),
                 ("isin_scan_s", "isin scan s", "{:.3f}"), ("speedup", "scoring vs isin", "{:.1f}x")],
+    "rerank": rerank_bench.SUITE_COLUMNS,
 }
 
 

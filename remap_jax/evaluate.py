@@ -262,7 +262,7 @@ def _check_descriptors(x, name: str, rows_per_check: int = 65_536) -> np.ndarray
     return x
 
 
-def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None) -> np.ndarray:
+def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None, rerank=None) -> np.ndarray:
     """Exact ranking by inner product (cosine similarity for unit vectors).
 
     Runs through :func:`remap_jax.index.exact_search`: the database is streamed through the JAX device in
@@ -275,6 +275,9 @@ def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None)
       k: keep only the top k (None: rank the whole database).
       chunk: database rows scored per device step (rounded up to a multiple of 128; bounds device memory);
         None: 64 MiB of database per step.
+      rerank: a :class:`remap_jax.rerank.SuperGlobal`: each query's top M is re-ranked with these vectors
+        (:func:`remap_jax.rerank.rerank_ranks`; ranked to depth max(k, M) first, then cut to k); rows past
+        M keep their order. None: the plain ranking.
 
     Returns:
       int64 array (num_db or k, num_queries): column q is the database indices for query q, best first; ties
@@ -292,11 +295,22 @@ def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None)
     if k is not None and k < 1:
         raise ValueError(f"k: expected >= 1 or None, got {k}")
     depth = n if k is None else min(int(k), n)
+    if rerank is not None:
+        from remap_jax.rerank import check_options
+
+        rerank = check_options(rerank)
+    if rerank is not None and rerank.m > n:
+        raise ValueError(f"rerank m: expected m <= {n} (the database size), got m={rerank.m}")
     if n == 0 or qvecs.shape[0] == 0:
         return np.zeros((depth, qvecs.shape[0]), np.int64)
     options = {} if chunk is None else {"chunk_bytes": max(1, int(chunk)) * 4 * dbvecs.shape[1]}
-    positions, _ = exact_search(dbvecs, qvecs, depth, return_scores=False, **options)
-    return positions.T
+    searched = depth if rerank is None else max(depth, rerank.m)
+    positions, _ = exact_search(dbvecs, qvecs, searched, return_scores=False, **options)
+    if rerank is None:
+        return positions.T
+    from remap_jax.rerank import rerank_ranks
+
+    return rerank_ranks(positions.T, qvecs, dbvecs, rerank)[:depth]
 
 
 def _weighted_neighbour_sum(vecs, neighbours, sims, alpha: float) -> np.ndarray:

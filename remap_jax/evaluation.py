@@ -41,18 +41,19 @@ def build_index(dbvecs, method: str = "exact", **options):
     return Index.build(np.asarray(dbvecs, np.float32), method=method, **options)
 
 
-def rank(qvecs, dbvecs, k: int | None = None, *, index=None) -> np.ndarray:
+def rank(qvecs, dbvecs, k: int | None = None, *, index=None, rerank=None) -> np.ndarray:
     """Ranks the database for each query -> int64 (num_db or k, num_queries), best first.
 
     ``index``: a :class:`remap_jax.index.Index` built over ``dbvecs`` (see :func:`build_index`; e.g. ScaNN
     product-quantised codes); None ranks exactly (`remap_jax.evaluate.rank_database`).
+    ``rerank``: a :class:`remap_jax.rerank.SuperGlobal` re-ranking each query's top M (None: none).
     """
     if index is None:
-        return evaluate.rank_database(qvecs, dbvecs, k=k)
+        return evaluate.rank_database(qvecs, dbvecs, k=k, rerank=rerank)
     if len(index) != len(dbvecs):
         raise ValueError(f"index: holds {len(index)} vectors, expected {len(dbvecs)} (one per database row)")
     depth = len(index) if k is None else min(k, len(index))
-    positions, _ = index.search_positions(np.asarray(qvecs, np.float32), depth)
+    positions, _ = index.search_positions(np.asarray(qvecs, np.float32), depth, rerank=rerank)
     return positions.T.astype(np.int64)
 
 
@@ -72,6 +73,7 @@ def evaluate_descriptors(
     return_ranks: bool = False,
     index: str | None = None,
     index_options: dict | None = None,
+    rerank=None,
 ):
     """Scores query/database descriptors under the revisited protocol.
 
@@ -87,6 +89,9 @@ def evaluate_descriptors(
         re-scores candidates with the stored vectors); the results then carry ``index``: method, the resolved
         options, ``bytes_per_image`` (what one database image costs the index in memory: codes, leaf index and
         any re-scoring vectors) and ``code_bytes``. QE expands queries with the uncompressed database vectors.
+      rerank: a :class:`remap_jax.rerank.SuperGlobal`: the final ranking's top M re-ranked (after DBA and
+        QE, with the expanded queries and the augmented database rows; through the index's vectors when
+        ``index`` is given); the results then carry ``rerank``: its settings (``SuperGlobal.to_dict``).
 
     Returns:
       the :func:`remap_jax.evaluate.evaluate_revisited` dict (percent), plus ``ranks`` when asked for.
@@ -107,8 +112,10 @@ def evaluate_descriptors(
     if qe:
         first = rank(qvecs, dbvecs, k=max(qe_k, 1), index=searcher)
         qvecs = evaluate.alpha_query_expansion(qvecs, dbvecs, k=qe_k, alpha=qe_alpha, ranks=first)
-    ranks = rank(qvecs, dbvecs, k=k, index=searcher)
+    ranks = rank(qvecs, dbvecs, k=k, index=searcher, rerank=rerank)
     results = evaluate.evaluate_revisited(ranks, gnd, kappas=kappas)
+    if rerank is not None:
+        results["rerank"] = rerank.to_dict()
     if searcher is not None:
         results["index"] = {
             "method": searcher.method,

@@ -635,6 +635,8 @@ class Index:
     options: dict[str, Any]
     _database: np.ndarray | None = field(default=None, repr=False)  # exact: (N, D') float32
     _searcher: Any = field(default=None, repr=False)  # scann: ScannSearcher
+    # scann with re-scoring: (N, D') rows for re-ranking (the build input, or the saved re-scoring vectors)
+    _vectors: Any = field(default=None, repr=False)
 
     # ---- construction
 
@@ -675,7 +677,8 @@ class Index:
         db = truncate_and_normalize(db, opts["truncate_dim"])
         if method == "exact":
             return cls(method, dim, ids, opts, _database=db)
-        return cls(method, dim, ids, opts, _searcher=_build_scann(db, opts))
+        vectors = db if opts["reorder"] else None  # a reference (no copy) for re-ranking
+        return cls(method, dim, ids, opts, _searcher=_build_scann(db, opts), _vectors=vectors)
 
     # ---- properties
 
@@ -714,27 +717,53 @@ class Index:
 
     # ---- search
 
-    def search(self, queries, k: int, **search_options) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int, rerank=None, **search_options) -> tuple[np.ndarray, np.ndarray]:
         """Top-k database ids per query by decreasing inner product.
 
         Args:
           queries: (Q, D) or (D,) finite floats, D = ``self.dim``.
           k: 1 <= k <= number of indexed vectors.
+          rerank: a :class:`remap_jax.rerank.SuperGlobal`: the top M (searched to depth max(k, M)) are
+            re-ranked with the database vectors, then the list is cut to k; the first min(k, M) scores are
+            then SuperGlobal's ranking scores, the rest the index's similarities. Exact: the stored
+            database. ScaNN: its re-scoring vectors (the float32 rows it was built from; after ``load``, the
+            saved float32 / bfloat16 / int8 re-scoring vectors, memory-mapped and decoded per shortlist);
+            a codes-only ScaNN index (``reorder=0``) keeps no vectors and refuses (ValueError).
           **search_options: scann only: ``leaves_to_search``, ``reorder`` override the build values.
             exact only: ``progress`` (tqdm bar over database chunks).
         Returns:
           ids (Q, k) (dtype of ``self.ids``) and scores (Q, k) float32; (k,) each for a (D,) query.
           Scores are exact for "exact" and for re-scored scann candidates, PQ estimates otherwise.
         """
-        positions, scores = self.search_positions(queries, k, **search_options)
+        positions, scores = self.search_positions(queries, k, rerank=rerank, **search_options)
         return self.ids[positions], scores
 
-    def search_positions(self, queries, k: int, **search_options) -> tuple[np.ndarray, np.ndarray]:
+    def rerank_vectors(self):
+        """The (N, search_dim) rows re-ranking reads (array-like: ``shape`` and fancy indexing).
+
+        Raises ValueError for a codes-only ScaNN index, which keeps PQ codes but no vectors.
+        """
+        if self.method == "exact":
+            return self._database
+        if self._vectors is None:
+            raise ValueError(
+                "rerank: this ScaNN index keeps PQ codes only (reorder=0), no vectors to refine the "
+                "shortlist with; expected an index built with reorder > 0 (re-scoring vectors) or "
+                "method='exact'"
+            )
+        return self._vectors
+
+    def search_positions(
+        self, queries, k: int, rerank=None, **search_options
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like ``search`` but returns int64 row positions (0..N-1, build order) instead of ids."""
         single = np.ndim(queries) == 1
         q = _as_matrix("queries", np.atleast_2d(queries) if single else queries, dim=self.dim)
         k = _check_k(k, len(self))
         q = truncate_and_normalize(q, self.options.get("truncate_dim"))
+        if rerank is not None:
+            pos, sc = self._search_reranked(q, k, rerank, search_options)
+            return (pos[0], sc[0]) if single else (pos, sc)
         if q.shape[0] == 0:
             pos, sc = np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         elif self.method == "exact":
@@ -752,6 +781,18 @@ class Index:
             _check_search_options(search_options, {"leaves_to_search", "reorder"}, self.method)
             pos, sc = self._scann_search(q, k, **search_options)
         return (pos[0], sc[0]) if single else (pos, sc)
+
+    def _search_reranked(self, q: np.ndarray, k: int, rerank, search_options: dict):
+        from remap_jax.rerank import check_options, superglobal_rerank
+
+        rerank = check_options(rerank)
+        vectors = self.rerank_vectors()
+        if rerank.m > len(self):
+            raise ValueError(f"rerank m: expected m <= {len(self)} (the database size), got m={rerank.m}")
+        pos, sc = self.search_positions(q, max(k, rerank.m), **search_options)
+        top, top_scores = superglobal_rerank(q, vectors, pos, rerank)
+        pos[:, : rerank.m], sc[:, : rerank.m] = top, top_scores
+        return pos[:, :k], sc[:, :k]
 
     def _scann_search(self, q: np.ndarray, k: int, leaves_to_search=None, reorder=None):
         leaves = self.options["leaves"]
@@ -881,7 +922,42 @@ class Index:
             raise IndexFormatError(
                 f"index directory {directory}: ScaNN searcher holds {searcher.size()} vectors, expected {n}"
             )
-        return cls(method, int(meta["dim"]), ids, opts, _searcher=searcher)
+        vectors = None
+        if opts["reorder"]:
+            vectors = _saved_rescoring_vectors(os.path.join(directory, "scann"), opts)
+        return cls(method, int(meta["dim"]), ids, opts, _searcher=searcher, _vectors=vectors)
+
+
+class _DecodedRows:
+    """(N, D) float32 view of ScaNN's saved bfloat16 / int8 re-scoring vectors, decoded per gather."""
+
+    def __init__(self, stored: np.ndarray, dtype: str, inverse_scale: np.ndarray | None = None):
+        self._stored, self._dtype, self._inverse_scale = stored, dtype, inverse_scale
+        self.shape = stored.shape
+
+    def __getitem__(self, index) -> np.ndarray:
+        rows = np.asarray(self._stored[index])
+        if self._dtype == "bfloat16":  # the upper 16 bits of a float32
+            return (rows.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return rows.astype(np.float32) * self._inverse_scale  # int8: value = code / multiplier
+
+
+def _saved_rescoring_vectors(scann_dir: str, opts: dict[str, Any]):
+    """ScaNN's serialised re-scoring vectors (rows in build order), memory-mapped, as float32 rows."""
+    dtype = opts["reorder_dtype"]
+    name = {"float32": "dataset.npy", "bfloat16": "bfloat16_dataset.npy", "int8": "int8_dataset.npy"}[dtype]
+    path = os.path.join(scann_dir, name)
+    if not os.path.isfile(path):
+        raise IndexFormatError(f"index directory {os.path.dirname(scann_dir)}: missing scann/{name}, the "
+                               f"{dtype} re-scoring vectors that reorder={opts['reorder']} needs")
+    stored = np.load(path, mmap_mode="r")
+    if dtype == "float32":
+        return stored
+    if dtype == "bfloat16":
+        return _DecodedRows(stored, dtype)
+    multipliers = np.load(os.path.join(scann_dir, "int8_multipliers.npy")).astype(np.float64)
+    safe = np.where(multipliers != 0, multipliers, 1.0)
+    return _DecodedRows(stored, dtype, np.where(multipliers != 0, 1.0 / safe, 0.0).astype(np.float32))
 
 
 def _check_k(k, n: int) -> int:

@@ -9,10 +9,13 @@ take one or several files or glob patterns, merged in the order given, each patt
     remap-index build --features db.npz --out idx/ --method scann        # ScaNN, options chosen for N and D
     remap-index build --features 'parts/*.npz' extra.npz --out idx/ --pq-bytes 64 --reorder 0   # codes only
     remap-index search --index idx/ --queries q.npz --k 100 --out ranks.npz
+    remap-index search --index idx/ --queries q.npz --k 100 --rerank m=200 --out ranks.npz   # SuperGlobal
     remap-index info --index idx/
 
 ``ranks.npz`` holds ``ids`` (Q, k) database ids, ``positions`` (Q, k) int64 row numbers in the merged
-database, ``scores`` (Q, k) float32 similarities, best first, and ``query_ids`` (Q,).
+database, ``scores`` (Q, k) float32 similarities, best first, and ``query_ids`` (Q,). With ``--rerank``
+(`remap_jax.rerank.SuperGlobal`; a codes-only ScaNN index refuses it) the top M are re-ranked, their scores
+are SuperGlobal's, and ``rerank`` holds the settings as JSON text.
 """
 
 from __future__ import annotations
@@ -82,14 +85,21 @@ def _search(args) -> None:
         options["reorder"] = args.reorder
     if index.method == "exact":
         options["progress"] = True
+    rerank, extra = None, {}
+    if args.rerank is not None:
+        from remap_jax.rerank import SuperGlobal
+
+        rerank = SuperGlobal.parse(args.rerank)
+        extra["rerank"] = json.dumps(rerank.to_dict())
     t0 = time.perf_counter()
-    positions, scores = index.search_positions(queries, args.k, **options)
+    positions, scores = index.search_positions(queries, args.k, rerank=rerank, **options)
     search_s = time.perf_counter() - t0
     atomic.save_npz(
-        args.out, ids=index.ids[positions], positions=positions, scores=scores, query_ids=query_ids
+        args.out, ids=index.ids[positions], positions=positions, scores=scores, query_ids=query_ids, **extra
     )
+    reranked = "" if rerank is None else f", SuperGlobal M={rerank.m} K={rerank.k} beta={rerank.beta:g}"
     print(
-        f"searched {queries.shape[0]} queries (k={args.k}) in {search_s:.2f} s "
+        f"searched {queries.shape[0]} queries (k={args.k}{reranked}) in {search_s:.2f} s "
         f"({queries.shape[0] / max(search_s, 1e-9):.1f} queries/s); wrote {args.out}"
     )
 
@@ -161,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output .npz: ids, positions, scores, query_ids")
     s.add_argument("--leaves-to-search", type=int, help="scann: override the partitions searched")
     s.add_argument("--reorder", type=int, help="scann: override the number of re-scored candidates")
+    s.add_argument(
+        "--rerank",
+        nargs="?",
+        const="default",
+        metavar="m=M,k=K,beta=B",
+        help="SuperGlobal re-ranking of the top M (alone: the defaults m=100,k=5,beta=1; or any of "
+        "m=INT,k=INT,beta=FLOAT); needs an exact index or ScaNN with re-scoring vectors",
+    )
     s.set_defaults(func=_search)
 
     i = sub.add_parser("info", help="print an index's metadata")

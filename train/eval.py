@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qe-alpha", type=float, default=3.0)
     p.add_argument("--dba", action="store_true", help="alpha-database-side augmentation")
     p.add_argument("--dba-k", type=int, default=2)
+    p.add_argument("--rerank", nargs="?", const="default", default=None, metavar="m=M,k=K,beta=B",
+                   help="SuperGlobal re-ranking of each query's top M (after --dba and --qe); alone: the "
+                   "defaults (remap_jax.rerank.SuperGlobal), or any of m=INT,k=INT,beta=FLOAT")
     p.add_argument("--head", default=None, help="with --arch: remap (default) | rmac | gem | mac | spoc")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="model input size (landscape; portrait images use W H); default: the checkpoint's, "
@@ -104,9 +107,22 @@ def index_options_from_args(args) -> dict | None:
     return given
 
 
+def rerank_from_args(args):
+    """The --rerank settings as a `remap_jax.rerank.SuperGlobal` (None without the flag), checked first."""
+    if args.rerank is None:
+        return None
+    from remap_jax.rerank import SuperGlobal
+
+    try:
+        return SuperGlobal.parse(args.rerank)
+    except ValueError as e:
+        raise SystemExit(f"--rerank {args.rerank}: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     index_options = index_options_from_args(args)
+    rerank = rerank_from_args(args)
     host_memory.apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     distributed.initialize_from_args(args)
     from remap_jax import evaluate
@@ -123,10 +139,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = run_eval(make_extractor(args), test_set, out_dir=args.out if main_process else None,
                        max_side=args.max_side, grid_queries=args.grid_queries, progress=main_process,
                        distractors=extra, qe=args.qe, qe_k=args.qe_k, qe_alpha=args.qe_alpha, dba=args.dba,
-                       dba_k=args.dba_k, index=args.index, index_options=index_options)
+                       dba_k=args.dba_k, index=args.index, index_options=index_options, rerank=rerank)
     if not main_process:
         return results
     extras = [s for s, on in (("alpha-QE", args.qe), ("alpha-DBA", args.dba)) if on]
+    if rerank is not None:
+        extras.append(f"SuperGlobal M={rerank.m} K={rerank.k} beta={rerank.beta:g}")
     if "index" in results:
         info = results["index"]
         extras.append(f"{info['method']} index, {info['bytes_per_image']} bytes/image")

@@ -28,6 +28,7 @@ from remap_jax.distributed import host_copy, local_rows, sync_processes
 from remap_jax.evaluation import run_eval, validation_map
 from remap_jax.extract import Extractor, local_mesh
 from remap_jax.model import load_exported, model_from_config, save_exported
+from remap_jax.rerank import SuperGlobal
 from train.build import check_eval_shapes, initial_variables, initialise_head_from_config, model_spec
 from train.checkpoints import Checkpoints, MetricWriter
 from train.input import ImageSource
@@ -139,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
     # ---- set up: data, model, optimiser, mesh, describers
     training_set, test_set = load_data(config, training_set, test_set)
+    test_rerank = SuperGlobal.parse(config.test_rerank) if config.get("test_rerank") else None
     spec = model_spec(config)
     model = model if model is not None else model_from_config(spec)
     export_fn = export_fn or save_exported
@@ -180,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
         test_describer.set_variables(variables)
         # every process takes part in describing; process 0 writes the files
         results = run_eval(test_describer, test_set, out_dir=os.path.join(workdir, name) if is_main else None,
-                           progress=is_main)
+                           progress=is_main, rerank=test_rerank)
         if is_main:
             atomic.write_json(os.path.join(workdir, f"{name}.json"), results)
         say(f"test set {config.test_dataset!r} {title}:\n{evaluate.format_revisited_table(results)}")

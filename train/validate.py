@@ -48,6 +48,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(is_size(config.image_size), "image_size", "(height, width), ints >= 32")
     check(is_size(config.test_image_size), "test_image_size", "(height, width), ints >= 32")
     check(config.num_workers >= 1, "num_workers", ">= 1")
+    if config.get("test_rerank"):
+        from remap_jax.rerank import SuperGlobal
+
+        try:
+            SuperGlobal.parse(config.test_rerank)
+        except ValueError as e:
+            errors.append(f"config.test_rerank = {config.test_rerank!r}: {e}")
     check(not config.head_init or os.path.exists(config.head_init), "head_init",
           "'' or an existing file written by train.init_head")
     check(not (config.initialise_head and config.head_init), "head_init",

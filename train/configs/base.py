@@ -26,6 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ---- data
     c.dataset = "sfm120k"  # training set: remap_jax.data.load_training_set(name)
     c.test_dataset = "roxford5k"  # final evaluation: remap_jax.data.load_test_set(name); "" to skip
+    # SuperGlobal re-ranking of the final evaluations' top M (remap_jax.rerank): "" none, "default", or
+    # "m=200,k=9,beta=0.15" (any of them); results.json then names the settings
+    c.test_rerank = ""
     c.data_dir = ""  # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
     c.image_size = (768, 1024)  # training images are resized to this (height, width), NHWC static shape
     c.test_image_size = (768, 1024)  # evaluation images: landscape (H, W); portrait images use (W, H)
