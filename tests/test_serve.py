@@ -77,6 +77,20 @@ def test_more_like_this_finds_the_image_itself_first(client):
     assert r.json()["source"] == "id:coffee/1.jpg"
 
 
+def test_superglobal_rerank_reorders_the_shortlist_as_the_index_does(client, collection):
+    from remap_jax import Index
+    from remap_jax.rerank import SuperGlobal
+
+    r = _search(client, {"id": "coffee/1.jpg", "k": "12", "rerank": "superglobal"})
+    assert r.status_code == 200, r.text
+    assert r.json()["rerank"] == "superglobal"
+    index = Index.load(collection["index"])
+    row = index.rerank_vectors()[list(index.ids).index("coffee/1.jpg")]
+    ids, scores = index.search(row, 12, rerank=SuperGlobal(m=12))
+    assert [x["id"] for x in r.json()["results"]] == list(ids)
+    np.testing.assert_allclose([x["score"] for x in r.json()["results"]], scores, atol=1e-3)
+
+
 def test_box_describes_only_the_crop(client, collection):
     whole = np.asarray(Image.open(f"{collection['images']}/rocket/0.jpg"))
     canvas = np.full((200, 300, 3), 255, np.uint8)

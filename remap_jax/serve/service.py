@@ -30,9 +30,21 @@ from remap_jax.serve.uploads import UploadError, decode_image
 
 __all__ = ["ModelMismatchError", "Query", "RERANKERS", "SearchService"]
 
+
+
+def _superglobal(service: SearchService, descriptor: np.ndarray, positions: np.ndarray, scores: np.ndarray):
+    """SuperGlobal re-ranking (`remap_jax.rerank`, its default K and beta) of the whole shortlist."""
+    from remap_jax.rerank import SuperGlobal, superglobal_rerank
+
+    options = SuperGlobal(m=len(positions), k=min(SuperGlobal.k, len(positions) - 1))
+    top, top_scores = superglobal_rerank(descriptor[None], service.index.rerank_vectors(), positions[None],
+                                         options)
+    return top[0], top_scores[0]
+
+
 #: re-ranking methods a search may ask for: name -> fn(service, query descriptor (D,), positions (M,),
 #: scores (M,)) -> (positions, scores) re-ordered, or None for none. The shortlist is `rerank_depth` deep.
-RERANKERS: dict[str, Callable | None] = {"none": None}
+RERANKERS: dict[str, Callable | None] = {"none": None, "superglobal": _superglobal}
 
 
 class ModelMismatchError(ValueError):

@@ -26,6 +26,7 @@ async function search() {
   else return;
   const k = $("k").value.trim();
   if (k) form.append("k", k);
+  if ($("rerank").checked) form.append("rerank", "superglobal");
   const box = $("box").value.trim();
   if (box) form.append("box", box);
   setStatus("searching…");
