@@ -380,3 +380,25 @@ def test_shards_are_disjoint_cover_the_input_once_and_merge_back(tmp_path):
     with pytest.raises(SystemExit):
         main([*ARGS, "--images", str(folder), "--out", whole, "--shard", "3/3"])
     assert main([*ARGS, "--images", str(folder), "--out", whole, "--shard", "7/8"]) == 2  # an empty share
+
+
+def test_draft_decoding_of_large_jpegs_is_close_and_can_be_turned_off(tmp_path):
+    """JPEGs at least twice the target size are decoded at a reduced scale (`decode_resized`): descriptors
+    stay close to full decoding, bboxes crop the same region, and draft=False gives load_rgb's pixels."""
+    from remap_jax.data.images import decode_resized
+
+    images = _rng_images([(256, 384), (400, 260)], seed=7)  # 4x and ~4x the 64x96 / 96x64 targets
+    paths = []
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"big{i}.jpg", quality=95)
+        paths.append(str(tmp_path / f"big{i}.jpg"))
+    assert decode_resized(paths[0], [SIZE]).draft_scale == 4
+    bboxes = [None, (20.5, 30, 240, 330)]
+    exact = _pretrained(draft=False)
+    full = exact(paths, bboxes)
+    drafted = _extractor()(paths, bboxes)
+    manual = [_manual(exact, load_rgb(paths[0])), _manual(exact, crop_bbox(load_rgb(paths[1]), bboxes[1]))]
+    np.testing.assert_allclose(full, np.stack(manual), rtol=1e-4, atol=2e-5)
+    cosines = np.sum(full * drafted, axis=1)
+    assert np.all(cosines > 0.995), cosines
+    assert exact.fingerprint() != _extractor().fingerprint()  # caches of one are not reused by the other
