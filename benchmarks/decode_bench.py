@@ -35,8 +35,8 @@ if ROOT not in sys.path:
 
 from remap_jax.data.images import decode_resized  # noqa: E402
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
-          "motorcycle_left", "camera")
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+          "camera")  # bundled with scikit-image (no download)
 SOURCE_SIZES = ((768, 1024), (1536, 2048), (3024, 4032))  # (height, width)
 TARGET = (768, 1024)
 

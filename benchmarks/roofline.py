@@ -3,7 +3,7 @@ peak FLOP/s and memory bytes/s of the device it ran on.
 
     cost = roofline.cost(jitted, *args)          # {"flops", "bytes"} of jitted.lower(*args).compile()
     peaks = roofline.device_peaks(jax.devices()[0])      # the vendor table row, or measured on a CPU
-    row.update(roofline.fields(cost, peaks, "bfloat16", measured_s))   # bound_s, of_bound, ...
+    row.update(roofline.fields(cost, peaks, "bfloat16", measured_s))   # bound_ms, of_bound, ...
 
 bound = max(flops / peak FLOP/s, bytes accessed / peak bytes/s): no program with this cost can run faster on
 that device. `of_bound` = bound / measured seconds is the fraction of the roofline reached (1 = at the roof;
@@ -81,16 +81,16 @@ def measure_peaks(matmul: int = 1024, copy_mb: int = 128, repeats: int = 5) -> d
     return out
 
 
-def device_peaks(device, cache: str | None = None) -> dict | None:
+def device_peaks(device, cache: str | None = None, **measure) -> dict | None:
     """Peak figures of `device` (a jax Device): the vendor table for a known accelerator, measured for a CPU
-    (kept in the JSON file `cache` when given, so every block of one suite run uses the same CPU peaks);
-    None for an accelerator not in the table."""
+    (`measure_peaks(**measure)`, kept in the JSON file `cache` when given, so every block of one suite run
+    uses the same CPU peaks); None for an accelerator not in the table."""
     if device.platform != "cpu":
         return table_peaks(device.device_kind)
     if cache and os.path.exists(cache):
         with open(cache) as f:
             return json.load(f)
-    peaks = measure_peaks()
+    peaks = measure_peaks(**measure)
     if cache:
         from remap_jax import atomic
 
@@ -100,8 +100,10 @@ def device_peaks(device, cache: str | None = None) -> dict | None:
 
 def cost(jitted, *args) -> dict:
     """{"flops", "bytes"}: XLA's cost analysis of `jitted.lower(*args).compile()` (args may be arrays or
-    jax.ShapeDtypeStruct). Counts are for the whole program on all its devices."""
-    analysis = jitted.lower(*args).compile().cost_analysis()
+    jax.ShapeDtypeStruct); `jitted` may also be an already lowered program (`jax.stages.Lowered`), given
+    without args. For an SPMD program over several devices the figures are one device's share."""
+    lowered = jitted.lower(*args) if hasattr(jitted, "lower") else jitted
+    analysis = lowered.compile().cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
         analysis = analysis[0] if analysis else {}
     analysis = analysis or {}
@@ -113,20 +115,21 @@ def scaled(cost_: dict, times: float) -> dict:
     return {k: v * times for k, v in cost_.items()}
 
 
-def bound_seconds(cost_: dict, peaks: dict, dtype: str = "float32", devices: int = 1) -> float:
-    """max(flops / peak FLOP/s of `dtype`, bytes / peak bytes/s) over `devices` devices working together."""
-    flops = peaks["bfloat16_flops" if dtype == "bfloat16" else "float32_flops"] * devices
-    return max(cost_["flops"] / flops, cost_["bytes"] / (peaks["bytes_per_s"] * devices))
+def bound_seconds(cost_: dict, peaks: dict, dtype: str = "float32") -> float:
+    """max(flops / peak FLOP/s of `dtype`, bytes / peak bytes/s): one device's lower bound on the time."""
+    flops = peaks["bfloat16_flops" if dtype == "bfloat16" else "float32_flops"]
+    return max(cost_["flops"] / flops, cost_["bytes"] / peaks["bytes_per_s"])
 
 
-def fields(cost_: dict | None, peaks: dict | None, dtype: str, measured_s: float, devices: int = 1) -> dict:
-    """The row fields of one speed figure: gflop, gbytes (the program's cost), bound_s (the roofline's lower
-    bound on the time) and of_bound (bound / measured: the fraction of the roofline reached); bound and
-    fraction are None without peaks (an accelerator not in PEAKS) or a cost."""
+def fields(cost_: dict | None, peaks: dict | None, dtype: str, measured_s: float) -> dict:
+    """The row fields of one speed figure: measured_ms, gflop and gbytes (the program's cost), bound_ms (the
+    roofline's lower bound on the time) and of_bound (bound / measured: the fraction of the roofline
+    reached); None where there is no XLA program (`cost_` None) or no peaks (an accelerator not in PEAKS)."""
+    out = {"measured_ms": measured_s * 1e3, "gflop": None, "gbytes": None, "bound_ms": None, "of_bound": None}
     if cost_ is None:
-        return {"gflop": None, "gbytes": None, "bound_s": None, "of_bound": None}
-    out = {"gflop": cost_["flops"] / 1e9, "gbytes": cost_["bytes"] / 1e9, "bound_s": None, "of_bound": None}
+        return out
+    out["gflop"], out["gbytes"] = cost_["flops"] / 1e9, cost_["bytes"] / 1e9
     if peaks is not None and measured_s > 0:
-        bound = bound_seconds(cost_, peaks, dtype, devices)
-        out["bound_s"], out["of_bound"] = bound, bound / measured_s
+        bound = bound_seconds(cost_, peaks, dtype)
+        out["bound_ms"], out["of_bound"] = bound * 1e3, bound / measured_s
     return out

@@ -475,6 +475,13 @@ class Extractor:
         size = (int(batch.shape[1]), int(batch.shape[2]))
         return self._compiled("descriptors")(self._variables_for(size), (batch,))
 
+    def lower_batch(self, batch) -> jax.stages.Lowered:
+        """`describe_batch`'s program lowered for `batch` (uint8 (B, H, W, 3) pixels or a
+        jax.ShapeDtypeStruct of them): `.compile().cost_analysis()` gives XLA's flops and bytes of one call
+        (the benchmark suite's roofline)."""
+        size = (int(batch.shape[1]), int(batch.shape[2]))
+        return self._compiled("descriptors").lower(self._variables_for(size), (batch,))
+
     def _compiled(self, output: str):
         if output == "regions":
             return _regions_fn(self.model, self._platform)
@@ -535,6 +542,15 @@ class Extractor:
                 stacked[row] = arrays[s]
             batches.append(stacked)
         return [i for i, _ in bucket], count, tuple(batches), size
+
+    def input_batches(self, sources: Sequence[Any], bboxes: Sequence[Any] | None = None,
+                      indices: Sequence[int] | None = None) -> Iterator[tuple | Failed]:
+        """The input pipeline alone, what `describe_iter` feeds the model: reading, decoding, cropping and
+        resizing in `workers` threads, zero-padded batches of `batch_size` per static shape, copied to the
+        device `prefetch` batches ahead. Yields (indices, count, per-scale device batches, (height, width))
+        and `Failed` inputs; nothing is described (what a benchmark of the host side times)."""
+        todo = list(range(len(sources))) if indices is None else [int(i) for i in indices]
+        return self._device_batches(sources, bboxes, todo)
 
     def _device_batches(self, sources, bboxes, todo):
         """Host batches copied to the device `prefetch` batches ahead of their use."""
