@@ -402,3 +402,19 @@ def test_draft_decoding_of_large_jpegs_is_close_and_can_be_turned_off(tmp_path):
     cosines = np.sum(full * drafted, axis=1)
     assert np.all(cosines > 0.995), cosines
     assert exact.fingerprint() != _extractor().fingerprint()  # caches of one are not reused by the other
+
+
+def test_input_batches_is_the_pipeline_without_the_model():
+    """`input_batches` yields what describe_iter feeds the model: padded device batches per static shape."""
+    ex = _extractor()
+    images = _rng_images([(100, 150), (150, 100), (80, 80)]) + [np.zeros((0, 3, 3), np.uint8)]
+    items = list(ex.input_batches(images))
+    failed = [item for item in items if isinstance(item, Failed)]
+    batches = [item for item in items if not isinstance(item, Failed)]
+    assert [f.index for f in failed] == [3]
+    assert sorted(i for idx, _, _, _ in batches for i in idx) == [0, 1, 2]
+    for idx, count, (batch,), size in batches:
+        assert count == len(idx) and isinstance(batch, jax.Array)
+        assert batch.shape == (ex.batch_size, *size, 3) and batch.dtype == np.uint8
+    lowered = ex.lower_batch(jax.ShapeDtypeStruct((2, *SIZE, 3), np.uint8))
+    assert lowered.compile().cost_analysis()["flops"] > 0  # the roofline's program: describe_batch's
