@@ -104,8 +104,8 @@ def preset(name: str, on_cpu: bool) -> dict:
                            "dtypes": ["float32", "bfloat16"], "repeats": 2},
             "exact_search": {"n": 200_000, "dim": 512, "queries": 200, "k": 100},
             "ranking": {"n": 200_000, "dim": 512, "queries": 70},
-            "input": {"arch": "efficientnet_lite0", "dtype": "float32", "batch": 8, "size": (768, 1024),
-                      "images": 16, "photos": 4, "repeats": 1,
+            "input": {"arch": "efficientnet_lite0", "dtype": "float32", "batch": 4, "size": (768, 1024),
+                      "images": 8, "photos": 4, "repeats": 1,
                       "sources": [("1024x768", (768, 1024)), ("12 MP 4032x3024", (3024, 4032))]},
         }
     batch = 8 if on_cpu else 32
@@ -344,7 +344,7 @@ def block_input(cfg: dict, out: RowWriter, peaks: dict | None) -> None:
     extractor, _ = _extractor(arch, dtype, size)
     device = out.timed("device", {"part": "device", "arch": arch, "dtype": dtype, "batch": batch,
                                   "size": f"{size[0]}x{size[1]}"},
-                       lambda: measure_device(extractor, dtype, batch, size, cfg["repeats"] + 1, peaks))
+                       lambda: measure_device(extractor, dtype, batch, size, cfg["repeats"], peaks))
     consumed = device.get("images_per_s") if device else None
     photos = decode_bench.photos(cfg["photos"])
     cores = os.cpu_count() or 1
