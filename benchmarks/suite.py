@@ -72,7 +72,7 @@ BLOCKS = ("roi_pool", "exact_search", "ranking", "input", "extract", "train_step
 WEIGHTS = {"roi_pool": 0.11, "extract": 0.32, "train_step": 0.25, "exact_search": 0.11, "ranking": 0.11,
            "input": 0.10}
 LITES = tuple(f"efficientnet_lite{i}" for i in range(5))
-DEFAULT_TIMEOUT = {"full": 480, "quick": 600, "tiny": 40}
+DEFAULT_TIMEOUT = {"full": 480, "quick": 600, "tiny": 50}
 
 
 # ------------------------------------------------------------------------------------------------ presets
@@ -709,7 +709,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="sizes for a 2-core CPU (within 10 minutes)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: checks the machinery in seconds (tests)")
     p.add_argument("--timeout-s", type=float, help="total budget in seconds (default 480; --quick 600; "
-                   "--tiny 40), shared by the blocks")
+                   "--tiny 50), shared by the blocks")
     p.add_argument("--budget", action="append", metavar="BLOCK=SECONDS", help="fixed budget of one block")
     p.add_argument("--blocks", default=",".join(BLOCKS), help=f"comma separated, some of {','.join(BLOCKS)}")
     p.add_argument("--worker", help=argparse.SUPPRESS)
