@@ -402,6 +402,15 @@ def test_draft_decoding_of_large_jpegs_is_close_and_can_be_turned_off(tmp_path):
     cosines = np.sum(full * drafted, axis=1)
     assert np.all(cosines > 0.995), cosines
     assert exact.fingerprint() != _extractor().fingerprint()  # caches of one are not reused by the other
+    # the command: draft by default, --no-draft decodes every pixel (recorded in the output's meta)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "big0.jpg").write_bytes((tmp_path / "big0.jpg").read_bytes())
+    for flag, expected in (([], drafted[:1]), (["--no-draft"], full[:1])):
+        out = tmp_path / f"db{len(flag)}.npz"
+        assert main([*ARGS, "--images", str(tmp_path / "one"), "--out", str(out), *flag]) == 0
+        with np.load(out) as f:
+            np.testing.assert_allclose(f["descriptors"], expected, rtol=1e-4, atol=2e-5)
+            assert json.loads(str(f["meta"]))["draft"] is (not flag)
 
 
 def test_input_batches_is_the_pipeline_without_the_model():
