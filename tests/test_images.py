@@ -255,7 +255,7 @@ def test_draft_crops_the_same_region_as_full_decoding():
     np.testing.assert_array_equal(full.images[0], I.resize_to(I.crop_bbox(I.load_rgb(data), bbox), (45, 55)))
     diff = np.abs(drafted.images[0].astype(int) - full.images[0])
     assert diff.mean() < 2.0 and np.percentile(diff, 99) < 30  # the box edge lines up
-    with pytest.raises(ValueError, match="bbox"):
+    with pytest.raises(ValueError, match="^bbox: .* is empty after clipping"):  # the caller's error
         I.decode_resized(data, [(4, 4)], bbox=(700, 0, 800, 10))
 
 

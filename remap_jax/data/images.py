@@ -13,6 +13,7 @@ makes 12-megapixel photos several times faster to decode; ``draft=False`` decode
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -107,6 +108,17 @@ def _stream(path_or_bytes, name: str):
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError)
 
 
+@contextlib.contextmanager
+def _decode_errors(name: str):
+    """Turns what PIL raises for a bad file into an ImageDecodeError naming the source."""
+    try:
+        yield
+    except ImageDecodeError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise ImageDecodeError(f"image {name}: cannot decode ({type(e).__name__}: {e})") from e
+
+
 def _loaded(img: Image.Image, name: str, exif_transpose: bool) -> np.ndarray:
     """Decodes an opened image (after any `draft`) into uint8 (H, W, 3) RGB, EXIF orientation applied."""
     img.load()
@@ -132,13 +144,8 @@ def load_rgb(path_or_bytes, *, exif_transpose: bool = True) -> np.ndarray:
       ImageDecodeError: the source is missing, empty, truncated or not an image.
     """
     name = _describe(path_or_bytes)
-    try:
-        with Image.open(_stream(path_or_bytes, name)) as img:
-            return _loaded(img, name, exif_transpose)
-    except ImageDecodeError:
-        raise
-    except _DECODE_ERRORS as e:
-        raise ImageDecodeError(f"image {name}: cannot decode ({type(e).__name__}: {e})") from e
+    with _decode_errors(name), Image.open(_stream(path_or_bytes, name)) as img:
+        return _loaded(img, name, exif_transpose)
 
 
 class Decoded(NamedTuple):
@@ -219,27 +226,28 @@ def decode_resized(
     if isinstance(source, np.ndarray):
         return _crop_resize(_check_image(source, "source"), sizes, bbox, resample)
     name = _describe(source)
-    try:
-        with Image.open(_stream(source, name)) as img:
-            scale, box, targets, crop_size = 1, None, None, None
-            if draft and img.format in ("JPEG", "MPO"):
+    with _decode_errors(name):
+        img = Image.open(_stream(source, name))
+    with img:
+        scale, box, targets, crop_size = 1, None, None, None
+        if draft and img.format in ("JPEG", "MPO"):
+            with _decode_errors(name):
                 orientation = img.getexif().get(_EXIF_ORIENTATION, 1) if exif_transpose else 1
-                h, w = (img.width, img.height) if orientation in (5, 6, 7, 8) else (img.height, img.width)
-                box = (0, 0, w, h) if bbox is None else _bbox_pixels(bbox, h, w)
-                crop_size = (box[3] - box[1], box[2] - box[0])
-                targets = _targets(sizes, *crop_size)
-                largest = (max(t[0] for t in targets), max(t[1] for t in targets))
-                scale = draft_scale(crop_size, largest)
-                if scale > 1:
-                    # in stored (unrotated) pixels; W // (W // s) == s, so PIL picks exactly this scale
-                    stored_width = img.width
+            h, w = (img.width, img.height) if orientation in (5, 6, 7, 8) else (img.height, img.width)
+            # an empty crop or a bad size is the caller's ValueError, not the file's
+            box = (0, 0, w, h) if bbox is None else _bbox_pixels(bbox, h, w)
+            crop_size = (box[3] - box[1], box[2] - box[0])
+            targets = _targets(sizes, *crop_size)
+            largest = (max(t[0] for t in targets), max(t[1] for t in targets))
+            scale = draft_scale(crop_size, largest)
+            if scale > 1:
+                # in stored (unrotated) pixels; W // (W // s) == s, so PIL picks exactly this scale
+                stored_width = img.width
+                with _decode_errors(name):
                     drafted = img.draft(img.mode, (img.width // scale, img.height // scale))
-                    scale = 1 if drafted is None else int(round(stored_width / drafted[1][2]))
+                scale = 1 if drafted is None else int(round(stored_width / drafted[1][2]))
+        with _decode_errors(name):
             rgb = _loaded(img, name, exif_transpose)
-    except ImageDecodeError:
-        raise
-    except _DECODE_ERRORS as e:
-        raise ImageDecodeError(f"image {name}: cannot decode ({type(e).__name__}: {e})") from e
     if scale == 1:
         return _crop_resize(rgb, sizes if targets is None else targets, bbox, resample)
     reduced = Image.fromarray(rgb)
