@@ -20,14 +20,15 @@ import time
 # device_kind substring -> peak figures, dense (no structured sparsity). "f32" is what a float32 matmul runs
 # at under JAX's default precision: TF32 tensor cores on H100/H200, one bfloat16 pass on TPU (JAX's
 # "Matmul precision" page). Vendor figures:
-#   H100 SXM5, H100 PCIe: NVIDIA H100 Tensor Core GPU datasheet: BF16 1979 / 1513 TFLOPS and TF32 989 / 756
-#     TFLOPS "with sparsity" (dense: half), HBM 3.35 / 2 TB/s.
+#   H100 SXM5, H100 PCIe, H100 NVL: NVIDIA H100 Tensor Core GPU datasheet: BF16 1979 / 1513 / 1671 TFLOPS
+#     and TF32 989 / 756 / 835 TFLOPS "with sparsity" (dense: half), HBM 3.35 / 2 / 3.9 TB/s.
 #   H200 SXM: NVIDIA H200 datasheet: BF16 1979, TF32 989 TFLOPS with sparsity (dense: half), HBM3e 4.8 TB/s.
 #   TPU v5e: Google Cloud TPU v5e page: 197 TFLOPS bf16, HBM 819 GB/s.
 #   TPU v6e (Trillium): Google Cloud TPU v6e page: 918 TFLOPS bf16, HBM 1640 GB/s.
 PEAKS = {
     "H200": {"bfloat16_flops": 989.5e12, "float32_flops": 494.7e12, "bytes_per_s": 4.8e12},
     "H100 PCIe": {"bfloat16_flops": 756.5e12, "float32_flops": 378e12, "bytes_per_s": 2.0e12},
+    "H100 NVL": {"bfloat16_flops": 835.5e12, "float32_flops": 417.5e12, "bytes_per_s": 3.9e12},
     "H100": {"bfloat16_flops": 989.5e12, "float32_flops": 494.7e12, "bytes_per_s": 3.35e12},
     "TPU v5 lite": {"bfloat16_flops": 197e12, "float32_flops": 197e12, "bytes_per_s": 819e9},
     "TPU v5e": {"bfloat16_flops": 197e12, "float32_flops": 197e12, "bytes_per_s": 819e9},
