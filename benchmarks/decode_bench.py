@@ -2,6 +2,8 @@ r"""JPEG draft decoding: decode speed and the descriptor change it causes, again
 
     python benchmarks/decode_bench.py --out docs/decode_bench.json            # about 5 minutes on 2 cores
     python benchmarks/decode_bench.py --out /tmp/d.json --quick               # speed only, seconds
+    python benchmarks/decode_bench.py --out /tmp/r.json --skip-speed --archs none \
+        --ranks synthetic_landmarks/hard                                      # rank agreement, minutes
 
 Sources are JPEGs (quality 90) made from scikit-image's photos (or, without scikit-image, smooth procedural
 scenes) in a temporary folder:
@@ -15,6 +17,11 @@ scenes) in a temporary folder:
   Two kinds of 12-megapixel sources: the photos upscaled (smooth: no detail finer than the original's
   pixels) and mosaics of the photos at their own resolution (a photo's full detail everywhere: the harder
   case for a decoder that drops the top DCT frequencies).
+- rank agreement (`--ranks TEST_SET`): every query and database image of a test set (the demo's
+  `synthetic_landmarks/hard`) upscaled `--upscale` times (bicubic) into a JPEG, described at the demo's
+  192x256 by the off-the-shelf Lite0 (ImageNet weights, multi-layer R-MAC) with and without draft decoding;
+  revisited mAP of both, the mean overlap of their top-10 lists and the fraction of queries whose whole
+  ranking is identical.
 """
 
 from __future__ import annotations
@@ -122,7 +129,7 @@ def speed_table(folder: str, images: list[np.ndarray], repeats: int) -> list[dic
     return rows
 
 
-def _extractors(arch: str):
+def _extractors(arch: str, image_size=TARGET):
     from remap_jax import Extractor
     from remap_jax.backbones import WeightImportError, pretrained_path
 
@@ -134,9 +141,10 @@ def _extractors(arch: str):
             weights = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights for ResNet-50: intended
-        full = Extractor.from_pretrained(arch, weights, image_size=TARGET, batch_size=2, workers=2,
+        full = Extractor.from_pretrained(arch, weights, image_size=image_size, batch_size=2, workers=2,
                                          draft=False)
-    drafted = Extractor(full.model, full.variables, image_size=TARGET, batch_size=2, workers=2, draft=True)
+    drafted = Extractor(full.model, full.variables, image_size=image_size, batch_size=2, workers=2,
+                        draft=True)
     return full, drafted, "ImageNet (installed)" if weights else "random"
 
 
@@ -153,6 +161,38 @@ def descriptor_change(sets: dict[str, list[str]], archs) -> list[dict]:
                          "max_abs_diff": float(np.abs(a - b).max())})
             print(rows[-1], flush=True)
     return rows
+
+
+def rank_agreement(name: str, upscale: int, image_size=(192, 256)) -> dict:
+    """Draft vs full decoding of `name`'s images upscaled `upscale` times, ranked by Lite0 (see the module
+    docstring)."""
+    from remap_jax import evaluate
+    from remap_jax.data import load_test_set
+
+    test = load_test_set(name)
+    full, drafted, weights = _extractors("efficientnet_lite0", image_size)
+    with tempfile.TemporaryDirectory() as folder:
+        def jpegs(prefix, read, count):
+            images = [read(i) for i in range(count)]
+            return [write_jpegs(folder, [img], (img.shape[0] * upscale, img.shape[1] * upscale),
+                                prefix=f"{prefix}{i}")[0] for i, img in enumerate(images)]
+
+        queries = jpegs("q", test.read_query, test.num_queries)
+        database = jpegs("x", test.read_index, test.num_index)
+        scales = [decode_resized(p, [image_size]).draft_scale for p in queries + database]
+        out = {}
+        for label, extractor in (("full", full), ("draft", drafted)):
+            ranks = evaluate.rank_database(extractor(queries), extractor(database))
+            out[label] = ranks, evaluate.evaluate_revisited(ranks, test.gnd)
+    (full_ranks, full_maps), (draft_ranks, draft_maps) = out["full"], out["draft"]
+    overlap = [len(np.intersect1d(full_ranks[:10, j], draft_ranks[:10, j])) / 10
+               for j in range(full_ranks.shape[1])]
+    return {"test_set": name, "upscale": upscale, "weights": weights, "queries": test.num_queries,
+            "database": test.num_index, "draft_scales": sorted(set(scales)),
+            **{f"{s}_mAP_full": full_maps[s]["mAP"] for s in ("easy", "medium", "hard")},
+            **{f"{s}_mAP_draft": draft_maps[s]["mAP"] for s in ("easy", "medium", "hard")},
+            "top10_overlap": float(np.mean(overlap)),
+            "identical_ranking": float(np.mean(np.all(full_ranks == draft_ranks, axis=0)))}
 
 
 def format_tables(report: dict) -> str:
@@ -176,7 +216,11 @@ def main(argv=None):
     p.add_argument("--out", help="write the report here as JSON")
     p.add_argument("--quick", action="store_true", help="decode speed only, 4 photos")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--archs", default="efficientnet_lite0,resnet50")
+    p.add_argument("--archs", default="efficientnet_lite0,resnet50",
+                   help="models of the descriptor change; 'none' skips it")
+    p.add_argument("--skip-speed", action="store_true", help="no decode-speed table")
+    p.add_argument("--ranks", help="a test set for the rank agreement, e.g. synthetic_landmarks/hard")
+    p.add_argument("--upscale", type=int, default=8, help="upscaling of the test set's images (--ranks)")
     args = p.parse_args(argv)
     import platform
 
@@ -184,9 +228,9 @@ def main(argv=None):
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "load_average": os.getloadavg()[0], "photos": len(images)}
     with tempfile.TemporaryDirectory() as folder:
-        report["speed"] = speed_table(folder, images, args.repeats)
+        report["speed"] = [] if args.skip_speed else speed_table(folder, images, args.repeats)
         print(format_tables(report), flush=True)
-        if not args.quick:
+        if not args.quick and args.archs != "none":
             big = SOURCE_SIZES[-1]
             mosaics = [mosaic(images, big, seed=i) for i in range(4)]
             sets = {"2048x1536 upscaled": write_jpegs(folder, images, SOURCE_SIZES[1]),
@@ -194,6 +238,9 @@ def main(argv=None):
                     "4032x3024 mosaic at native detail": write_jpegs(folder, mosaics, big, prefix="mosaic",
                                                                      resize=False)}
             report["descriptors"] = descriptor_change(sets, args.archs.split(","))
+    if args.ranks:
+        report["ranks"] = rank_agreement(args.ranks, args.upscale)
+        print(report["ranks"], flush=True)
     report["load_average_end"] = os.getloadavg()[0]
     print(format_tables(report))
     if args.out:
