@@ -254,15 +254,38 @@ def memory_skip_reason(n: int, dim: int) -> str | None:
     return None
 
 
-def suite_block(cfg: dict, out) -> None:
-    """`benchmarks/suite.py`'s `rerank` block: `cost` rows for cfg's sizes (a `RowWriter` `out`)."""
+def rerank_cost(queries: int, m: int, dim: int, k: int = 5) -> dict:
+    """XLA's cost ({"flops", "bytes"}) of re-ranking `queries` shortlists of `m` rows of `dim`: the
+    compiled step program of `superglobal_rerank` (rows already gathered) times the steps it takes."""
+    import jax
+    import numpy as np
+    import roofline
+
+    from remap_jax.rerank import _host_rows_program, _query_batch
+
+    batch = _query_batch(queries, m, dim)
+    step = roofline.cost(_host_rows_program(k), jax.ShapeDtypeStruct((batch, dim), np.float32),
+                         jax.ShapeDtypeStruct((batch, m, dim), np.float32), np.float32(1.0))
+    return roofline.scaled(step, -(-queries // batch))
+
+
+def suite_block(cfg: dict, out, peaks: dict | None = None) -> None:
+    """`benchmarks/suite.py`'s `rerank` block: `cost` rows for cfg's sizes (a `RowWriter` `out`), each with
+    the re-rank's roofline (`peaks`: the device's, see benchmarks/roofline.py)."""
+    import roofline
+
+    def row(c: dict) -> dict:
+        measured = measure_cost(c["num_db"], c["dim"], c["m"], c["queries"], cfg["repeats"])
+        cost = rerank_cost(c["queries"], c["m"], c["dim"])
+        seconds = measured["rerank_ms"] * c["queries"] / 1e3  # the re-rank of all queries
+        return {**measured, **roofline.fields(cost, peaks, "float32", seconds)}
+
     for config in cost_configs(cfg["sizes"], cfg["dims"], cfg["m"], cfg["queries"]):
         reason = memory_skip_reason(config["num_db"], config["dim"])
         if reason:
             out.write({"skipped": config, "reason": reason})
             continue
-        out.timed(f"rerank/{config['dim']}", config,
-                  lambda c=config: measure_cost(c["num_db"], c["dim"], c["m"], c["queries"], cfg["repeats"]))
+        out.timed(f"rerank/{config['dim']}", config, lambda c=config: row(c))
 
 
 SUITE_PRESETS = {  # the suite's sizes per preset: accelerator, 2-core CPU (--quick), structure check

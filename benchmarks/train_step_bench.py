@@ -54,10 +54,11 @@ def _configs(args):
 
 
 def time_train_step(arch: str, size: tuple[int, int], tuples: int, negatives: int, dtype: str, repeats: int,
-                    mesh=None) -> dict:
+                    mesh=None, with_cost: bool = False) -> dict:
     """One row: a REMAP train step of `arch` (the default taps: the last two blocks, whitening, Adam, triplet
     loss) on `tuples` x (2 + `negatives`) uint8 images of `size` (H, W), data-parallel over `mesh` (default:
-    every device); median of `repeats` timed steps after one compile + first step."""
+    every device); median of `repeats` timed steps after one compile + first step. `with_cost` adds "cost":
+    XLA's flops and bytes of the compiled step (`roofline.cost`, one device's share)."""
     import jax
     import numpy as np
     from jax.sharding import NamedSharding
@@ -101,10 +102,15 @@ def time_train_step(arch: str, size: tuple[int, int], tuples: int, negatives: in
         times.append(time.perf_counter() - t0)
     ms = 1e3 * float(np.median(times))
     n_images = tuples * (2 + negatives)
-    return dict(arch=arch, size=f"{h}x{w}", tuples=tuples, images=n_images, dtype=dtype, devices=n_dev,
-                device_kind=mesh.devices.flat[0].device_kind, ms_per_step=round(ms, 1),
-                images_per_s=round(n_images / (ms / 1e3), 2), compile_s=round(compile_s, 1),
-                loss=float(metrics["loss"]))
+    row = dict(arch=arch, size=f"{h}x{w}", tuples=tuples, images=n_images, dtype=dtype, devices=n_dev,
+               device_kind=mesh.devices.flat[0].device_kind, ms_per_step=round(ms, 1),
+               images_per_s=round(n_images / (ms / 1e3), 2), compile_s=round(compile_s, 1),
+               loss=float(metrics["loss"]))
+    if with_cost:
+        import roofline
+
+        row["cost"] = roofline.cost(step, state, images, weights)
+    return row
 
 
 def run_worker(args) -> list[dict]:

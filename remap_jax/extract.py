@@ -17,7 +17,9 @@ and the benchmarks. It holds:
   `resize="exact"` resizes every image to `image_size` whatever its orientation (how training images are
   fed). Partial batches are zero-padded to `batch_size`.
 * input: arrays, paths, encoded bytes, or any lazy sequence of them (`remap_jax.data.images.ImageList` over a
-  dataset's reader); items are read, decoded, cropped (`bboxes`) and resized in `workers` background threads.
+  dataset's reader); items are read, decoded, cropped (`bboxes`) and resized in `workers` background threads
+  by `remap_jax.data.images.decode_resized` (JPEGs at least twice the target size are decoded at 1/2, 1/4 or
+  1/8 scale by the JPEG decoder; `draft=False` decodes every pixel).
 * device work: batches are copied to the device `prefetch` batches ahead of their use and split over the
   devices of a `data` mesh axis; pixels travel as uint8 and the model normalises them on the device.
 * multi-scale description (MS-REMAP) and, on request, per-region outputs instead of descriptors.
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remap_jax import atomic, xla
-from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, resize_to
+from remap_jax.data.images import ImageDecodeError, decode_resized
 from remap_jax.model import (
     DTYPES,
     RetrievalModel,
@@ -121,6 +123,8 @@ class Extractor:
         image_size * scale; descriptors are combined by the weights (default equal) and L2-normalised.
       batch_size: images per device call (partial batches are zero-padded: shapes stay static).
       workers: decoding/resizing threads. prefetch: batches copied to the device ahead of the computation.
+      draft: decode JPEGs at least twice the target size at a reduced scale (`decode_resized`); False
+        decodes every pixel (exact, several times slower on large photos).
       mesh: a mesh with a `data` axis over this process's devices to split batches over (default: all local
         devices when there are several and batch_size is a multiple of their number).
       data_parallel: False keeps everything on the first device; True insists on splitting.
@@ -144,6 +148,7 @@ class Extractor:
         mesh: jax.sharding.Mesh | None = None,
         data_parallel: bool | None = None,
         process_share: bool | None = None,
+        draft: bool = True,
     ):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize: expected one of {RESIZE_MODES}, got {resize!r}")
@@ -168,6 +173,7 @@ class Extractor:
         self.batch_size = int(batch_size)
         self.workers = int(workers)
         self.prefetch = int(prefetch)
+        self.draft = bool(draft)
         mesh = mesh or local_mesh()
         devices = list(mesh.devices.flat)
         if any(d.process_index != jax.process_index() for d in devices):
@@ -295,7 +301,7 @@ class Extractor:
         images identically (used to validate caches of descriptors)."""
         digest = hashlib.sha1()
         settings = (repr(self.model), self.image_size, self.resize, self.bucket, self.scales,
-                    self.scale_weights)
+                    self.scale_weights) + (() if self.draft else ("no draft",))
         digest.update(repr(settings).encode())
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables):
             digest.update(jax.tree_util.keystr(path).encode())
@@ -469,6 +475,13 @@ class Extractor:
         size = (int(batch.shape[1]), int(batch.shape[2]))
         return self._compiled("descriptors")(self._variables_for(size), (batch,))
 
+    def lower_batch(self, batch) -> jax.stages.Lowered:
+        """`describe_batch`'s program lowered for `batch` (uint8 (B, H, W, 3) pixels or a
+        jax.ShapeDtypeStruct of them): `.compile().cost_analysis()` gives XLA's flops and bytes of one call
+        (the benchmark suite's roofline)."""
+        size = (int(batch.shape[1]), int(batch.shape[2]))
+        return self._compiled("descriptors").lower(self._variables_for(size), (batch,))
+
     def _compiled(self, output: str):
         if output == "regions":
             return _regions_fn(self.model, self._platform)
@@ -478,15 +491,15 @@ class Extractor:
         """Read (or check), decode, crop and resize item i to every scale's static shape (in a worker)."""
         source = sources[i]
         if isinstance(source, np.ndarray):
-            img = source
-            if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8 or 0 in img.shape:
-                raise ValueError(f"expected a uint8 (H, W, 3) array, got {img.dtype} {img.shape}")
-        else:
-            img = load_rgb(source)
-        if bbox is not None:
-            img = crop_bbox(img, bbox)
-        size = target_size(img.shape[0], img.shape[1], self.image_size, self.resize, self.bucket)
-        return size, tuple(resize_to(img, scaled_size(size, s)) for s in self.scales)
+            if source.ndim != 3 or source.shape[-1] != 3 or source.dtype != np.uint8 or 0 in source.shape:
+                raise ValueError(f"expected a uint8 (H, W, 3) array, got {source.dtype} {source.shape}")
+
+        def sizes(height, width):
+            size = target_size(height, width, self.image_size, self.resize, self.bucket)
+            return [scaled_size(size, s) for s in self.scales]
+
+        decoded = decode_resized(source, sizes, bbox=bbox, draft=self.draft)
+        return target_size(*decoded.source_size, self.image_size, self.resize, self.bucket), decoded.images
 
     def _host_batches(self, sources, bboxes, todo):
         """(indices, count, per-scale uint8 batches, size) per full bucket, or Failed; background decoding."""
@@ -529,6 +542,15 @@ class Extractor:
                 stacked[row] = arrays[s]
             batches.append(stacked)
         return [i for i, _ in bucket], count, tuple(batches), size
+
+    def input_batches(self, sources: Sequence[Any], bboxes: Sequence[Any] | None = None,
+                      indices: Sequence[int] | None = None) -> Iterator[tuple | Failed]:
+        """The input pipeline alone, what `describe_iter` feeds the model: reading, decoding, cropping and
+        resizing in `workers` threads, zero-padded batches of `batch_size` per static shape, copied to the
+        device `prefetch` batches ahead. Yields (indices, count, per-scale device batches, (height, width))
+        and `Failed` inputs; nothing is described (what a benchmark of the host side times)."""
+        todo = list(range(len(sources))) if indices is None else [int(i) for i in indices]
+        return self._device_batches(sources, bboxes, todo)
 
     def _device_batches(self, sources, bboxes, todo):
         """Host batches copied to the device `prefetch` batches ahead of their use."""

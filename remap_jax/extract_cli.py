@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=RESIZE_MODES, default="fixed")
     p.add_argument("--bucket", type=int, default=64, help="short-side multiple for --resize long_side")
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument("--no-draft", action="store_true", help="decode every pixel of large JPEGs (exact; "
+                   "default: the decoder's 1/2-1/8 scaling for JPEGs at least twice the target size)")
     p.add_argument("--save-every", type=int, default=50, help="write OUT.partial.npz every N batches")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing OUT.partial.npz")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -158,7 +160,8 @@ def _floats(text: str | None, name: str):
 def make_extractor(args) -> tuple[Extractor, dict]:
     """The Extractor the command line asks for, and the settings recorded in the output's `meta`."""
     options: dict[str, Any] = dict(
-        batch_size=args.batch_size, workers=args.workers, resize=args.resize, bucket=args.bucket
+        batch_size=args.batch_size, workers=args.workers, resize=args.resize, bucket=args.bucket,
+        draft=not args.no_draft,
     )
     scales, weights = _floats(args.scales, "--scales"), _floats(args.scale_weights, "--scale-weights")
     if args.image_size:
@@ -200,6 +203,7 @@ def make_extractor(args) -> tuple[Extractor, dict]:
         "bucket": extractor.bucket,
         "scales": list(extractor.scales),
         "scale_weights": extractor.scale_weights and list(extractor.scale_weights),
+        "draft": extractor.draft,
     }
     return extractor, meta
 

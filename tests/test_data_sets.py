@@ -5,7 +5,7 @@ import pytest
 from test_data_builders import write_fake_revisitop1m, write_fake_roxford
 
 from remap_jax.data import load_test_set, load_training_set
-from remap_jax.data.images import ImageList
+from remap_jax.data.images import ImageList, decode_resized
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,11 @@ def test_training_set_contract(train_set):
     assert set(train_set.val.labels.tolist()).isdisjoint(train_set.labels.tolist())
     with pytest.raises(IndexError, match="out of range"):
         train_set.read(48)
+    # what training decodes (draft decoding for large JPEGs): the stored bytes, the same pixels as `read`
+    stored = train_set.read_stored(5)
+    assert isinstance(stored, bytes)
+    decoded = decode_resized(stored, [img.shape[:2]], exif_transpose=False)
+    np.testing.assert_array_equal(decoded.images[0], img)
 
 
 def test_test_set_contract(test_set):

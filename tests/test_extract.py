@@ -380,3 +380,50 @@ def test_shards_are_disjoint_cover_the_input_once_and_merge_back(tmp_path):
     with pytest.raises(SystemExit):
         main([*ARGS, "--images", str(folder), "--out", whole, "--shard", "3/3"])
     assert main([*ARGS, "--images", str(folder), "--out", whole, "--shard", "7/8"]) == 2  # an empty share
+
+
+def test_draft_decoding_of_large_jpegs_is_close_and_can_be_turned_off(tmp_path):
+    """JPEGs at least twice the target size are decoded at a reduced scale (`decode_resized`): descriptors
+    stay close to full decoding, bboxes crop the same region, and draft=False gives load_rgb's pixels."""
+    from remap_jax.data.images import decode_resized
+
+    images = _rng_images([(256, 384), (400, 260)], seed=7)  # 4x and ~4x the 64x96 / 96x64 targets
+    paths = []
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(tmp_path / f"big{i}.jpg", quality=95)
+        paths.append(str(tmp_path / f"big{i}.jpg"))
+    assert decode_resized(paths[0], [SIZE]).draft_scale == 4
+    bboxes = [None, (20.5, 30, 240, 330)]
+    exact = _pretrained(draft=False)
+    full = exact(paths, bboxes)
+    drafted = _extractor()(paths, bboxes)
+    manual = [_manual(exact, load_rgb(paths[0])), _manual(exact, crop_bbox(load_rgb(paths[1]), bboxes[1]))]
+    np.testing.assert_allclose(full, np.stack(manual), rtol=1e-4, atol=2e-5)
+    cosines = np.sum(full * drafted, axis=1)
+    assert np.all(cosines > 0.995), cosines
+    assert exact.fingerprint() != _extractor().fingerprint()  # caches of one are not reused by the other
+    # the command: draft by default, --no-draft decodes every pixel (recorded in the output's meta)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "big0.jpg").write_bytes((tmp_path / "big0.jpg").read_bytes())
+    for flag, expected in (([], drafted[:1]), (["--no-draft"], full[:1])):
+        out = tmp_path / f"db{len(flag)}.npz"
+        assert main([*ARGS, "--images", str(tmp_path / "one"), "--out", str(out), *flag]) == 0
+        with np.load(out) as f:
+            np.testing.assert_allclose(f["descriptors"], expected, rtol=1e-4, atol=2e-5)
+            assert json.loads(str(f["meta"]))["draft"] is (not flag)
+
+
+def test_input_batches_is_the_pipeline_without_the_model():
+    """`input_batches` yields what describe_iter feeds the model: padded device batches per static shape."""
+    ex = _extractor()
+    images = _rng_images([(100, 150), (150, 100), (80, 80)]) + [np.zeros((0, 3, 3), np.uint8)]
+    items = list(ex.input_batches(images))
+    failed = [item for item in items if isinstance(item, Failed)]
+    batches = [item for item in items if not isinstance(item, Failed)]
+    assert [f.index for f in failed] == [3]
+    assert sorted(i for idx, _, _, _ in batches for i in idx) == [0, 1, 2]
+    for idx, count, (batch,), size in batches:
+        assert count == len(idx) and isinstance(batch, jax.Array)
+        assert batch.shape == (ex.batch_size, *size, 3) and batch.dtype == np.uint8
+    lowered = ex.lower_batch(jax.ShapeDtypeStruct((2, *SIZE, 3), np.uint8))
+    assert lowered.compile().cost_analysis()["flops"] > 0  # the roofline's program: describe_batch's

@@ -18,7 +18,7 @@ def test_tiny_run_writes_every_block(tmp_path):
     """The whole suite on tiny shapes, in subprocesses, within its total budget: every block is in the JSON
     with rows or an error, rows carry their measurements, and the Markdown has a section per block."""
     out = tmp_path / "suite"
-    budget = 40
+    budget = 50  # six blocks; a block that finishes early passes its time on
     start = time.time()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "suite.py"), "--out", str(out),
                            "--quick", "--tiny", "--timeout-s", str(budget)],
@@ -30,16 +30,67 @@ def test_tiny_run_writes_every_block(tmp_path):
     assert report["preset"] == "tiny"
     if report["device"]:  # the first block that started reports the device
         assert report["device"]["device_count"] >= 1 and report["device"]["jax"]
+    if report["peaks"]:  # CPU peaks measured in the run (by the first block that got that far), used by all
+        peaks = report["peaks"]
+        assert peaks["float32_flops"] > 1e8 and peaks["bfloat16_flops"] > 1e8 and peaks["bytes_per_s"] > 1e8
+        assert peaks["source"].startswith("measured")
     for name, block in report["blocks"].items():
         assert block["rows"] or block["error"], (name, block)
         assert block["status"] in ("ok", "ok (budget skipped some rows)", "partial", "error", "timeout")
         for row in block["rows"]:
             measured = [key for key, _, _ in suite.COLUMNS[name] if key in row]
             assert "error" in row or len(measured) >= 5, (name, row)
+            if "error" in row:
+                continue
+            # the roofline next to every speed figure: measured time, bound, fraction reached
+            assert row["measured_ms"] > 0, (name, row)
+            xla_program = not (name == "input" and row["part"] == "host") and row.get("part") != "scoring"
+            if xla_program:
+                assert row["gflop"] >= 0 and row["gbytes"] > 0 and row["bound_ms"] > 0, (name, row)
+                assert 0 < row["of_bound"] <= 1.5, (name, row)
+                assert row["of_bound"] == pytest.approx(row["bound_ms"] / row["measured_ms"], rel=1e-6)
+            else:  # decoding on the host, numpy scoring: no XLA program to bound
+                assert row["bound_ms"] is None and row["of_bound"] is None, (name, row)
+    rows = report["blocks"]["input"]["rows"]
+    host = [r for r in rows if r.get("part") == "host" and "error" not in r]
+    device = [r for r in rows if r.get("part") == "device" and "error" not in r]
+    for r in host:
+        assert r["images_per_s"] > 0 and r["workers"] >= 1 and isinstance(r["draft"], bool)
+        if device:
+            assert r["vs_device"] == pytest.approx(r["images_per_s"] / device[0]["images_per_s"], rel=1e-6)
     text = (out / "suite.md").read_text()
     for name in suite.BLOCKS:
         assert f"## {name}" in text
-    assert "| block | status |" in text
+    assert "| block | status |" in text and "roofline peaks:" in text
+    if any(block["rows"] for block in report["blocks"].values()):
+        assert "| measured ms | bound ms | of bound |" in text
+
+
+def test_roofline_peaks_table_cost_and_bound():
+    import jax
+    import jax.numpy as jnp
+    import roofline
+
+    assert roofline.table_peaks("NVIDIA H100 80GB HBM3")["bytes_per_s"] == 3.35e12
+    assert roofline.table_peaks("NVIDIA H100 PCIe")["bytes_per_s"] == 2.0e12  # the longer key wins
+    assert roofline.table_peaks("NVIDIA H200")["bytes_per_s"] == 4.8e12
+    assert roofline.table_peaks("TPU v5 lite")["bfloat16_flops"] == 197e12
+    assert roofline.table_peaks("TPU v6 lite")["bfloat16_flops"] == 918e12
+    assert roofline.table_peaks("Tesla T4") is None
+    n = 64
+    cost = roofline.cost(jax.jit(lambda a, b: a @ b), *[jax.ShapeDtypeStruct((n, n), jnp.float32)] * 2)
+    assert cost["flops"] == pytest.approx(2 * n**3, rel=0.05)
+    assert cost["bytes"] >= 3 * n * n * 4  # two operands read, the product written
+    peaks = {"float32_flops": 1e9, "bfloat16_flops": 2e9, "bytes_per_s": 1e6}
+    assert roofline.bound_seconds(cost, peaks) == pytest.approx(cost["bytes"] / 1e6)  # memory-bound here
+    compute = {"flops": 4e9, "bytes": 1.0}
+    assert roofline.bound_seconds(compute, peaks, "bfloat16") == pytest.approx(2.0)
+    row = roofline.fields(compute, peaks, "float32", 8.0)
+    assert row["bound_ms"] == pytest.approx(4000.0) and row["of_bound"] == pytest.approx(0.5)
+    assert row["measured_ms"] == pytest.approx(8000.0) and row["gflop"] == pytest.approx(4.0)
+    none = roofline.fields(None, peaks, "float32", 1.0)
+    assert none["bound_ms"] is None and none["of_bound"] is None and none["measured_ms"] == 1000.0
+    assert roofline.fields(compute, None, "float32", 1.0)["of_bound"] is None  # no peaks: no bound
 
 
 def test_budget_shares_pass_unused_time_on():

@@ -444,3 +444,21 @@ def test_image_source_prefetch_with_one_worker_does_not_deadlock():
     np.testing.assert_array_equal(got[1, 1], resize_to(images[5], (SIZE, SIZE)))
     assert source.read(5) is source.read(5)  # cached
     source.close()
+
+
+def test_image_source_decodes_encoded_images_through_the_extractors_path():
+    """Training images go through `decode_resized`: JPEG bytes twice the size are draft-decoded, and
+    `draft=False` gives exactly load_rgb + resize_to."""
+    from remap_jax.data.images import decode_resized, encode_jpeg, load_rgb, resize_to
+
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    data = [encode_jpeg(resize_to(small, (4 * SIZE, 4 * SIZE)), quality=95)]
+    drafted = ImageSource(lambda i: data[i], (SIZE, SIZE), workers=1)
+    exact = ImageSource(lambda i: data[i], (SIZE, SIZE), workers=1, draft=False)
+    assert decode_resized(data[0], [(SIZE, SIZE)]).draft_scale == 4
+    np.testing.assert_array_equal(drafted.read(0), decode_resized(data[0], [(SIZE, SIZE)]).images[0])
+    np.testing.assert_array_equal(exact.read(0), resize_to(load_rgb(data[0]), (SIZE, SIZE)))
+    assert np.abs(drafted.read(0).astype(int) - exact.read(0)).mean() < 3
+    drafted.close()
+    exact.close()

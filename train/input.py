@@ -1,6 +1,8 @@
 """Training images: decoded, resized uint8 images of a dataset by index, loaded in threads, optionally cached.
 
 This feeds the train step's tuples (every image squashed to `config.image_size`, like the paper's training).
+Images are decoded by `remap_jax.data.images.decode_resized`, the Extractor's decode path: encoded JPEGs at
+least twice `size` are decoded at a reduced scale by the JPEG decoder (`draft=False`: every pixel).
 Describing images (mining, validation, evaluation) goes through `remap_jax.Extractor`, which reads through
 `ImageSource.read` so cached images are decoded once.
 """
@@ -12,23 +14,28 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from remap_jax.data.images import resize_to
+from remap_jax.data.images import decode_resized
 
 
 class ImageSource:
     """uint8 (H, W, 3) images of a dataset by index, resized to `size`, decoded in `workers` threads.
 
     Args:
-      read: i -> uint8 (H, W, 3) (e.g. `TrainingSet.read`).
+      read: i -> the encoded image (bytes, e.g. `TrainingSet.read_stored`) or a uint8 (H, W, 3) array.
       size: (height, width) every image is resized to (static shapes under jit).
       cache: keep resized images in memory (small datasets).
       workers: decoding threads.
+      draft: JPEG draft decoding for sources at least twice `size` (see `decode_resized`).
+      exif_transpose: apply EXIF orientation tags of encoded images (False for datasets, whose boxes and
+        pairs refer to the stored pixels).
     """
 
-    def __init__(self, read: Callable[[int], np.ndarray], size: Sequence[int], *, cache: bool = False,
-                 workers: int = 4):
+    def __init__(self, read: Callable[[int], np.ndarray | bytes], size: Sequence[int], *,
+                 cache: bool = False, workers: int = 4, draft: bool = True, exif_transpose: bool = True):
         self._read = read
         self.size = (int(size[0]), int(size[1]))
+        self.draft = bool(draft)
+        self.exif_transpose = bool(exif_transpose)
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
         self._pool = ThreadPoolExecutor(max_workers=workers)
         # Prefetched batches run `get` on their own thread: on the decoding pool, `get` would wait for its
@@ -40,7 +47,8 @@ class ImageSource:
         i = int(i)
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = resize_to(self._read(i), self.size)
+        (img,) = decode_resized(self._read(i), [self.size], draft=self.draft,
+                                exif_transpose=self.exif_transpose).images
         if self._cache is not None:
             self._cache[i] = img
         return img

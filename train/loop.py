@@ -172,8 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                                  frozen=frozen if any(jax.tree_util.tree_leaves(frozen)) else None)
     mine_describer, test_describer = make_describers(model, spec, variables, config)
     del variables
-    source = ImageSource(training_set.read, config.image_size, cache=config.cache_images,
-                         workers=config.num_workers)
+    # encoded bytes where the set has them (large JPEGs get draft decoding), stored pixels: no EXIF rotation
+    read = getattr(training_set, "read_stored", training_set.read)
+    source = ImageSource(read, config.image_size, cache=config.cache_images, workers=config.num_workers,
+                         exif_transpose=False)
     writer = MetricWriter(os.path.join(workdir, "tensorboard"))
     export_dir = os.path.join(workdir, "export")
     summary: dict[str, Any] = {}

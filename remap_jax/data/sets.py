@@ -80,12 +80,13 @@ def _source(builder, split: str):
     return builder.as_data_source(split, decoders=decoders)
 
 
-def _read(source, i: int, what: str, field: str = "image") -> np.ndarray:
+def _read(source, i: int, what: str, field: str = "image", decode: bool = True) -> np.ndarray | bytes:
+    """Record i's image: decoded (uint8 (H, W, 3), as stored: no EXIF rotation), or its encoded bytes."""
     n = len(source)
     if not -n <= int(i) < n:
         raise IndexError(f"{what}: index {i} out of range for {n} images")
-    record = source[int(i)]
-    return load_rgb(record[field], exif_transpose=False)
+    data = source[int(i)][field]
+    return load_rgb(data, exif_transpose=False) if decode else bytes(data)
 
 
 @dataclasses.dataclass
@@ -105,6 +106,7 @@ class TrainingSet:
     pidx: np.ndarray
     reader: Callable[[int], np.ndarray] = dataclasses.field(repr=False)
     val: TrainingSet | None = None
+    stored_reader: Callable[[int], np.ndarray | bytes] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def num_images(self) -> int:
@@ -116,6 +118,11 @@ class TrainingSet:
     def read(self, i: int) -> np.ndarray:
         """Image i as uint8 (H, W, 3)."""
         return self.reader(i)
+
+    def read_stored(self, i: int) -> np.ndarray | bytes:
+        """Image i as stored: its encoded bytes (decode with ``exif_transpose=False``), or `read(i)` for a set
+        without files. What training decodes, so large JPEGs get draft decoding (`decode_resized`)."""
+        return self.reader(i) if self.stored_reader is None else self.stored_reader(i)
 
 
 @dataclasses.dataclass
@@ -195,6 +202,7 @@ def _training_split(builder, name: str, split: str) -> TrainingSet:
         qidx=np.asarray(meta["qidx"], np.int64),
         pidx=np.asarray(meta["pidx"], np.int64),
         reader=lambda i: _read(source, i, f"{name}/{split}"),
+        stored_reader=lambda i: _read(source, i, f"{name}/{split}", decode=False),
     )
 
 
