@@ -99,9 +99,9 @@ def test_budget_shares_pass_unused_time_on():
     assert first == pytest.approx(100.0 * suite.WEIGHTS[blocks[0]] / sum(suite.WEIGHTS.values()))
     # a fixed budget is kept and taken out of what the others share
     assert suite.budgets_left(blocks, 100.0, {blocks[0]: 30.0}) == 30.0
-    second = suite.budgets_left(blocks[1:], 100.0, {blocks[2]: 40.0})
+    second = suite.budgets_left(blocks[1:], 1000.0, {blocks[2]: 400.0})
     flexible = [b for b in blocks[1:] if b != blocks[2]]
-    assert second == pytest.approx(60.0 * suite.WEIGHTS[blocks[1]] / sum(suite.WEIGHTS[b] for b in flexible))
+    assert second == pytest.approx(600.0 * suite.WEIGHTS[blocks[1]] / sum(suite.WEIGHTS[b] for b in flexible))
     assert suite.budgets_left(blocks[-1:], 50.0, {}) == pytest.approx(50.0)  # the last block gets the rest
 
 
