@@ -72,8 +72,9 @@ def evaluate_descriptors(
     return_ranks: bool = False,
     index: str | None = None,
     index_options: dict | None = None,
+    protocol: str | None = None,
 ):
-    """Scores query/database descriptors under the revisited protocol.
+    """Scores query/database descriptors under the revisited protocol (or the labelled one).
 
     Args:
       qvecs: (num_queries, D) query descriptors, in the order of ``test_set.gnd``.
@@ -87,10 +88,15 @@ def evaluate_descriptors(
         re-scores candidates with the stored vectors); the results then carry ``index``: method, the resolved
         options, ``bytes_per_image`` (what one database image costs the index in memory: codes, leaf index and
         any re-scoring vectors) and ``code_bytes``. QE expands queries with the uncompressed database vectors.
+      protocol: ``"revisited"`` (Easy/Medium/Hard) or ``"labels"`` (one setup ``all`` with Recall@k:
+        :func:`remap_jax.evaluate.evaluate_labelled`); None: the test set's ``protocol``, else revisited.
 
     Returns:
       the :func:`remap_jax.evaluate.evaluate_revisited` dict (percent), plus ``ranks`` when asked for.
     """
+    protocol = protocol or getattr(test_set, "protocol", "revisited")
+    if protocol not in ("revisited", "labels"):
+        raise ValueError(f"protocol: expected 'revisited' or 'labels', got {protocol!r}")
     gnd = list(test_set.gnd if hasattr(test_set, "gnd") else test_set)
     qvecs = np.asarray(qvecs, np.float32)
     dbvecs = np.asarray(dbvecs, np.float32)
@@ -108,7 +114,10 @@ def evaluate_descriptors(
         first = rank(qvecs, dbvecs, k=max(qe_k, 1), index=searcher)
         qvecs = evaluate.alpha_query_expansion(qvecs, dbvecs, k=qe_k, alpha=qe_alpha, ranks=first)
     ranks = rank(qvecs, dbvecs, k=k, index=searcher)
-    results = evaluate.evaluate_revisited(ranks, gnd, kappas=kappas)
+    if protocol == "labels":
+        results = evaluate.evaluate_labelled(ranks, gnd, kappas=kappas)
+    else:
+        results = evaluate.evaluate_revisited(ranks, gnd, kappas=kappas)
     if searcher is not None:
         results["index"] = {
             "method": searcher.method,
@@ -207,8 +216,11 @@ def run_eval(
                              f"descriptors, got {distractors.shape}")
         dbvecs = np.concatenate([dbvecs, distractors])
         scored = test_set.gnd  # the ground truth refers to the test set's own index positions only
+    eval_options.setdefault("protocol", getattr(test_set, "protocol", None))
     results, ranks = evaluate_descriptors(qvecs, dbvecs, scored, return_ranks=True, **eval_options)
     results["seconds"] = time.time() - t0
+    if getattr(test_set, "report", None):
+        results["data_report"] = test_set.report  # your own images: what was skipped and why
     if distractors is not None:
         results["extra_distractors"] = int(len(distractors))
     if out_dir:
