@@ -253,9 +253,10 @@ def _csv_rows(path: str):
         yield n, dict(zip(header, (c.strip() for c in row), strict=True))
 
 
-def list_csv(path: str) -> Listing:
+def list_csv(path: str, check_files: bool = True) -> Listing:
     """Lists the rows of a CSV/TSV (see the module doc); bad rows are skipped and reported, conflicting
-    labels for one path stop with an error naming both lines."""
+    labels for one path stop with an error naming both lines. ``check_files=False`` keeps rows whose file
+    is not there (scoring descriptors made elsewhere)."""
     source = f"csv:{path}"
     if not os.path.isfile(path):
         raise DatasetFileError(f"{path}: no such file; expected a CSV with {CSV_LAYOUT}")
@@ -288,7 +289,7 @@ def list_csv(path: str) -> Listing:
             name = os.path.relpath(full, base)
         else:
             full = name if os.path.isabs(name) else os.path.join(base, name)
-        if not name or not os.path.isfile(full):
+        if not name or (check_files and not os.path.isfile(full)):
             report.skip("missing_files", where)
             continue
         if not _is_image(full):
@@ -312,12 +313,12 @@ def list_csv(path: str) -> Listing:
     return Listing(source, base, paths, ids, labels, splits, report)
 
 
-def list_source(spec: Spec) -> Listing:
-    """The listing of a ``folder:`` or ``csv:`` spec."""
+def list_source(spec: Spec, check_files: bool = True) -> Listing:
+    """The listing of a ``folder:`` or ``csv:`` spec (``check_files``: see :func:`list_csv`)."""
     if spec.kind == "folder":
         return list_folder(spec.path)
     if spec.kind == "csv":
-        return list_csv(spec.path)
+        return list_csv(spec.path, check_files)
     raise ValueError(f"{spec.display}: expected a labelled folder: or csv: (gnd: names a test set)")
 
 
@@ -362,7 +363,7 @@ def held_out_labels(labels: np.ndarray, val, seed: int) -> np.ndarray:
     if val < 0 or (val >= 1 and val != int(val)):
         raise ValueError(f"option val={val}: expected a fraction in [0, 1) or a whole number of labels")
     n = int(round(val * len(candidates))) if val < 1 else int(val)
-    if n > len(candidates) - 1:
+    if n and n > len(candidates) - 1:
         raise ValueError(f"option val={val:g}: {n} validation labels would leave fewer than one of the "
                          f"{len(candidates)} labels with two images for training")
     rng = np.random.default_rng([seed, 7])
@@ -402,10 +403,31 @@ def sample_queries(labels: np.ndarray, num: int | None, seed: int) -> np.ndarray
     return candidates
 
 
+def test_part(listing: Listing) -> Listing:
+    """The rows of split ``test`` when a CSV has any, else the whole listing."""
+    if "test" not in listing.splits:
+        return listing
+    return listing.select([i for i, s in enumerate(listing.splits) if s == "test"])
+
+
+def labelled_test(image_labels, spec: Spec, report: DataReport) -> tuple[np.ndarray, list[dict]]:
+    """(query image indices, ground truth) of a labelled test set whose images have the label names
+    ``image_labels``: every image with a positive (or a seeded sample of ``?queries=N``) queries them all
+    (:func:`labelled_ground_truth`). Labels with one image are reported; ``report.kept`` gets the counts."""
+    labels, names = label_ids(image_labels)
+    single_image_labels(labels, names, report)
+    queries = sample_queries(labels, spec.option("queries", int, None), spec.option("seed", int, 0))
+    if not len(queries):
+        raise DatasetFileError(f"{spec.path}: no label has two usable images, so no query has a positive; "
+                               "expected at least two images per label")
+    report.kept = {"images": int(len(labels)), "labels": len(names), "queries": int(len(queries))}
+    return queries, labelled_ground_truth(labels, queries)
+
+
 # ------------------------------------------------------------------------------ ground-truth JSON files
 
 
-def read_ground_truth(path: str) -> dict:
+def read_ground_truth(path: str, check_files: bool = True) -> dict:
     """A benchmark laid out like the revisited ones, as JSON::
 
         {"qimlist": ["queries/q1.jpg", ...], "imlist": ["db/a.jpg", ...],
@@ -414,7 +436,9 @@ def read_ground_truth(path: str) -> dict:
     ``gnd[q]`` holds database positions (into ``imlist``): ``easy``/``hard``/``junk`` (the revisited
     protocol: Easy, Medium and Hard setups), or ``positives`` (or ``ok``) and optionally ``junk`` (one setup,
     with Recall@k); ``bbx`` (optional) crops the query. Names are relative to the JSON's folder (or absolute);
-    a name without extension is also looked up as ``jpg/<name>.jpg`` (the revisited download layout).
+    a name without extension is also looked up as ``<name>.jpg`` and ``jpg/<name>.jpg`` (the revisited
+    download layout). ``check_files=False``: missing images are not an error (scoring descriptors made
+    elsewhere); their path is the first candidate.
 
     Returns ``{"queries": [paths], "database": [paths], "query_ids", "database_ids", "gnd": [dict],
     "protocol": "revisited" | "labels"}``.
@@ -433,12 +457,14 @@ def read_ground_truth(path: str) -> dict:
     base = os.path.dirname(path)
 
     def resolve(name: str, what: str) -> str:
-        full = name if os.path.isabs(name) else os.path.join(base, name)
-        if not os.path.isfile(full) and not os.path.splitext(name)[1]:
-            full = os.path.join(base, "jpg", f"{name}.jpg")
-        if not os.path.isfile(full):
-            raise DatasetFileError(f"{path}: {what} image {name!r} not found (looked for {full})")
-        return full
+        candidates = [name if os.path.isabs(name) else os.path.join(base, name)]
+        if not os.path.splitext(name)[1]:
+            candidates += [candidates[0] + ".jpg", os.path.join(base, "jpg", f"{name}.jpg")]
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None and check_files:
+            raise DatasetFileError(f"{path}: {what} image {name!r} not found (looked for "
+                                   f"{', '.join(candidates)})")
+        return found or candidates[0]
 
     queries = [resolve(str(n), "query") for n in raw["qimlist"]]
     database = [resolve(str(n), "database") for n in raw["imlist"]]

@@ -380,27 +380,18 @@ def load_labelled_test_set(name: str, data_dir: str | None = None, *, verbose: b
     spec = labelled.parse_spec(name)
     if spec.kind == "gnd":
         return _ground_truth_test_set(spec, data_dir)
-    listing = labelled.list_source(spec)
-    if "test" in listing.splits:
-        listing = listing.select([i for i, s in enumerate(listing.splits) if s == "test"])
+    listing = labelled.test_part(labelled.list_source(spec))
     kept, read, digest = _built_listing(listing, spec.kind, data_dir, spec.display)
-    labels, names = labelled.label_ids(kept.labels)
-    report = kept.report
-    labelled.single_image_labels(labels, names, report)
-    queries = labelled.sample_queries(labels, spec.option("queries", int, None), spec.option("seed", int, 0))
-    if not len(queries):
-        raise labelled.DatasetFileError(f"{spec.path}: no label has two readable images, so no query has a "
-                                        "positive; expected at least two images per label")
-    report.kept = {"images": len(kept), "labels": len(names), "queries": int(len(queries))}
+    queries, gnd = labelled.labelled_test(kept.labels, spec, kept.report)
     if verbose:
-        print(report.format(), flush=True)
+        print(kept.report.format(), flush=True)
     return TestSet(
         name=f"{spec.display}@{digest}",
-        gnd=labelled.labelled_ground_truth(labels, queries),
+        gnd=gnd,
         query_reader=lambda i: read(queries[i]),
         index_readers=[(len(kept), read)],
         protocol="labels",
-        report=report.to_dict(),
+        report=kept.report.to_dict(),
     )
 
 
