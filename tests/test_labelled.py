@@ -3,8 +3,6 @@ changes, validation held out by label, the labelled protocol (mAP, mP@k, Recall@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,8 +10,6 @@ import pytest
 from remap_jax import evaluate
 from remap_jax.data import labelled, load_test_set, load_training_set
 from remap_jax.data.images import encode_jpeg, load_rgb
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _image(seed: int, size=(24, 32)) -> bytes:
@@ -290,8 +286,7 @@ def test_remap_eval_scores_feature_files_against_folder_csv_and_gnd(tmp_path, ca
     assert "Medium     100.00" in table and "Hard" in table
     # nothing matches: a one-line error, exit code 2
     _feature_file(tmp_path / "other.npz", ["zz/1.jpg"], vecs[:1])
-    proc = subprocess.run([sys.executable, "-m", "remap_jax.eval_cli", "--features",
-                           str(tmp_path / "other.npz"), "--labels", f"folder:{root}"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and "no feature id matches an image" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert eval_cli.main(["--features", str(tmp_path / "other.npz"), "--labels", f"folder:{root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("remap-eval: ") and "no feature id matches an image" in err
+    assert len(err.strip().splitlines()) == 1

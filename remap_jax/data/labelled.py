@@ -184,7 +184,7 @@ def list_folder(root: str) -> Listing:
     if not os.path.isdir(root):
         raise DatasetFileError(f"{root}: not a directory; expected {FOLDER_LAYOUT}")
     report = DataReport(source)
-    paths, ids, labels, seen = [], [], [], set()
+    paths, ids, labels, seen = [], [], [], {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
@@ -204,9 +204,9 @@ def list_folder(root: str) -> Listing:
                     continue
                 real = os.path.realpath(path)
                 if real in seen:
-                    report.skip("duplicate_paths", rel)
+                    report.skip("duplicate_paths", f"{rel} (the file of {seen[real]})")
                     continue
-                seen.add(real)
+                seen[real] = rel
                 paths.append(path)
                 ids.append(rel)
                 labels.append(entry.name)
@@ -301,7 +301,7 @@ def list_csv(path: str, check_files: bool = True) -> Listing:
             if other != label:
                 raise DatasetFileError(f"{path}: line {n}: {name} has label {label!r}, but line {m} gave it "
                                        f"{other!r}; expected one label per image")
-            report.skip("duplicate_paths", where)
+            report.skip("duplicate_paths", f"{where} (as line {m})")
             continue
         first_line[key] = (n, label)
         paths.append(full)
