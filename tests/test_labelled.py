@@ -290,3 +290,20 @@ def test_remap_eval_scores_feature_files_against_folder_csv_and_gnd(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("remap-eval: ") and "no feature id matches an image" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_config_spelling_is_checked_before_compute(tmp_path):
+    from train import validate
+    from train.configs.demo import get_config
+
+    c = get_config()
+    c.dataset = f"folder:{tmp_path / 'absent'}"
+    c.test_dataset = f"csv:{tmp_path}/t.csv?querys=3"
+    with pytest.raises(ValueError) as e:
+        validate.validate_config(c)
+    message = str(e.value)
+    assert "config.dataset = 'folder:" in message and "an existing folder, CSV or ground-truth" in message
+    assert "config.test_dataset: dataset" in message and "unknown options ['querys']" in message
+    make_tree(str(tmp_path / "ok"))
+    c.dataset, c.test_dataset = f"folder:{tmp_path / 'ok'}?val=1", f"folder:{tmp_path / 'ok'}?queries=4"
+    validate.validate_config(c)
