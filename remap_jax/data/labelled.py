@@ -83,13 +83,6 @@ class DataReport:
     def count(self, reason: str) -> int:
         return int(self.skipped.get(reason, {}).get("count", 0))
 
-    def merge(self, other: DataReport) -> DataReport:
-        for reason, entry in other.skipped.items():
-            mine = self.skipped.setdefault(reason, {"count": 0, "first": []})
-            mine["count"] += entry["count"]
-            mine["first"] = (mine["first"] + entry["first"])[:SHOWN]
-        return self
-
     def to_dict(self) -> dict:
         skipped = {k: {"count": v["count"], "first": list(v["first"])} for k, v in self.skipped.items()}
         return {"source": self.source, "kept": dict(self.kept), "skipped": skipped}
