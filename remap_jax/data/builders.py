@@ -48,8 +48,6 @@ GLDV2_TAR_URL = "https://s3.amazonaws.com/google-landmark/train/images_{i:03d}.t
 _IMAGE = tfds.features.Image(shape=(None, None, 3))
 
 
-
-
 # ------------------------------------------------------------------------------------------ file inputs
 
 
