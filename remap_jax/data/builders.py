@@ -11,6 +11,8 @@ Builders (registered with TFDS when this module is imported):
 * ``gldv2_clean``: Google Landmarks v2 clean train set (split ``train``, landmark labels, positive pairs
   between images of the same landmark); configs ``full`` or a prefix of the 500 tars.
 * ``synthetic_landmarks``: the offline demo dataset (:mod:`remap_jax.data.synthetic`).
+* ``user_images`` (:class:`UserImages`, not registered: built through ``folder:``/``csv:``/``gnd:`` names of
+  :mod:`remap_jax.data.sets`): your own images, one config per listing digest.
 
 Every builder first looks for its files in ``manual_dir`` (default ``<data_dir>/downloads/manual``) and
 downloads the missing ones from the official location otherwise. Labels and query/positive pairs of the
