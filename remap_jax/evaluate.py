@@ -25,10 +25,13 @@ __all__ = [
     "compute_map",
     "evaluate_classic",
     "evaluate_holidays",
+    "evaluate_labelled",
     "evaluate_revisited",
     "format_revisited_table",
     "holidays_ground_truth",
+    "main_setup",
     "rank_database",
+    "recall_at_k",
     "revisited_setups",
 ]
 
@@ -204,6 +207,83 @@ def evaluate_revisited(ranks, gnd: Sequence[Mapping], kappas: Sequence[int] = (1
     return results
 
 
+def recall_at_k(ranks, gnd: Sequence[Mapping], ks: Sequence[int] = (1, 5, 10)):
+    """Recall@k of deep metric learning (SOP, CUB, In-shop): the fraction of queries with at least one
+    positive among their top k, ignored (``junk``) images removed from the ranking first.
+
+    Args:
+      ranks: (K, num_queries) as in :func:`compute_map`; gnd: ``ok`` and optionally ``junk`` per query.
+    Returns:
+      ``(recall (len(ks),) fractions over queries with positives, hits (num_queries, len(ks)) 0/1 with NaN
+      rows for queries without positives)``.
+    """
+    nq = len(gnd)
+    ranks = _check_ranks(ranks, nq)
+    ks = np.asarray(ks, dtype=np.int64).reshape(-1)
+    if ks.size and ks.min() < 1:
+        raise ValueError(f"ks: expected k >= 1, got {ks.tolist()}")
+    parsed = []
+    for q, g in enumerate(gnd):
+        if "ok" not in g:
+            raise ValueError(f"gnd[{q}]: expected keys 'ok' (and optionally 'junk'), got {list(g)}")
+        ok = np.unique(_as_index_array(g["ok"], "ok", q))
+        parsed.append((ok, np.setdiff1d(_as_index_array(g.get("junk"), "junk", q), ok)))
+    max_index = max((int(max(ok.max(initial=0), junk.max(initial=0))) for ok, junk in parsed), default=0)
+    lookup = _RankLookup(ranks, max_index) if nq else None
+    hits = np.full((nq, ks.size), np.nan)
+    for q, (ok, junk) in enumerate(parsed):
+        if ok.size == 0:
+            continue
+        pos = lookup.positions(q, ok)
+        pos = pos[pos != _NOT_RANKED]
+        junk_pos = np.sort(lookup.positions(q, junk))
+        if pos.size == 0:
+            hits[q] = 0.0
+            continue
+        first = pos.min() - np.searchsorted(junk_pos, pos.min(), side="left")  # 0-based, junk removed
+        hits[q] = (first < ks).astype(np.float64)
+    valid = ~np.isnan(hits[:, 0]) if ks.size else np.zeros(nq, bool)
+    recall = hits[valid].mean(axis=0) if valid.any() else np.zeros(ks.size)
+    return recall, hits
+
+
+def evaluate_labelled(ranks, gnd: Sequence[Mapping], kappas: Sequence[int] = (1, 5, 10),
+                      recall_ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """One-setup protocol of labelled collections (each image queries the rest; positives share its label):
+    mAP, mP@k and Recall@k in percent, under the key ``"all"``.
+
+    ``gnd[q]``: ``ok`` (or ``easy`` + ``hard``) positives and ``junk`` ignored (the query itself).
+    Returns ``{"all": {"mAP", "mP@k"..., "R@k"..., "aps": (num_queries,) percent with NaN for skipped
+    queries, "num_queries"}}``.
+    """
+    setup = []
+    for q, g in enumerate(gnd):
+        if "ok" in g:
+            ok = _as_index_array(g["ok"], "ok", q)
+        elif "easy" in g and "hard" in g:
+            easy, hard = _as_index_array(g["easy"], "easy", q), _as_index_array(g["hard"], "hard", q)
+            ok = np.concatenate([easy, hard])
+        else:
+            raise ValueError(f"gnd[{q}]: expected 'ok' or 'easy' and 'hard', got keys {sorted(g)}")
+        setup.append({"ok": ok, "junk": _as_index_array(g.get("junk"), "junk", q)})
+    m, aps, mpr, _ = compute_map(ranks, setup, kappas)
+    recall, _ = recall_at_k(ranks, setup, recall_ks)
+    entry = {"mAP": 100.0 * m}
+    entry.update({f"mP@{int(k)}": 100.0 * float(p) for k, p in zip(kappas, mpr, strict=True)})
+    entry.update({f"R@{int(k)}": 100.0 * float(r) for k, r in zip(recall_ks, recall, strict=True)})
+    entry["aps"] = 100.0 * aps
+    entry["num_queries"] = int(np.sum(~np.isnan(aps)))
+    return {"all": entry}
+
+
+def main_setup(results: Mapping) -> str:
+    """The setup a one-line summary quotes: ``"medium"`` (revisited protocol) or ``"all"`` (labelled)."""
+    for name in ("medium", "all"):
+        if name in results:
+            return name
+    raise ValueError(f"results: expected a 'medium' or 'all' setup, got {sorted(results)}")
+
+
 def evaluate_classic(ranks, gnd: Sequence[Mapping]) -> float:
     """Classic Oxford5k / Paris6k mAP in percent: positives ``ok`` (or easy + hard), ignored ``junk``."""
     classic = []
@@ -374,11 +454,12 @@ def alpha_database_augmentation(dbvecs, k: int = 2, alpha: float = 3.0, chunk: i
 
 
 def format_revisited_table(results: Mapping, title: str | None = None) -> str:
-    """Formats :func:`evaluate_revisited` results as a fixed-width Easy/Medium/Hard table (percent)."""
-    setups = [s for s in ("easy", "medium", "hard") if s in results]
+    """Formats :func:`evaluate_revisited` (Easy/Medium/Hard) or :func:`evaluate_labelled` (All, with
+    Recall@k) results as a fixed-width table (percent)."""
+    setups = [s for s in ("easy", "medium", "hard", "all") if s in results]
     if not setups:
-        raise ValueError(f"results: expected keys easy/medium/hard, got {sorted(results)}")
-    metrics = [m for m in results[setups[0]] if m == "mAP" or m.startswith("mP@")]
+        raise ValueError(f"results: expected keys easy/medium/hard or all, got {sorted(results)}")
+    metrics = [m for m in results[setups[0]] if m == "mAP" or m.startswith(("mP@", "R@"))]
     lines = []
     if title:
         lines.append(title)

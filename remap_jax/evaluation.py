@@ -74,8 +74,9 @@ def evaluate_descriptors(
     index: str | None = None,
     index_options: dict | None = None,
     rerank=None,
+    protocol: str | None = None,
 ):
-    """Scores query/database descriptors under the revisited protocol.
+    """Scores query/database descriptors under the revisited protocol (or the labelled one).
 
     Args:
       qvecs: (num_queries, D) query descriptors, in the order of ``test_set.gnd``.
@@ -92,10 +93,15 @@ def evaluate_descriptors(
       rerank: a :class:`remap_jax.rerank.SuperGlobal`: the final ranking's top M re-ranked (after DBA and
         QE, with the expanded queries and the augmented database rows; through the index's vectors when
         ``index`` is given); the results then carry ``rerank``: its settings (``SuperGlobal.to_dict``).
+      protocol: ``"revisited"`` (Easy/Medium/Hard) or ``"labels"`` (one setup ``all`` with Recall@k:
+        :func:`remap_jax.evaluate.evaluate_labelled`); None: the test set's ``protocol``, else revisited.
 
     Returns:
       the :func:`remap_jax.evaluate.evaluate_revisited` dict (percent), plus ``ranks`` when asked for.
     """
+    protocol = protocol or getattr(test_set, "protocol", "revisited")
+    if protocol not in ("revisited", "labels"):
+        raise ValueError(f"protocol: expected 'revisited' or 'labels', got {protocol!r}")
     gnd = list(test_set.gnd if hasattr(test_set, "gnd") else test_set)
     qvecs = np.asarray(qvecs, np.float32)
     dbvecs = np.asarray(dbvecs, np.float32)
@@ -113,7 +119,10 @@ def evaluate_descriptors(
         first = rank(qvecs, dbvecs, k=max(qe_k, 1), index=searcher)
         qvecs = evaluate.alpha_query_expansion(qvecs, dbvecs, k=qe_k, alpha=qe_alpha, ranks=first)
     ranks = rank(qvecs, dbvecs, k=k, index=searcher, rerank=rerank)
-    results = evaluate.evaluate_revisited(ranks, gnd, kappas=kappas)
+    if protocol == "labels":
+        results = evaluate.evaluate_labelled(ranks, gnd, kappas=kappas)
+    else:
+        results = evaluate.evaluate_revisited(ranks, gnd, kappas=kappas)
     if rerank is not None:
         results["rerank"] = rerank.to_dict()
     if searcher is not None:
@@ -214,8 +223,11 @@ def run_eval(
                              f"descriptors, got {distractors.shape}")
         dbvecs = np.concatenate([dbvecs, distractors])
         scored = test_set.gnd  # the ground truth refers to the test set's own index positions only
+    eval_options.setdefault("protocol", getattr(test_set, "protocol", None))
     results, ranks = evaluate_descriptors(qvecs, dbvecs, scored, return_ranks=True, **eval_options)
     results["seconds"] = time.time() - t0
+    if getattr(test_set, "report", None):
+        results["data_report"] = test_set.report  # your own images: what was skipped and why
     if distractors is not None:
         results["extra_distractors"] = int(len(distractors))
     if out_dir:

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from remap_jax import atomic, distributed, host_memory
+from remap_jax.data.labelled import IMAGE_EXTENSIONS
 from remap_jax.extract import (
     RESIZE_MODES,
     Extractor,
@@ -40,8 +41,6 @@ from remap_jax.extract import (
     partial_file_of_process,
 )
 from remap_jax.model import DTYPES
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def list_images(spec: str) -> tuple[list[str], list[str], list[Any]]:

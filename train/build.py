@@ -101,6 +101,8 @@ def initialise_head_from_config(config: ml_collections.ConfigDict, workdir: str,
     record = {"dataset": config.dataset, "arch": config.model.arch,
               "backbone_weights": config.model.pretrained or f"random init (seed {config.seed})"}
     init, _ = initialise_head(extractor, training_set, tuple(config.model.taps), options, workdir=workdir,
-                              out_dim=config.model.out_dim, seed=config.seed, cache_key=config.dataset,
+                              out_dim=config.model.out_dim, seed=config.seed,
+                              # a user set's name carries its listing digest: a changed folder is a miss
+                              cache_key=getattr(training_set, "name", config.dataset),
                               summary=record)
     return init

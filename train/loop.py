@@ -141,6 +141,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     # ---- set up: data, model, optimiser, mesh, describers
     training_set, test_set = load_data(config, training_set, test_set)
     test_rerank = SuperGlobal.parse(config.test_rerank) if config.get("test_rerank") else None
+    reports = {k: s.report for k, s in (("train", training_set), ("test", test_set))
+               if getattr(s, "report", None)}
+    if reports and is_main:  # your own images: what was skipped and why, next to the run's other outputs
+        atomic.write_json(os.path.join(workdir, "data_report.json"), reports)
     spec = model_spec(config)
     model = model if model is not None else model_from_config(spec)
     export_fn = export_fn or save_exported
@@ -327,14 +331,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
             with open(before_path) as f:
                 summary["test_before"] = json.load(f)
-        medium = {k: summary[k]["medium"]["mAP"] for k in ("test_off_the_shelf", "test_before", "test_after")
+        setup = evaluate.main_setup(summary["test_after"])  # "medium", or "all" for a labelled test set
+        medium = {k: summary[k][setup]["mAP"] for k in ("test_off_the_shelf", "test_before", "test_after")
                   if k in summary}
         if "test_off_the_shelf" in medium:
             shelf, before, after = medium["test_off_the_shelf"], medium["test_before"], medium["test_after"]
-            say(f"Medium mAP: {shelf:.2f} off the shelf -> {before:.2f} with the KL + whitening head -> "
-                f"{after:.2f} trained ({after - before:+.2f})")
+            say(f"{setup.capitalize()} mAP: {shelf:.2f} off the shelf -> {before:.2f} with the KL + "
+                f"whitening head -> {after:.2f} trained ({after - before:+.2f})")
         elif "test_before" in medium:
-            say(f"Medium mAP: {medium['test_before']:.2f} -> {medium['test_after']:.2f}")
+            say(f"{setup.capitalize()} mAP: {medium['test_before']:.2f} -> {medium['test_after']:.2f}")
     writer.close()
     ckpt.close()
     return summary

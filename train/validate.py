@@ -8,6 +8,7 @@ import ml_collections
 
 from remap_jax import losses
 from remap_jax.backbones.weights import INSTALLED
+from remap_jax.data import labelled
 from remap_jax.head_init import HeadInitOptions
 from remap_jax.model import spec_errors
 
@@ -44,7 +45,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         check(m.arch in PRETRAINED_PACKAGES, "model.pretrained",
               f"a weights file: no pip package ships {m.arch} weights (packages exist for "
               f"{', '.join(PRETRAINED_PACKAGES)})")
-    check(bool(config.dataset), "dataset", "a training set name (e.g. sfm120k, synthetic_landmarks)")
+    check(bool(config.dataset), "dataset", "a training set name (e.g. sfm120k, synthetic_landmarks, "
+          "folder:/data/products, csv:/data/train.csv)")
+    for field in ("dataset", "test_dataset"):  # your own images: the spelling and the path, before compute
+        if labelled.is_spec(config[field]):
+            try:
+                spec = labelled.parse_spec(config[field])
+                check(os.path.exists(spec.path), field, "an existing folder, CSV or ground-truth JSON")
+            except ValueError as e:
+                errors.append(f"config.{field}: {e}")
     check(is_size(config.image_size), "image_size", "(height, width), ints >= 32")
     check(is_size(config.test_image_size), "test_image_size", "(height, width), ints >= 32")
     check(config.num_workers >= 1, "num_workers", ">= 1")

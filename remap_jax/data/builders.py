@@ -11,6 +11,8 @@ Builders (registered with TFDS when this module is imported):
 * ``gldv2_clean``: Google Landmarks v2 clean train set (split ``train``, landmark labels, positive pairs
   between images of the same landmark); configs ``full`` or a prefix of the 500 tars.
 * ``synthetic_landmarks``: the offline demo dataset (:mod:`remap_jax.data.synthetic`).
+* ``user_images`` (:class:`UserImages`, not registered: built through ``folder:``/``csv:``/``gnd:`` names of
+  :mod:`remap_jax.data.sets`): your own images, one config per listing digest.
 
 Every builder first looks for its files in ``manual_dir`` (default ``<data_dir>/downloads/manual``) and
 downloads the missing ones from the official location otherwise. Labels and query/positive pairs of the
@@ -31,6 +33,7 @@ from etils import epath
 
 from remap_jax.data import synthetic
 from remap_jax.data.images import ImageDecodeError, crop_bbox, encode_jpeg, load_rgb
+from remap_jax.data.labelled import DatasetFileError  # noqa: F401 (one error class for every dataset file)
 
 REVISITOP_GND_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl"
 OXFORD_IMAGES_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz"
@@ -45,10 +48,6 @@ GLDV2_CSV_URL = "https://s3.amazonaws.com/google-landmark/metadata/train_clean.c
 GLDV2_TAR_URL = "https://s3.amazonaws.com/google-landmark/train/images_{i:03d}.tar"
 
 _IMAGE = tfds.features.Image(shape=(None, None, 3))
-
-
-class DatasetFileError(ValueError):
-    """A dataset input file is missing or malformed; the message names the file and what was expected."""
 
 
 # ------------------------------------------------------------------------------------------ file inputs
@@ -610,3 +609,74 @@ class SyntheticLandmarks(tfds.core.GeneratorBasedBuilder):
                 "difficulty": v.difficulty,
                 "bbox": np.asarray(v.bbox, np.float32),
             }
+
+
+# ------------------------------------------------------------------------------------- your own images
+
+
+@dataclasses.dataclass
+class UserImagesConfig(tfds.core.BuilderConfig):
+    """The files of a user's listing (:mod:`remap_jax.data.labelled`); its name is the listing's digest.
+
+    files: split -> tuple of (absolute path, id). strict: an unreadable image stops the build (a ground-truth
+    benchmark refers to images by position) instead of being skipped and reported.
+    """
+
+    files: dict = dataclasses.field(default_factory=dict, repr=False)  # TFDS logs the config's repr
+    strict: bool = False
+
+
+def check_images(paths, workers: int = 2) -> tuple[list[int], list[tuple[int, str]]]:
+    """Decodes every file once: (positions that decode, [(position, reason)] of those that do not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(i_path):
+        i, path = i_path
+        try:
+            load_rgb(path, exif_transpose=False)
+            return i, None
+        except (ImageDecodeError, OSError) as e:
+            return i, str(e)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(check, enumerate(paths)))
+    return [i for i, bad in results if bad is None], [(i, bad) for i, bad in results if bad is not None]
+
+
+class UserImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A user's own images (a labelled folder, a CSV or a ground-truth benchmark), stored as they are
+    (encoded bytes) for random access. One config per listing digest, so a changed listing is rebuilt.
+
+    Every file is decoded once while building: the ones that do not decode are left out (or, with
+    ``strict``, stop the build) and ``info.metadata[split]`` records ``kept`` (the listing positions of the
+    records, in order) and ``unreadable`` ([id, reason] pairs). Labels stay with the listing."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {"image": _IMAGE, "filename": tfds.features.Text(), "id": np.int64}
+            ),
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # the files are local
+        splits = {}
+        for split, files in self.builder_config.files.items():
+            kept, bad = check_images([p for p, _ in files])
+            if bad and self.builder_config.strict:
+                i, reason = bad[0]
+                raise DatasetFileError(f"{files[i][0]}: {reason}; expected a readable image ({len(bad)} "
+                                       f"unreadable in {split})")
+            self.info.metadata[split] = {"kept": kept, "unreadable": [[files[i][1], r] for i, r in bad]}
+            splits[split] = self._generate_examples(files, kept)
+        return splits
+
+    def _generate_examples(self, files, kept):
+        for k, i in enumerate(kept):
+            path, name = files[i]
+            yield k, {"image": epath.Path(path).read_bytes(), "filename": name, "id": i}

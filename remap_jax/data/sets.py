@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from remap_jax.data.images import load_rgb
+from remap_jax.data import labelled
+from remap_jax.data.images import crop_bbox, load_rgb
 
 TRAINING_SETS = ("sfm120k", "gldv2_clean", "synthetic_landmarks")
 TEST_SETS = ("roxford5k", "rparis6k", "synthetic_landmarks")
@@ -107,6 +108,7 @@ class TrainingSet:
     reader: Callable[[int], np.ndarray] = dataclasses.field(repr=False)
     val: TrainingSet | None = None
     stored_reader: Callable[[int], np.ndarray | bytes] | None = dataclasses.field(default=None, repr=False)
+    report: dict | None = None  # your own images: what was skipped and why (labelled.DataReport.to_dict)
 
     @property
     def num_images(self) -> int:
@@ -140,6 +142,9 @@ class TestSet:
     index_readers: list[tuple[int, Callable[[int], np.ndarray]]] = dataclasses.field(repr=False)
     original_query_reader: Callable[[int], np.ndarray] | None = dataclasses.field(default=None, repr=False)
     num_distractors: int = 0
+    # "revisited": Easy/Medium/Hard setups; "labels": one setup ("all", positives = easy + hard) with Recall@k
+    protocol: str = "revisited"
+    report: dict | None = None  # your own images: what was skipped and why (labelled.DataReport.to_dict)
 
     @property
     def num_queries(self) -> int:
@@ -209,10 +214,13 @@ def _training_split(builder, name: str, split: str) -> TrainingSet:
 def load_training_set(
     name: str, data_dir: str | None = None, manual_dir: str | None = None, synthetic_config=None
 ) -> TrainingSet:
-    """Loads (building on first use) a training set: sfm120k, gldv2_clean[/config] or synthetic_landmarks.
+    """Loads (building on first use) a training set: sfm120k, gldv2_clean[/config], synthetic_landmarks, or
+    your own images: ``folder:PATH`` / ``csv:PATH`` (:mod:`remap_jax.data.labelled`).
 
     Returns the ``train`` split with ``.val`` set to the validation split when the dataset has one.
     """
+    if labelled.is_spec(name):
+        return load_labelled_training_set(name, data_dir)
     if _base_name(name) not in TRAINING_SETS:
         raise ValueError(f"name: expected one of {TRAINING_SETS} (optionally /config), got {name!r}")
     builder = prepare(get_builder(name, data_dir, synthetic_config), manual_dir)
@@ -246,10 +254,17 @@ def load_test_set(
     distractors: str | None = None,
     synthetic_config=None,
 ) -> TestSet:
-    """Loads (building on first use) a test set: roxford5k, rparis6k or synthetic_landmarks[/config].
+    """Loads (building on first use) a test set: roxford5k, rparis6k, synthetic_landmarks[/config], or your
+    own images: ``folder:PATH`` / ``csv:PATH`` (each image queries the rest) or ``gnd:FILE.json``.
 
     ``distractors="revisitop1m"`` (or ``"revisitop1m/tars_1"`` ...) appends the 1M distractors to the index.
     """
+    if labelled.is_spec(name):
+        test = load_labelled_test_set(name, data_dir)
+        if distractors:
+            raise ValueError(f"distractors: only for the built-in benchmarks; put distractors in {name} "
+                             "as labels with one image")
+        return test
     if _base_name(name) not in TEST_SETS:
         raise ValueError(f"name: expected one of {TEST_SETS} (optionally /config), got {name!r}")
     builder = prepare(get_builder(name, data_dir, synthetic_config), manual_dir)
@@ -272,3 +287,141 @@ def load_test_set(
         dsource = _source(dbuilder, "index")
         test = test.with_distractors(len(dsource), lambda i: _read(dsource, i, distractors), distractors)
     return test
+
+
+# ------------------------------------------------------------------------------------- your own images
+
+
+def _built(kind: str, files: dict, data_dir: str | None, *, labels=(), strict: bool = False):
+    """The UserImages build of ``files`` (split -> [(path, id)]), keyed by the listing's digest (paths, sizes,
+    mtimes, ids and ``labels``): built on first use, rebuilt whenever a file or the listing changes.
+    Returns (the prepared builder, the digest's first 10 hex digits)."""
+    from remap_jax.data import builders
+
+    flat = [p for split in sorted(files) for p, _ in files[split]]
+    names = [f"{split}:{i}" for split in sorted(files) for _, i in files[split]]
+    digest = labelled.listing_digest(kind, flat, list(labels) or [""] * len(flat), names)
+    config = builders.UserImagesConfig(name=f"{kind}_{digest[:16]}", files=files, strict=strict)
+    builder = prepare(builders.UserImages(data_dir=data_dir, config=config, file_format="array_record"))
+    return builder, digest[:10]
+
+
+def _built_listing(listing: labelled.Listing, kind: str, data_dir: str | None, what: str):
+    """(the readable part of ``listing``, reader by its position there, digest); unreadable files are added
+    to ``listing.report``."""
+    files = {"images": list(zip(listing.paths, listing.ids, strict=True))}
+    builder, digest = _built(kind, files, data_dir, labels=listing.labels)
+    meta = builder.info.metadata["images"]
+    for name, _ in meta["unreadable"]:
+        listing.report.skip("unreadable_images", name)
+    kept = listing.select(meta["kept"])
+    if not len(kept):
+        raise labelled.DatasetFileError(f"{listing.source}: none of its {len(listing)} images decodes; "
+                                        "expected JPEG, PNG or other image files")
+    source = _source(builder, "images")
+    return kept, (lambda i: _read(source, i, what)), digest
+
+
+def load_labelled_training_set(name: str, data_dir: str | None = None, *,
+                               verbose: bool = True) -> TrainingSet:
+    """A training set from a labelled folder or CSV (``folder:PATH[?val=F&seed=S]``, ``csv:PATH``).
+
+    Matching pairs come from the labels (:func:`labelled.positive_pairs`); the validation split holds out
+    whole labels (the CSV's ``split=val`` rows, else ``val``: a fraction or a count of the labels with two or
+    more images, default 0.1). Rows of split ``test`` are left out. ``.report`` (and the printed text) lists
+    what was skipped and why.
+    """
+    spec = labelled.parse_spec(name)
+    listing = labelled.list_source(spec)
+    report = listing.report
+    for i in (i for i, s in enumerate(listing.splits) if s == "test"):
+        report.skip("test_rows", listing.ids[i])
+    listing = listing.select([i for i, s in enumerate(listing.splits) if s != "test"])
+    if not len(listing):
+        raise labelled.DatasetFileError(f"{spec.path}: every row is of split test; expected train/val rows")
+    kept, read, digest = _built_listing(listing, spec.kind, data_dir, spec.display)
+    labels, names = labelled.label_ids(kept.labels)
+    seed = spec.option("seed", int, 0)
+    marked = np.array([s == "val" for s in kept.splits])
+    if marked.any():
+        if "val" in spec.options:
+            raise ValueError(f"{name}: option val: the CSV's split column already names the validation rows")
+        is_val = marked
+    else:
+        is_val = np.isin(labels, labelled.held_out_labels(labels, spec.option("val", float, 0.1), seed))
+
+    def subset(positions: np.ndarray, split: str, pair_seed: int) -> TrainingSet:
+        sub = labels[positions]
+        labelled.single_image_labels(sub, names, report)
+        qidx, pidx = labelled.positive_pairs(sub, pair_seed)
+        return TrainingSet(name=f"{spec.display}@{digest}/{split}", labels=sub, qidx=qidx, pidx=pidx,
+                           reader=lambda i: read(positions[i]))
+
+    train = subset(np.flatnonzero(~is_val), "train", seed)
+    if len(train.qidx) == 0:
+        layout = labelled.FOLDER_LAYOUT if spec.kind == "folder" else labelled.CSV_LAYOUT
+        raise labelled.DatasetFileError(f"{spec.path}: no label has two readable training images; expected "
+                                        f"{layout}, with at least two images per label")
+    if is_val.any():
+        train.val = subset(np.flatnonzero(is_val), "val", seed + 1)
+    report.kept = {"train images": train.num_images, "train labels": int(len(np.unique(train.labels))),
+                   "train pairs": int(len(train.qidx))}
+    if train.val is not None:
+        report.kept.update({"val images": train.val.num_images,
+                            "val labels": int(len(np.unique(train.val.labels))),
+                            "val pairs": int(len(train.val.qidx))})
+    train.report = report.to_dict()
+    if verbose:
+        print(report.format(), flush=True)
+    return train
+
+
+def load_labelled_test_set(name: str, data_dir: str | None = None, *, verbose: bool = True) -> TestSet:
+    """A test set from your own images.
+
+    ``folder:PATH`` / ``csv:PATH[?queries=N&seed=S]``: every image whose label has another image (or a
+    seeded sample of N of them) queries the whole set; its positives are its label's other images, itself is
+    ignored (protocol "labels": one setup with mAP, mP@k and Recall@k). A CSV with a split column uses its
+    ``test`` rows when it has any. ``gnd:FILE.json``: queries, database and ground truth as in
+    :func:`labelled.read_ground_truth` (protocol "revisited" for easy/hard/junk, else "labels").
+    """
+    spec = labelled.parse_spec(name)
+    if spec.kind == "gnd":
+        return _ground_truth_test_set(spec, data_dir)
+    listing = labelled.test_part(labelled.list_source(spec))
+    kept, read, digest = _built_listing(listing, spec.kind, data_dir, spec.display)
+    queries, gnd = labelled.labelled_test(kept.labels, spec, kept.report)
+    if verbose:
+        print(kept.report.format(), flush=True)
+    return TestSet(
+        name=f"{spec.display}@{digest}",
+        gnd=gnd,
+        query_reader=lambda i: read(queries[i]),
+        index_readers=[(len(kept), read)],
+        protocol="labels",
+        report=kept.report.to_dict(),
+    )
+
+
+def _ground_truth_test_set(spec: labelled.Spec, data_dir: str | None) -> TestSet:
+    gt = labelled.read_ground_truth(spec.path)
+    files = {"query": list(zip(gt["queries"], gt["query_ids"], strict=True)),
+             "index": list(zip(gt["database"], gt["database_ids"], strict=True))}
+    builder, digest = _built("gnd", files, data_dir, strict=True)
+    queries, index = _source(builder, "query"), _source(builder, "index")
+    gnd = gt["gnd"]
+
+    def read_query(i: int) -> np.ndarray:
+        img = _read(queries, i, f"{spec.display} query")
+        return crop_bbox(img, gnd[i]["bbx"]) if "bbx" in gnd[i] else img
+
+    report = labelled.DataReport(spec.display, {"queries": len(queries), "database images": len(index)})
+    return TestSet(
+        name=f"{spec.display}@{digest}",
+        gnd=gnd,
+        query_reader=read_query,
+        index_readers=[(len(index), lambda i: _read(index, i, f"{spec.display} database"))],
+        original_query_reader=lambda i: _read(queries, i, f"{spec.display} query"),
+        protocol=gt["protocol"],
+        report=report.to_dict(),
+    )
