@@ -140,11 +140,23 @@ def _depthwise_by_shifts(x: jax.Array, kernel: jax.Array, stride: int, pad: int 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, groups: int) -> jax.Array:
     """NHWC x HWIO convolution; `pad` pixels on every side, or "SAME" (TensorFlow's: low = total // 2).
 
-    Depthwise convolutions (one channel per group) on the CPU backend go through `_depthwise_by_shifts`;
-    everything else, and every convolution on GPU/TPU, is `lax.conv_general_dilated`."""
+    Depthwise convolutions (one channel per group) are chosen per lowering platform
+    (`jax.lax.platform_dependent`): `_depthwise_by_shifts` on CPU, a grouped `lax.conv_general_dilated`
+    on GPU/TPU. The choice is made when the program is lowered, not traced, so one traced program lowers
+    to the right kernels for any platform (an export for several platforms carries both). Everything else
+    is `lax.conv_general_dilated`."""
     depthwise = groups > 1 and kernel.shape[2] == 1 and groups == x.shape[-1] == kernel.shape[-1]
-    if depthwise and jax.default_backend() == "cpu":
-        return _depthwise_by_shifts(x, kernel, stride, pad)
+    if depthwise:
+        return jax.lax.platform_dependent(
+            x, kernel,
+            cpu=functools.partial(_depthwise_by_shifts, stride=stride, pad=pad),
+            default=functools.partial(_lax_conv, stride=stride, pad=pad, groups=groups),
+        )
+    return _lax_conv(x, kernel, stride, pad, groups)
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, groups: int) -> jax.Array:
+    """`lax.conv_general_dilated` on NHWC x HWIO in the kernel's dtype."""
     return jax.lax.conv_general_dilated(
         x.astype(kernel.dtype),
         kernel,
