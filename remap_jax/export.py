@@ -225,6 +225,13 @@ def load_artifact(path: str | os.PathLike) -> tuple[jax.export.Exported, dict]:
     except Exception as e:  # flatbuffer / MLIR errors of a foreign file
         raise ExportError(f"artifact {artifact!r}: not a jax.export serialization ({type(e).__name__})") \
             from None
+    h, w = meta["image_size"]
+    ins, outs = exported.in_avals, exported.out_avals
+    if (len(ins) != 1 or ins[0].dtype != np.uint8 or tuple(ins[0].shape[1:]) != (h, w, 3) or len(outs) != 1
+            or tuple(outs[0].shape[1:]) != (meta["descriptor_size"],)):
+        raise ExportError(f"artifact {artifact!r}: holds a program of {[str(a) for a in ins]} -> "
+                          f"{[str(a) for a in outs]}, not uint8 (B, {h}, {w}, 3) -> (B, "
+                          f"{meta['descriptor_size']}) as {METADATA_FILE} says: a foreign artifact")
     return exported, meta
 
 
@@ -308,9 +315,59 @@ def onnx_available() -> bool:
     return True
 
 
+def for_platform(fn: Callable, platform: str) -> Callable:
+    """`fn` with every `lax.platform_dependent` choice resolved for `platform` (an unknown name such as
+    "onnx" takes the `default` branches, the GPU/TPU kernels): a function whose jaxpr holds no
+    `platform_index`/platform `cond`, for converters that work on jaxprs (jax2onnx has no rule for
+    them). Calls of jitted and custom-derivative functions are inlined (forward only)."""
+
+    def run(*args):
+        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+        closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*specs)
+        outs = _eval_resolved(closed.jaxpr, closed.consts, jax.tree.leaves(args), platform)
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+    return run
+
+
+def _branch_of(branches_platforms, platform: str) -> int:
+    for i, names in enumerate(branches_platforms):
+        if names is None or platform in names:
+            return i
+    raise ExportError(f"platform {platform!r}: a platform_dependent choice has no branch for it")
+
+
+def _eval_resolved(jaxpr, consts, args, platform: str) -> list:
+    from jax.extend.core import Literal
+
+    env = {}
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name, params = eqn.primitive.name, eqn.params
+        if name == "platform_index":
+            outs = [np.int32(_branch_of(params["platforms"], platform))]
+        elif name == "cond" and params.get("branches_platforms") is not None:
+            branch = params["branches"][_branch_of(params["branches_platforms"], platform)]
+            outs = _eval_resolved(branch.jaxpr, branch.consts, invals[1:], platform)
+        elif name in ("pjit", "jit", "closed_call", "custom_jvp_call", "custom_vjp_call"):
+            inner = params["jaxpr"] if "jaxpr" in params else params["call_jaxpr"]
+            closed = (inner.jaxpr, inner.consts) if hasattr(inner, "consts") else (inner, [])
+            outs = _eval_resolved(*closed, invals, platform)
+        else:
+            outs = eqn.primitive.bind(*invals, **params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update(zip(eqn.outvars, outs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
 def save_onnx(path: str | os.PathLike, extractor, batch: int | None = None, opset: int = 21) -> str:
     """An ONNX file at `path`: input `images` uint8 (B, H, W, 3) -> `descriptors` float32 (B, D), through
-    jax2onnx; B symbolic unless `batch` is given. Returns the path."""
+    jax2onnx; B symbolic unless `batch` is given. The program is the GPU/TPU one (grouped convolutions,
+    which ONNX's Conv expresses with `group`, and the gather ROI cell pass), see `for_platform`. Returns the
+    path."""
     if not onnx_available():
         raise ExportError("onnx: jax2onnx is not installed; pip install --no-deps jax2onnx==0.17.1 "
                           "onnx onnx-ir onnxruntime (see the README's Export and serving section)")
@@ -318,6 +375,7 @@ def save_onnx(path: str | os.PathLike, extractor, batch: int | None = None, opse
 
     describe, (h, w) = describe_program(extractor)
     path = os.fspath(path)
+    describe = for_platform(describe, "onnx")
     spec = jax.ShapeDtypeStruct(("B" if batch is None else int(batch), h, w, 3), jnp.uint8)
     model = to_onnx(describe, [spec], model_name="remap_descriptor", opset=opset,
                     input_names=["images"], output_names=["descriptors"])

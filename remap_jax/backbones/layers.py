@@ -168,8 +168,18 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, grou
 
 
 def max_pool_torch(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
-    """`torch.nn.MaxPool2d(window, stride, pad)` on NHWC: padding counts as -inf, floor output size."""
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+    """`torch.nn.MaxPool2d(window, stride, pad)` on NHWC: padding counts as -inf, floor output size.
+
+    float32 maps are padded with -inf explicitly, then pooled without padding: XLA folds that pad into the
+    reduce-window (the same optimised CPU program), and jax2onnx, whose MaxPool drops a pooling's own
+    padding, converts it correctly (ONNX export, `remap_jax.export`). Other dtypes keep the pooling's
+    padding: on XLA:CPU a 16-bit pad is not folded and would copy the map."""
+    # window_shape by keyword: jax2onnx replaces nn.max_pool while converting, with keyword-only arguments
+    if x.dtype == jnp.float32 and pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+        return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride),
+                       padding=((pad, pad), (pad, pad)))
 
 
 def check_taps(images: jax.Array, taps: Sequence[str], order: dict[str, int]) -> set[str]:
