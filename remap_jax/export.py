@@ -41,7 +41,7 @@ from remap_jax.model import combine_scales, scaled_size
 
 __all__ = ["ARTIFACT_FILE", "ExportError", "ExportedDescriber", "METADATA_FILE", "ONNX_FILE", "PLATFORMS",
            "SAVED_MODEL_DIR", "describe_program", "export_describer", "load_artifact", "lowerings_in",
-           "onnx_available", "op_inventory", "save_artifact", "save_onnx", "save_saved_model"]
+           "onnx_available", "onnx_refusal", "op_inventory", "save_artifact", "save_onnx", "save_saved_model"]
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 ARTIFACT_FILE = "descriptor.jax"
@@ -363,16 +363,28 @@ def _eval_resolved(jaxpr, consts, args, platform: str) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
+def onnx_refusal(extractor) -> str | None:
+    """Why `save_onnx` cannot convert `extractor` (jax2onnx missing, a 16-bit model), or None."""
+    if not onnx_available():
+        return ("jax2onnx is not installed; pip install -e '.[onnx]' && pip install --no-deps "
+                "jax2onnx==0.17.1 (see the README's Export and serving section)")
+    dtype = jnp.dtype(getattr(getattr(extractor.model, "backbone", None), "dtype", jnp.float32))
+    if dtype != jnp.float32:
+        return (f"float32 models only, this one computes in {dtype.name} (jax2onnx mis-converts padded "
+                "16-bit max pooling); export with --dtype float32")
+    return None
+
+
 def save_onnx(path: str | os.PathLike, extractor, batch: int | None = None, opset: int = 21) -> str:
     """An ONNX file at `path`: input `images` uint8 (B, H, W, 3) -> `descriptors` float32 (B, D), through
-    jax2onnx; B symbolic unless `batch` is given. The program is the GPU/TPU one (grouped convolutions,
-    which ONNX's Conv expresses with `group`, and the gather ROI cell pass), see `for_platform`. Returns the
-    path."""
-    if not onnx_available():
-        raise ExportError("onnx: jax2onnx is not installed; pip install --no-deps jax2onnx==0.17.1 "
-                          "onnx onnx-ir onnxruntime (see the README's Export and serving section)")
+    jax2onnx; B symbolic unless `batch` is given; float32 models only. The program is the GPU/TPU one
+    (grouped convolutions, which ONNX's Conv expresses with `group`, and the gather ROI cell pass), see
+    `for_platform`. Returns the path."""
     from jax2onnx import to_onnx
 
+    reason = onnx_refusal(extractor)
+    if reason:
+        raise ExportError(f"onnx: {reason}")
     describe, (h, w) = describe_program(extractor)
     path = os.fspath(path)
     describe = for_platform(describe, "onnx")

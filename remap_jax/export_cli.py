@@ -6,7 +6,8 @@
 
 Writes into OUT: `descriptor.jax` + `descriptor.json` (the jax.export artifact), `saved_model/` (TF
 SavedModel, `serving_default`: uint8 `images` (B, H, W, 3) -> float32 `descriptors` (B, D)) and
-`descriptor.onnx` (ONNX through jax2onnx, when it is installed: otherwise a line says it was skipped).
+`descriptor.onnx` (ONNX through jax2onnx, float32 models, when jax2onnx is installed: otherwise a line
+says why it was skipped).
 Errors print one line and exit with status 2.
 """
 
@@ -70,10 +71,10 @@ def make_extractor(args) -> tuple[Extractor, dict]:
 def run(args) -> dict[str, str]:
     """Writes the requested formats; returns format -> path."""
     extractor, source = make_extractor(args)
-    formats = args.formats or [f for f in FORMATS if f != "onnx" or export.onnx_available()]
-    if args.formats is None and not export.onnx_available():
-        print("remap-export: onnx skipped: jax2onnx is not installed (see the README, Export and serving)",
-              file=sys.stderr)
+    formats = args.formats or list(FORMATS)
+    if args.formats is None and export.onnx_refusal(extractor):
+        print(f"remap-export: onnx skipped: {export.onnx_refusal(extractor)}", file=sys.stderr)
+        formats.remove("onnx")
     written = {}
     for fmt in formats:
         start = time.perf_counter()

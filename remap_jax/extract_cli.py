@@ -206,7 +206,7 @@ def make_extractor(args) -> tuple[Extractor, dict]:
             "whitening": args.whitening and os.path.abspath(args.whitening),
         }
     else:
-        raise SystemExit("remap-extract: give --arch [--weights], --checkpoint or --exported")
+        raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint (or --exported)")
     meta = {
         **source,
         "dtype": args.dtype,

@@ -232,8 +232,11 @@ def test_onnx_other_families(arch, taps, tmp_path):
     assert np.abs(got - np.asarray(extractor.describe_batch(images))).max() <= 1e-5
 
 
-def test_onnx_without_jax2onnx_is_one_clear_error(exported, tmp_path, monkeypatch):
+def test_onnx_refusals_are_one_clear_error(exported, tmp_path, monkeypatch):
     checkpoint = exported[0]
+    if ONNX:
+        with pytest.raises(export.ExportError, match="float32 models only, this one computes in bfloat16"):
+            export.save_onnx(tmp_path / "m.onnx", Extractor.from_checkpoint(checkpoint, dtype="bfloat16"))
     monkeypatch.setattr(export, "onnx_available", lambda: False)
     with pytest.raises(export.ExportError, match="jax2onnx is not installed"):
         export.save_onnx(tmp_path / "m.onnx", Extractor.from_checkpoint(checkpoint))
