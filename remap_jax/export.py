@@ -380,11 +380,11 @@ def save_onnx(path: str | os.PathLike, extractor, batch: int | None = None, opse
     jax2onnx; B symbolic unless `batch` is given; float32 models only. The program is the GPU/TPU one
     (grouped convolutions, which ONNX's Conv expresses with `group`, and the gather ROI cell pass), see
     `for_platform`. Returns the path."""
-    from jax2onnx import to_onnx
-
     reason = onnx_refusal(extractor)
     if reason:
         raise ExportError(f"onnx: {reason}")
+    from jax2onnx import to_onnx
+
     describe, (h, w) = describe_program(extractor)
     path = os.fspath(path)
     describe = for_platform(describe, "onnx")
