@@ -189,6 +189,8 @@ class Extractor:
         else:
             self._batch_sharding = self._replicated = jax.sharding.SingleDeviceSharding(devices[0])
         self._platform = devices[0].platform
+        self._device = devices[0]
+        self._program = None  # an exported artifact's describe program (`from_exported`), else the model's
         self.config: dict | None = None
         self.set_variables(variables)
 
@@ -286,6 +288,30 @@ class Extractor:
             path = os.path.join(path, "export")
         config, variables = load_exported(path)
         return cls.from_config(config, variables, dtype=dtype, fold_bn=fold_bn, **options)
+
+    @classmethod
+    def from_exported(cls, path: str | os.PathLike, **options) -> Extractor:
+        """An extractor that runs a `remap-export` artifact (`remap_jax.export`, a directory or its
+        `descriptor.jax`) instead of a model: the same reading, decoding, cropping, batching and device
+        placement, with the artifact's program as the describe step. Input size and resize rule
+        ("exact") come from the artifact; MS-REMAP scales are inside it. Other keyword options go to
+        `Extractor(...)` (batch_size, workers, mesh, ...). Descriptors only (no `regions`).
+
+        Raises `remap_jax.export.ExportError` for a missing, truncated or foreign artifact, or one not
+        exported for the devices' platform."""
+        from remap_jax.export import ExportedDescriber, ExportError
+
+        fixed = sorted(k for k in ("image_size", "resize", "bucket", "scales", "scale_weights")
+                       if k in options)
+        if fixed:
+            raise ExportError(f"{', '.join(fixed)}: fixed by the exported artifact, not an option of "
+                              "from_exported")
+        describer = ExportedDescriber(path)
+        extractor = cls(describer, {}, image_size=describer.image_size, resize="exact", **options)
+        describer.check_platform(extractor._device)
+        extractor._program = xla.jit(lambda _variables, batches: describer.program(batches[0]),
+                                     platform=extractor._platform)
+        return extractor
 
     # ------------------------------------------------------------------------------------------ variables
 
@@ -471,6 +497,8 @@ class Extractor:
         if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
             raise ValueError(f"batch: expected uint8 (B, H, W, 3) pixels, got {batch.dtype} "
                              f"{tuple(batch.shape)}")
+        if self._program is not None:
+            self.model.check_input(batch)
         batch = jax.device_put(batch, self._batch_sharding)  # a no-op for a batch already placed there
         size = (int(batch.shape[1]), int(batch.shape[2]))
         return self._compiled("descriptors")(self._variables_for(size), (batch,))
@@ -483,6 +511,11 @@ class Extractor:
         return self._compiled("descriptors").lower(self._variables_for(size), (batch,))
 
     def _compiled(self, output: str):
+        if self._program is not None:
+            if output == "regions":
+                raise ValueError("output='regions': an exported artifact gives descriptors only; use the "
+                                 "model (Extractor.from_checkpoint / from_pretrained)")
+            return self._program
         if output == "regions":
             return _regions_fn(self.model, self._platform)
         return _describe_fn(self.model, self.scale_weights, self._platform)

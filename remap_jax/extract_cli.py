@@ -2,6 +2,7 @@
 
     remap-extract --arch resnet101 --weights resnet101.safetensors --images DIR --out db.npz
     remap-extract --checkpoint /tmp/remap_demo/export --images queries.txt --out q.npz --scales 1,1.25
+    remap-extract --exported /tmp/remap_demo/serving --images DIR --out db.npz     # a remap-export artifact
 
 `--images` is a directory (searched recursively) or a text file with one image path per line, optionally
 followed by a bounding box `x0 y0 x1 y1`. The output `.npz` holds `descriptors` (N, D) float32, `ids` (N,)
@@ -98,13 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="remap-extract",
         description="Extract global REMAP descriptors for a folder or list of images into an .npz file.",
     )
-    src = p.add_argument_group("model (either --arch [--weights] or --checkpoint)")
+    src = p.add_argument_group("model (either --arch [--weights], --checkpoint or --exported)")
     src.add_argument(
         "--arch", help="backbone: resnet18/34/50/101/152, resnext101_32x8d, resnext101_64x4d, vgg16, ..."
     )
     src.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch, or "
                      "'installed' (the arch's pip weights package)")
     src.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
+    src.add_argument("--exported", help="a remap-export artifact (its directory or descriptor.jax); input "
+                     "size and resize rule come from it")
     src.add_argument("--taps", help="comma-separated tap names for --arch (default: last two blocks)")
     src.add_argument("--head", default="remap", help="pooling head for --arch: remap, rmac, gem, mac, spoc")
     src.add_argument("--levels", type=int, default=4, help="R-MAC levels of the remap/rmac head")
@@ -169,7 +172,19 @@ def make_extractor(args) -> tuple[Extractor, dict]:
         options["scales"] = scales
     if weights:
         options["scale_weights"] = weights
-    if args.checkpoint:
+    if args.exported:
+        if args.arch or args.weights or args.checkpoint:
+            raise SystemExit("remap-extract: give one of --exported, --checkpoint or --arch/--weights")
+        given = [name for name, value in (("--scales", scales), ("--scale-weights", weights),
+                                          ("--image-size", args.image_size), ("--dtype", args.dtype))
+                 if value]
+        if given or args.resize != "fixed":
+            given += ["--resize"] if args.resize != "fixed" else []
+            raise SystemExit(f"remap-extract: {', '.join(given)}: fixed by the exported artifact "
+                             f"{args.exported}")
+        extractor = Extractor.from_exported(args.exported, batch_size=args.batch_size, workers=args.workers)
+        source = {"exported": os.path.abspath(args.exported), "sha256": extractor.model.digest}
+    elif args.checkpoint:
         if args.arch or args.weights:
             raise SystemExit("remap-extract: give either --checkpoint or --arch/--weights, not both")
         extractor = Extractor.from_checkpoint(args.checkpoint, dtype=args.dtype, **options)
@@ -193,7 +208,7 @@ def make_extractor(args) -> tuple[Extractor, dict]:
             "whitening": args.whitening and os.path.abspath(args.whitening),
         }
     else:
-        raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint")
+        raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint (or --exported)")
     meta = {
         **source,
         "dtype": args.dtype,

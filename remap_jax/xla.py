@@ -30,8 +30,12 @@ _OPTIONS = {
 
 
 def compiler_options(platform: str | None = None, xla_flags: str | None = None) -> dict[str, Any]:
-    """The options for programs on `platform` ("cpu", "gpu", "tpu"; default: jax's default backend),
-    without those named in `xla_flags` (default: the XLA_FLAGS environment variable)."""
+    """The options for a program compiled for `platform` ("cpu", "gpu", "tpu": the compile target's
+    platform, e.g. the `.platform` of the devices it runs on; default: jax's default backend, where a
+    plain `jax.jit` compiles), without those named in `xla_flags` (default: the XLA_FLAGS environment
+    variable). Options are per compile: they never enter the traced program, so an export or a lowering
+    for another platform carries none of them (what runs in the program is chosen per lowering platform
+    by `jax.lax.platform_dependent`, see `backbones.layers` and `ops.roi_pool`)."""
     platform = platform or jax.default_backend()
     flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
     named = {f.lstrip("-").split("=", 1)[0] for f in flags.split()}
@@ -39,5 +43,7 @@ def compiler_options(platform: str | None = None, xla_flags: str | None = None) 
 
 
 def jit(fn: Callable, *, platform: str | None = None, **kwargs) -> Callable:
-    """`jax.jit(fn, **kwargs)` compiled with `compiler_options(platform)`."""
+    """`jax.jit(fn, **kwargs)` compiled with `compiler_options(platform)`; `platform` is the platform of
+    the devices it will run on (the Extractor passes its mesh's). Only a top-level jit can carry compiler
+    options: to export or nest the function, use the unjitted `fn`."""
     return jax.jit(fn, compiler_options=compiler_options(platform) or None, **kwargs)

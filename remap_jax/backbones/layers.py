@@ -140,11 +140,23 @@ def _depthwise_by_shifts(x: jax.Array, kernel: jax.Array, stride: int, pad: int 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, groups: int) -> jax.Array:
     """NHWC x HWIO convolution; `pad` pixels on every side, or "SAME" (TensorFlow's: low = total // 2).
 
-    Depthwise convolutions (one channel per group) on the CPU backend go through `_depthwise_by_shifts`;
-    everything else, and every convolution on GPU/TPU, is `lax.conv_general_dilated`."""
+    Depthwise convolutions (one channel per group) are chosen per lowering platform
+    (`jax.lax.platform_dependent`): `_depthwise_by_shifts` on CPU, a grouped `lax.conv_general_dilated`
+    on GPU/TPU. The choice is made when the program is lowered, not traced, so one traced program lowers
+    to the right kernels for any platform (an export for several platforms carries both). Everything else
+    is `lax.conv_general_dilated`."""
     depthwise = groups > 1 and kernel.shape[2] == 1 and groups == x.shape[-1] == kernel.shape[-1]
-    if depthwise and jax.default_backend() == "cpu":
-        return _depthwise_by_shifts(x, kernel, stride, pad)
+    if depthwise:
+        return jax.lax.platform_dependent(
+            x, kernel,
+            cpu=functools.partial(_depthwise_by_shifts, stride=stride, pad=pad),
+            default=functools.partial(_lax_conv, stride=stride, pad=pad, groups=groups),
+        )
+    return _lax_conv(x, kernel, stride, pad, groups)
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, groups: int) -> jax.Array:
+    """`lax.conv_general_dilated` on NHWC x HWIO in the kernel's dtype."""
     return jax.lax.conv_general_dilated(
         x.astype(kernel.dtype),
         kernel,
@@ -156,8 +168,18 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int | str, groups: 
 
 
 def max_pool_torch(x: jax.Array, window: int, stride: int, pad: int) -> jax.Array:
-    """`torch.nn.MaxPool2d(window, stride, pad)` on NHWC: padding counts as -inf, floor output size."""
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+    """`torch.nn.MaxPool2d(window, stride, pad)` on NHWC: padding counts as -inf, floor output size.
+
+    float32 maps are padded with -inf explicitly, then pooled without padding: XLA folds that pad into the
+    reduce-window (the same optimised CPU program), and jax2onnx, whose MaxPool drops a pooling's own
+    padding, converts it correctly (ONNX export, `remap_jax.export`). Other dtypes keep the pooling's
+    padding: on XLA:CPU a 16-bit pad is not folded and would copy the map."""
+    # window_shape by keyword: jax2onnx replaces nn.max_pool while converting, with keyword-only arguments
+    if x.dtype == jnp.float32 and pad:
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+        return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
+    return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride),
+                       padding=((pad, pad), (pad, pad)))
 
 
 def check_taps(images: jax.Array, taps: Sequence[str], order: dict[str, int]) -> set[str]:

@@ -333,7 +333,9 @@ def roi_max_pool(features: jnp.ndarray, regions, method: str = "auto") -> jnp.nd
       regions: static (R, 4) integer array-like of [y0, x0, h, w] in cells (e.g. `rmac_regions(H, W)`); every
         region must lie inside the map. It is a Python/numpy constant, not a traced value.
       method: how the cell maxima are computed: "slices" (best on CPU), "gather" (best on GPU/TPU), or
-        "auto" (by `jax.default_backend()`). Results are identical, up to subnormals: float arithmetic on
+        "auto": each platform's best, chosen when the program is lowered (`jax.lax.platform_dependent`),
+        so one traced program lowers correctly for cpu, cuda, rocm and tpu and a multi-platform export
+        carries both. Results are identical, up to subnormals: float arithmetic on
         XLA:CPU flushes them to zero, slicing included; the 16-bit CPU lowering does none and keeps them.
 
     Returns:
@@ -350,11 +352,17 @@ def roi_max_pool(features: jnp.ndarray, regions, method: str = "auto") -> jnp.nd
     _, height, width, _ = features.shape
     regions = validate_regions(regions, height, width)
     plan = _plan(regions.tobytes(), len(regions))
-    if method == "auto":
-        method = "slices" if jax.default_backend() == "cpu" else "gather"
-
     if method == "slices":
         return _pool_on_cpu(features, plan)
+    if method == "gather":
+        return _pool_by_gather(features, plan)
+    return jax.lax.platform_dependent(
+        features, cpu=lambda f: _pool_on_cpu(f, plan), default=lambda f: _pool_by_gather(f, plan)
+    )
+
+
+def _pool_by_gather(features: jnp.ndarray, plan: _Plan) -> jnp.ndarray:
+    """The GPU/TPU lowering: (B, R, C) in the input dtype, 16-bit inputs reduced in float32."""
     compute_dtype = jnp.float32 if jnp.dtype(features.dtype).itemsize < 4 else features.dtype
     cells = _cells_by_gather(features, plan.row_cuts, plan.col_cuts, compute_dtype)
     return _pool_cells(cells, plan, -jnp.inf).astype(features.dtype)
