@@ -256,16 +256,7 @@ def evaluate_labelled(ranks, gnd: Sequence[Mapping], kappas: Sequence[int] = (1,
     Returns ``{"all": {"mAP", "mP@k"..., "R@k"..., "aps": (num_queries,) percent with NaN for skipped
     queries, "num_queries"}}``.
     """
-    setup = []
-    for q, g in enumerate(gnd):
-        if "ok" in g:
-            ok = _as_index_array(g["ok"], "ok", q)
-        elif "easy" in g and "hard" in g:
-            easy, hard = _as_index_array(g["easy"], "easy", q), _as_index_array(g["hard"], "hard", q)
-            ok = np.concatenate([easy, hard])
-        else:
-            raise ValueError(f"gnd[{q}]: expected 'ok' or 'easy' and 'hard', got keys {sorted(g)}")
-        setup.append({"ok": ok, "junk": _as_index_array(g.get("junk"), "junk", q)})
+    setup = _positives_and_junk(gnd)
     m, aps, mpr, _ = compute_map(ranks, setup, kappas)
     recall, _ = recall_at_k(ranks, setup, recall_ks)
     entry = {"mAP": 100.0 * m}
@@ -286,7 +277,12 @@ def main_setup(results: Mapping) -> str:
 
 def evaluate_classic(ranks, gnd: Sequence[Mapping]) -> float:
     """Classic Oxford5k / Paris6k mAP in percent: positives ``ok`` (or easy + hard), ignored ``junk``."""
-    classic = []
+    return 100.0 * compute_map(ranks, _positives_and_junk(gnd))[0]
+
+
+def _positives_and_junk(gnd: Sequence[Mapping]) -> list[dict]:
+    """``[{"ok", "junk"}]`` per query: positives ``ok`` (or ``easy`` + ``hard``), ignored ``junk``."""
+    setup = []
     for q, g in enumerate(gnd):
         if "ok" in g:
             ok = _as_index_array(g["ok"], "ok", q)
@@ -295,8 +291,8 @@ def evaluate_classic(ranks, gnd: Sequence[Mapping]) -> float:
             ok = np.concatenate([easy, hard])
         else:
             raise ValueError(f"gnd[{q}]: expected 'ok' or 'easy' and 'hard', got keys {sorted(g)}")
-        classic.append({"ok": ok, "junk": _as_index_array(g.get("junk"), "junk", q)})
-    return 100.0 * compute_map(ranks, classic)[0]
+        setup.append({"ok": ok, "junk": _as_index_array(g.get("junk"), "junk", q)})
+    return setup
 
 
 def holidays_ground_truth(filenames: Sequence[str]) -> tuple[np.ndarray, list[dict]]:
