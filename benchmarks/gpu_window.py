@@ -163,7 +163,8 @@ class Window:
 
     def run(self, name: str, cmd: list[str], limit: float, env: dict | None = None) -> dict:
         """Runs `cmd` with a hard limit of `limit` seconds; its output goes to the log (and is kept)."""
-        self.say(f"{name}: {' '.join(cmd)} (limit {limit:.0f} s)")
+        shown = " ".join("<script>" if "\n" in part else part for part in cmd)
+        self.say(f"{name}: {shown} (limit {limit:.0f} s)")
         t0 = time.time()
         record = {"step": name, "command": cmd, "limit_s": round(limit, 1)}
         try:
