@@ -44,7 +44,7 @@ BENCH = os.path.join(ROOT, "benchmarks")
 # Seconds of the default budget (one H100: within 8 minutes); --quick (a 2-core CPU) gets more.
 BUDGET = {"full": 480.0, "quick": 1200.0}
 STEP_LIMITS = {  # hard limits of the fixed steps; the suite gets what they leave
-    "full": {"wheels": 45.0, "env": 45.0, "compare_torch": 100.0},
+    "full": {"wheels": 45.0, "env": 45.0, "compare_torch": 130.0},
     "quick": {"wheels": 120.0, "env": 120.0, "compare_torch": 300.0},
 }
 PACK_MARGIN_S = 15.0  # left at the end for writing gpu_window.md and the archive
@@ -263,11 +263,31 @@ def write_outputs(args, window: Window, env: dict, work: str) -> dict:
     return report
 
 
-def compare_table(stdout: str) -> str:
-    """compare_torch's table: the end of its stdout from the line naming the arch."""
+def compare_table(stdout: str, stderr: str = "") -> str:
+    """compare_torch's table: the end of its stdout from the line naming the arch; if it was stopped before
+    printing it, a table of the rows it reported on stderr as they finished (one JSON object per batch)."""
     lines = stdout.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("resnet")]
-    return "\n".join(lines[starts[-1]:]) if starts else ""
+    if starts:
+        return "\n".join(lines[starts[-1]:])
+    rows = []
+    for line in stderr.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "jax_s_per_img" in row:
+            rows.append(row)
+    if not rows:
+        return ""
+    out = ["rows finished before compare_torch was stopped:", "",
+           "| batch | remap-jax s/img | torch s/img | ratio (torch / jax) | descriptor rel. error |",
+           "|---:|---:|---:|---:|---:|"]
+    nan = float("nan")
+    for r in rows:
+        out.append(f"| {r['batch']} | {r['jax_s_per_img']:.4f} | {r.get('torch_s_per_img', nan):.4f} "
+                   f"| {r.get('ratio', nan):.2f}x | {r.get('rel_error', nan):.1e} |")
+    return "\n".join(out)
 
 
 def main(argv=None) -> dict | None:
@@ -286,7 +306,7 @@ def main(argv=None) -> dict | None:
         record = window.run("compare_torch", compare_torch_command(args, device, compare_json),
                             STEP_LIMITS[args.preset]["compare_torch"], env=compare_env)
         with open(os.path.join(work, "compare_torch.md"), "w") as f:
-            f.write(compare_table(record["stdout"])
+            f.write(compare_table(record["stdout"], record["stderr"])
                     or f"compare_torch: {record['status']} (see gpu_window.log)")
         suite_s = window.left() - PACK_MARGIN_S - 30.0  # the suite's own margin for its parent's work
         window.run("suite", suite_command(args, os.path.join(work, "suite"), max(suite_s, 30.0)),

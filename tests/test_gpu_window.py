@@ -91,6 +91,9 @@ def test_outputs_fit_what_a_device_machine_returns(tmp_path):
     env = {"backend": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "python": "3.12.3",
            "versions": {"jax": "0.11.2"}}
     report = gpu_window.write_outputs(args, window, env, str(work))
+    row = {"batch": 8, "jax_s_per_img": 0.001, "torch_s_per_img": 0.002, "ratio": 2.0, "rel_error": 1e-3}
+    stopped = gpu_window.compare_table("", "noise\n" + json.dumps(row) + "\n")  # killed before its table
+    assert "| 8 | 0.0010 | 0.0020 | 2.00x | 1.0e-03 |" in stopped
     files = sorted(os.listdir(tmp_path / "out"))
     assert files == ["compare_torch.json", "gpu_window.json", "gpu_window.log", "gpu_window.md",
                      "suite.json", "suite_blocks.tar.gz"]
