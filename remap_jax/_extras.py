@@ -1,11 +1,12 @@
 """Optional dependencies: which extra of `pip install remap-jax[...]` brings a module, and the one-line error
 when it is missing.
 
-The core install (jax, flax, numpy, pillow) describes images, searches exactly and exports models; the
-extras bring the rest (pyproject.toml): `[train]` (ml-collections, absl-py, optax, orbax-checkpoint,
-tensorboard, matplotlib), `[data]` (TensorFlow, TFDS, array-record, scikit-image), `[index]` (ScaNN),
-`[all]`. Code that needs an extra imports it through `require` at the point of use, so the core paths never
-import TensorFlow, TFDS or ScaNN.
+The core install (jax, flax, numpy, pillow, tqdm, safetensors; flax brings optax, orbax-checkpoint and
+msgpack) describes images, searches exactly and reads exported models; the extras bring the rest
+(pyproject.toml): `[train]` (ml-collections, absl-py, optax, orbax-checkpoint, tensorboard, matplotlib),
+`[data]` (TensorFlow, TFDS, array-record, scikit-image), `[index]` (ScaNN), `[all]`. Code that needs an
+extra imports it through `require` at the point of use, so the core paths never import TensorFlow, TFDS or
+ScaNN.
 """
 
 from __future__ import annotations
