@@ -387,7 +387,8 @@ def run(args) -> tuple[list[dict], dict]:
     import jax
 
     if args.device == "cuda" and jax.default_backend() != "gpu":
-        raise SystemExit(f"--device cuda: jax runs on {jax.default_backend()!r}; install jax[cuda12]")
+        raise SystemExit(f"--device cuda: jax runs on {jax.default_backend()!r}; expected a CUDA build of "
+                         "jax (README: GPUs)")
     setup = {
         "arch": args.arch, "size": list(args.size), "dtype": args.dtype, "device": args.device,
         "threads": args.threads, "levels": args.levels, "repeats": args.repeats, "jax": jax.__version__,

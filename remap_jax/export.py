@@ -286,8 +286,11 @@ def save_saved_model(directory: str | os.PathLike, extractor, platforms: Sequenc
     """A TF SavedModel at `directory` whose `serving_default` signature maps `images` uint8 (B, H, W, 3)
     to `descriptors` float32 (B, D) (jax2tf native serialization of `describe_program` for `platforms`).
     Returns the directory."""
-    import tensorflow as tf
     from jax.experimental import jax2tf
+
+    from remap_jax._extras import require
+
+    tf = require("tensorflow", "data", "A TF SavedModel export")
 
     platforms = _check_platforms(platforms)
     describe, (h, w) = describe_program(extractor)

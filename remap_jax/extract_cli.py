@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from remap_jax import atomic, distributed, host_memory
+from remap_jax._extras import MissingExtraError
 from remap_jax.data.labelled import IMAGE_EXTENSIONS
 from remap_jax.extract import (
     RESIZE_MODES,
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     distributed.initialize_from_args(args)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, MissingExtraError) as e:
         print(f"remap-extract: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from remap_jax import atomic, kl, whitening
+from remap_jax._extras import require
 from remap_jax.data.images import ImageList
 
 __all__ = [
@@ -346,8 +347,7 @@ def save_region_weight_png(path: str, init: HeadInit, title: str = "KL region we
     Each cell shows the mean alpha of the regions of that scale covering it; the colour scale is shared,
     region outlines are drawn and each region's alpha is printed at its centre.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", "train", "the region-weight plot (region_weights.png)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle

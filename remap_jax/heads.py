@@ -17,16 +17,19 @@ y = x @ W.T + b; the Dense kernel stores W.T.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from remap_jax._extras import require
 from remap_jax.ops.roi_pool import roi_max_pool
 from remap_jax.regions import rmac_regions
+
+if TYPE_CHECKING:
+    import optax
 
 __all__ = [
     "GeM",
@@ -311,4 +314,5 @@ def nonnegative_alpha() -> optax.GradientTransformation:
 
     Chain it last: `optax.chain(optimizer, nonnegative_alpha())`; `update` must be given `params`.
     """
+    optax = require("optax", "train", "training (remap_jax.heads.nonnegative_alpha)")
     return optax.masked(optax.keep_params_nonnegative(), _alpha_mask)

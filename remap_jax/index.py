@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from remap_jax import atomic
+from remap_jax._extras import require
 
 FORMAT_NAME = "remap-jax-index"
 FORMAT_VERSION = 1
@@ -555,11 +556,9 @@ def _import_scann():
     # ScaNN imports TensorFlow (seconds); only the scann code path pays for it. Level 1 hides TensorFlow's
     # INFO lines at import and keeps its warnings and errors; it must be set before TensorFlow loads.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    try:
-        import scann  # noqa: F401
-        from scann.scann_ops.py import scann_builder, scann_ops_pybind
-    except ImportError as e:  # pragma: no cover - scann is a pinned dependency
-        raise ImportError(f"method='scann' needs the scann package (pip install scann==1.4.2): {e}") from e
+    require("scann", "index", "ScaNN search (method='scann')")
+    from scann.scann_ops.py import scann_builder, scann_ops_pybind
+
     _quiet_scann_logging()
     return scann_ops_pybind, scann_builder
 

@@ -27,6 +27,7 @@ import sys
 import time
 
 from remap_jax import atomic
+from remap_jax._extras import MissingExtraError
 from remap_jax.features import feature_files, load_features
 
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CommandError, ValueError, FileExistsError) as e:
+    except (CommandError, ValueError, FileExistsError, MissingExtraError) as e:
         print(f"remap-index {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

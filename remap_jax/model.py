@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remap_jax import atomic
+from remap_jax._extras import require
 from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 EXPORT_FORMAT = "remap-jax-export"
@@ -342,8 +343,7 @@ def load_exported(path: str | os.PathLike) -> tuple[dict, dict]:
         with open(params_path, "rb") as f:
             variables = serialization.msgpack_restore(f.read())
     elif os.path.isdir(os.path.join(path, ORBAX_DIR)):
-        import orbax.checkpoint as ocp
-
+        ocp = require("orbax.checkpoint", "train", f"reading the Orbax export {path!r}")
         variables = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(path, ORBAX_DIR)))
     else:
         raise FileNotFoundError(f"checkpoint {path!r}: neither {PARAMS_FILE} nor {ORBAX_DIR}/ found")

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from remap_jax import distributed, host_memory
+from remap_jax._extras import require_for_command
 from remap_jax.extract import RESIZE_MODES
 
 
@@ -122,6 +123,10 @@ def rerank_from_args(args):
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     index_options = index_options_from_args(args)
+    needs = {"data": ("tensorflow_datasets",)}
+    if args.index == "scann":
+        needs["index"] = ("scann",)
+    require_for_command("python -m train.eval", needs)
     rerank = rerank_from_args(args)
     host_memory.apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     distributed.initialize_from_args(args)

@@ -10,10 +10,16 @@ Set `config.head_init` to workdir/head_init.npz to train from it. Options: `conf
 
 from __future__ import annotations
 
-import ml_collections
+from remap_jax._extras import require_for_command
 
-from remap_jax.head_init import HeadInit
-from train.build import init_options
+if __name__ == "__main__":
+    require_for_command("python -m train.init_head", {"train": ("absl", "ml_collections", "matplotlib"),
+                                                      "data": ("tensorflow_datasets",)})
+
+import ml_collections  # noqa: E402
+
+from remap_jax.head_init import HeadInit  # noqa: E402
+from train.build import init_options  # noqa: E402
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:

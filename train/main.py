@@ -12,8 +12,13 @@ The mesh then spans every device of every process; process 0 writes the shared o
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from remap_jax._extras import require_for_command
+
+require_for_command("python -m train.main", {"train": ("absl", "ml_collections", "optax", "matplotlib"),
+                                             "data": ("tensorflow_datasets",)})
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, exports and results.")

@@ -79,7 +79,7 @@ def make_train_step(model, tx, *, loss: str, margin: float, mesh: Mesh, frozen=N
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, {"loss": value, "active": active, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": value, "active": active, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
                    donate_argnums=(0,))

@@ -28,12 +28,14 @@ import pickle
 import tarfile
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
 
+from remap_jax._extras import require
 from remap_jax.data import synthetic
 from remap_jax.data.images import ImageDecodeError, crop_bbox, encode_jpeg, load_rgb
 from remap_jax.data.labelled import DatasetFileError  # noqa: F401 (one error class for every dataset file)
+
+tfds = require("tensorflow_datasets", "data", "the TFDS datasets (remap_jax.data)")
 
 REVISITOP_GND_URL = "http://cmp.felk.cvut.cz/revisitop/data/datasets/{name}/gnd_{name}.pkl"
 OXFORD_IMAGES_URL = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/oxbuild_images-v1.tgz"

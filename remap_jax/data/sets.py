@@ -18,12 +18,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from remap_jax._extras import require
 from remap_jax.data import labelled
 from remap_jax.data.images import crop_bbox, load_rgb
 
 TRAINING_SETS = ("sfm120k", "gldv2_clean", "synthetic_landmarks")
 TEST_SETS = ("roxford5k", "rparis6k", "synthetic_landmarks")
 DISTRACTOR_SETS = ("revisitop1m",)
+
+
+def _tfds():
+    return require("tensorflow_datasets", "data", "the TFDS datasets (remap_jax.data)")
 
 
 def _base_name(name: str) -> str:
@@ -37,7 +42,7 @@ def get_builder(name: str, data_dir: str | None = None, synthetic_config=None):
     ``synthetic_config``: a :class:`remap_jax.data.synthetic.SyntheticConfig` for a custom-sized
     synthetic_landmarks (its config name is derived from the values, so different settings never collide).
     """
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
 
     from remap_jax.data import builders
 
@@ -62,7 +67,7 @@ def get_builder(name: str, data_dir: str | None = None, synthetic_config=None):
 
 def prepare(builder, manual_dir: str | None = None):
     """Builds the dataset files if they are not there yet (download or manual_dir, see the builders)."""
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
 
     if not builder.is_prepared():
         config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -71,7 +76,7 @@ def prepare(builder, manual_dir: str | None = None):
 
 
 def _source(builder, split: str):
-    import tensorflow_datasets as tfds
+    tfds = _tfds()
 
     if split not in builder.info.splits:
         raise ValueError(

@@ -34,6 +34,7 @@ import functools
 
 import numpy as np
 
+from remap_jax._extras import require
 from remap_jax.data.images import load_rgb, resize_long_side
 
 # Photos bundled in the scikit-image wheel (no pooch download), one landmark each. "cat" is the same picture
@@ -178,13 +179,13 @@ def _to_rgb_uint8(x: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def load_photo(name: str, long_side: int) -> np.ndarray:
     """A bundled scikit-image photo as uint8 (H, W, 3) with the given long side."""
-    import skimage.data
+    skimage_data = require("skimage.data", "data", "the synthetic demo dataset (scikit-image's photos)")
 
     if name == "motorcycle":
         # stereo_motorcycle() also loads a disparity .npz; read just the left photo from the data folder.
-        raw = load_rgb(f"{skimage.data.data_dir}/motorcycle_left.png")
+        raw = load_rgb(f"{skimage_data.data_dir}/motorcycle_left.png")
     elif name in LANDMARK_PHOTOS or name in BACKGROUND_PHOTOS:
-        raw = getattr(skimage.data, name)()
+        raw = getattr(skimage_data, name)()
     else:
         raise ValueError(f"name: expected one of {LANDMARK_PHOTOS + BACKGROUND_PHOTOS}, got {name!r}")
     out = resize_long_side(_to_rgb_uint8(raw), long_side, resample="bilinear")

@@ -138,7 +138,7 @@ class Batcher:
                         break
                     try:
                         batch.append(await asyncio.wait_for(queue.get(), remaining))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
             batch = [(item, fut) for item, fut in batch if not fut.cancelled()]  # clients that went away
             if not batch:

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from remap_jax._extras import require_for_command
 from remap_jax.serve.batching import default_policy
 
 __all__ = ["build_parser", "build_service", "main"]
@@ -134,6 +135,7 @@ def build_service(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require_for_command("remap-serve", {"serve": ("starlette", "uvicorn", "multipart")})
     try:
         service, what = build_service(args)
     except (ValueError, FileNotFoundError) as e:
