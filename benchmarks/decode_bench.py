@@ -129,7 +129,9 @@ def speed_table(folder: str, images: list[np.ndarray], repeats: int) -> list[dic
     return rows
 
 
-def _extractors(arch: str, image_size=TARGET):
+def benchmark_extractor(arch: str, **options):
+    """(`Extractor.from_pretrained(arch, weights, **options)`, weights path or None): random weights, except
+    Lite0's from its installed package when present (the benchmarks' models; the suite's too)."""
     from remap_jax import Extractor
     from remap_jax.backbones import WeightImportError, pretrained_path
 
@@ -140,9 +142,14 @@ def _extractors(arch: str, image_size=TARGET):
         except WeightImportError:
             weights = None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights for ResNet-50: intended
-        full = Extractor.from_pretrained(arch, weights, image_size=image_size, batch_size=2, workers=2,
-                                         draft=False)
+        warnings.simplefilter("ignore")  # "no weights given, using a random backbone": intended here
+        return Extractor.from_pretrained(arch, weights, **options), weights
+
+
+def _extractors(arch: str, image_size=TARGET):
+    from remap_jax import Extractor
+
+    full, weights = benchmark_extractor(arch, image_size=image_size, batch_size=2, workers=2, draft=False)
     drafted = Extractor(full.model, full.variables, image_size=image_size, batch_size=2, workers=2,
                         draft=True)
     return full, drafted, "ImageNet (installed)" if weights else "random"

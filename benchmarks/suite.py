@@ -254,20 +254,9 @@ def _time_calls(fn, args, repeats: int) -> tuple[float, float]:
 def _extractor(arch: str, dtype: str, size: tuple[int, int]):
     """(`Extractor.from_pretrained` with the REMAP head on the default taps, weights path or None): random
     weights, except Lite0's from its installed package when present."""
-    import warnings
+    import decode_bench
 
-    from remap_jax.backbones import WeightImportError, pretrained_path
-    from remap_jax.extract import Extractor
-
-    weights = None
-    if arch == "efficientnet_lite0":
-        try:
-            weights = pretrained_path(arch)
-        except WeightImportError:
-            weights = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no weights given, using a random backbone": intended here
-        return Extractor.from_pretrained(arch, weights, head="remap", dtype=dtype, image_size=size), weights
+    return decode_bench.benchmark_extractor(arch, head="remap", dtype=dtype, image_size=size)
 
 
 def _device_pixels(batch: int, size):
