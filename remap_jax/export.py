@@ -25,6 +25,7 @@ per lowering platform, so one artifact carries the CPU, CUDA and TPU programs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -302,8 +303,37 @@ def save_saved_model(directory: str | os.PathLike, extractor, platforms: Sequenc
         input_signature=[tf.TensorSpec((None, h, w, 3), tf.uint8, name="images")],
     )
     directory = os.fspath(directory)
-    tf.saved_model.save(module, directory, signatures={"serving_default": module.describe})
+    with _stablehlo_target(TF_STABLEHLO_VERSION):
+        tf.saved_model.save(module, directory, signatures={"serving_default": module.describe})
     return directory
+
+
+# The StableHLO version TensorFlow 2.20's XlaCallModule reads (its error names it: "failed to deserialize
+# portable artifact using StableHLO_v1.12.1"). jax >= 0.11 serializes for a newer one by default (1.18.0),
+# with ops TF 2.20 cannot read (`vhlo.custom_call_v2`), so the SavedModel is serialized for this version.
+TF_STABLEHLO_VERSION = "1.12.1"
+
+
+@contextlib.contextmanager
+def _stablehlo_target(version: str):
+    """While active, jax.export serializes StableHLO for at most `version` (jax picks a version about four
+    weeks old by default; a consumer built on an older StableHLO, like TensorFlow 2.20, needs an older
+    one). Serialization fails loudly if the program needs a newer op than `version` has."""
+    from jax._src.export import _export
+
+    hlo = _export.hlo
+    default = hlo.get_version_from_compatibility_requirement
+
+    def capped(requirement):
+        chosen = default(requirement)
+        older = min(chosen, version, key=lambda v: tuple(int(p) for p in str(v).split(".")))
+        return older
+
+    hlo.get_version_from_compatibility_requirement = capped
+    try:
+        yield
+    finally:
+        hlo.get_version_from_compatibility_requirement = default
 
 
 # ------------------------------------------------------------------------------------------------- ONNX
