@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address to bind (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--batch-sizes", help="comma-separated batch sizes compiled at start (default per "
-                     "platform: cpu 1; gpu/tpu 1,2,4,8,16)")
+                     "platform: cpu 1,2; gpu/tpu 1,2,4,8,16)")
     srv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
     srv.add_argument("--max-queue", type=int, default=64,
                      help="queued requests beyond which new ones get 503")
