@@ -40,7 +40,7 @@ def cirtorch_region_grid(height: int, width: int, levels: int = 3, overlap: floa
     The square regions of side floor(2 min(H, W) / (l + 1)) at scales l = 1..L, l + Wd (or l + Hd) of them
     along the long side, where the extra count comes from the overlap closest to `overlap` over 2..7
     steps; starts floor(wl2 + i b) - wl2 (clamped into the map, which only matters for regions of side 1).
-    `remap_jax.regions.rmac_regions` gives the same list: like it, a portrait map gets the transposed
+    `remap_jax.nn.regions.rmac_regions` gives the same list: like it, a portrait map gets the transposed
     landscape grid in the same order, and the duplicates of tiny maps are dropped (cirtorch keeps them).
     """
     w = min(height, width)

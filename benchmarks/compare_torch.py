@@ -1,12 +1,13 @@
 r"""Extraction side by side with PyTorch: remap-jax vs torchvision + a cirtorch-style R-MAC, same weights.
 
 The PyTorch side (torchvision ResNet up to layer4 + R-MAC written like cnnimageretrieval-pytorch's
-`cirtorch.layers.functional.rmac`: the region grid of `remap_jax.regions.rmac_regions`, max-pool per region,
+`cirtorch.layers.functional.rmac`: the region grid of `remap_jax.nn.regions.rmac_regions`, max-pool per
+region,
 L2 per region, sum, L2) runs in another virtualenv as a subprocess (`benchmarks/_torch_worker.py`, which
 imports only torch, torchvision and numpy); torch is never a dependency of remap-jax. The remap-jax side
 is `Extractor.from_pretrained(arch, weights, taps=("layer4",), head="rmac")` (BatchNorm folded) in this
 process. Both load the same seeded random weights, written here in torchvision naming (.safetensors) and
-read by torchvision's `load_state_dict` and by `remap_jax.backbones.load_pretrained`.
+read by torchvision's `load_state_dict` and by `remap_jax.nn.backbones.load_pretrained`.
 
 A timed call, on both sides: a uint8 (B, H, W, 3) batch already on the device -> normalisation -> backbone
 -> R-MAC -> (B, D) descriptors on the host. The calls alternate (jax, torch, jax, torch, ...), one at a
@@ -20,7 +21,7 @@ worker; XLA sizes its CPU thread pool from the affinity mask), torch additionall
 `--threads 1` XLA also gets `--xla_cpu_multi_thread_eigen=false`. `--xla-flags` adds XLA flags (to try
 CPU options) and `--breakdown` times the parts of the jax side (transfer, normalisation, backbone, head).
 
-Memory: by default both sides run with `remap_jax.host_memory`'s malloc settings (the jax side through
+Memory: by default both sides run with `remap_jax.runtime.host_memory`'s malloc settings (the jax side through
 mallopt, the worker through the MALLOC_* variables glibc reads at start-up), so that neither pays page
 faults on its per-call buffers, whose cost depends on the VM's state, not on the framework: on the
 project's VM they cost PyTorch more than JAX (ResNet-50 at 1024x768, batch 2: 0.77 -> 0.53 s per image
@@ -55,7 +56,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from _line_protocol import LineWorker  # noqa: E402
 
-from remap_jax import atomic, host_memory  # noqa: E402
+from remap_jax.runtime import atomic, host_memory  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -101,9 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--breakdown", action="store_true", help="also time the parts of the jax side")
     p.add_argument("--no-torch", action="store_true", help="time the jax side alone (no torch venv needed)")
     p.add_argument("--retain-memory", default="both", choices=["both", "jax", "none"],
-                   help="which sides get remap_jax.host_memory's malloc settings (freed buffers stay in the "
-                        "process instead of page-faulting at every call): both (default: the frameworks, "
-                        "not the VM's page faults), jax, or none (both as they ship)")
+                   help="which sides get remap_jax.runtime.host_memory's malloc settings (freed buffers "
+                        "stay in the process instead of page-faulting at every call): both (default: the "
+                        "frameworks, not the VM's page faults), jax, or none (both as they ship)")
     p.add_argument("--json", help="write the rows and the setup to this file")
     args = p.parse_args(argv)
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
@@ -147,7 +148,7 @@ def random_torchvision_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray
     and variance) so that BN folding is exercised; the last BN of each residual branch is small (0.1 .. 0.3),
     which keeps the activations of a deep random ResNet in a moderate range.
     """
-    from remap_jax.backbones import arch_spec, torch_state_dict_shapes
+    from remap_jax.nn.backbones import arch_spec, torch_state_dict_shapes
 
     last_bn = ".bn3" if arch_spec(arch).block == "bottleneck" else ".bn2"
     rng = np.random.default_rng(seed)
@@ -226,7 +227,7 @@ class JaxSide:
                  fold_bn: bool = True):
         import jax
 
-        from remap_jax.extract import Extractor
+        from remap_jax.describe.extractor import Extractor
 
         self.jax = jax
         self.extractor = Extractor.from_pretrained(
@@ -237,7 +238,7 @@ class JaxSide:
         self.images = None
 
     def load(self, images: np.ndarray, warmup: int) -> list[float]:
-        from remap_jax.extract import Extractor
+        from remap_jax.describe.extractor import Extractor
 
         batch = images.shape[0]
         if batch not in self.extractors:  # split the batch over the devices when it divides (one per core)
@@ -261,9 +262,9 @@ class JaxSide:
         """Median seconds per batch of each part: host->device copy, normalisation, backbone (normalised
         input), head (on the layer4 map), and the whole call; plus the backbone's FLOPs (XLA's cost
         analysis) and the rate it ran at (`backbone_gflops_per_s`). The parts are compiled with the
-        extractor's compiler options (`remap_jax.xla`)."""
-        from remap_jax import xla
+        extractor's compiler options (`remap_jax.runtime.xla`)."""
         from remap_jax.model import RetrievalModel
+        from remap_jax.runtime import xla
 
         jax, ex = self.jax, self.current
         model, variables = ex.model, ex.variables

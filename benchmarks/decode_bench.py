@@ -133,7 +133,7 @@ def benchmark_extractor(arch: str, **options):
     """(`Extractor.from_pretrained(arch, weights, **options)`, weights path or None): random weights, except
     Lite0's from its installed package when present (the benchmarks' models; the suite's too)."""
     from remap_jax import Extractor
-    from remap_jax.backbones import WeightImportError, pretrained_path
+    from remap_jax.nn.backbones import WeightImportError, pretrained_path
 
     weights = None
     if arch == "efficientnet_lite0":
@@ -173,8 +173,8 @@ def descriptor_change(sets: dict[str, list[str]], archs) -> list[dict]:
 def rank_agreement(name: str, upscale: int, image_size=(192, 256)) -> dict:
     """Draft vs full decoding of `name`'s images upscaled `upscale` times, ranked by Lite0 (see the module
     docstring)."""
-    from remap_jax import evaluate
     from remap_jax.data import load_test_set
+    from remap_jax.evaluation import metrics as evaluate
 
     test = load_test_set(name)
     full, drafted, weights = _extractors("efficientnet_lite0", image_size)
@@ -251,7 +251,7 @@ def main(argv=None):
     report["load_average_end"] = os.getloadavg()[0]
     print(format_tables(report))
     if args.out:
-        from remap_jax import atomic
+        from remap_jax.runtime import atomic
 
         atomic.write_json(args.out, report)
     return report

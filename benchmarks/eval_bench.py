@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from remap_jax import evaluate as E
+from remap_jax.evaluation import metrics as E
 
 
 def classic_revisited(ranks, gnd, kappas=(1, 5, 10)):

@@ -5,7 +5,7 @@ function on uint8 batches already on the device (normalisation included), and th
 maps to give the head's share of the time. Extra rows: the same model with BatchNorm not folded, and the
 full `Extractor` pipeline (JPEG decoding + resizing in threads + device prefetch) for the first
 configuration, to show how much the input pipeline costs, and on the CPU the same model compiled with
-plain `jax.jit` (jaxlib's default YNNPACK fusions instead of `remap_jax.xla`'s options).
+plain `jax.jit` (jaxlib's default YNNPACK fusions instead of `remap_jax.runtime.xla`'s options).
 Weights are random (speed does not depend on them).
 
     python benchmarks/extract_bench.py --quick                 # resnet50, batch 1, both dtypes
@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax import xla  # noqa: E402
-from remap_jax.backbones import create_backbone, default_taps  # noqa: E402
 from remap_jax.data.images import encode_jpeg  # noqa: E402
-from remap_jax.heads import REMAPHead  # noqa: E402
 from remap_jax.model import RetrievalModel, init_variables  # noqa: E402
+from remap_jax.nn.backbones import create_backbone, default_taps  # noqa: E402
+from remap_jax.nn.heads import REMAPHead  # noqa: E402
+from remap_jax.runtime import xla  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -61,7 +61,8 @@ def _model(arch: str, dtype: str, fold_bn: bool) -> RetrievalModel:
 
 
 def measure(arch, dtype, batch, size, repeats, fold_bn=True, default_fusions=False) -> dict:
-    """The jitted descriptor (what `Extractor.describe_batch` runs: `remap_jax.xla`'s compiler options),
+    """The jitted descriptor (what `Extractor.describe_batch` runs: `remap_jax.runtime.xla`'s compiler
+    options),
     or with `default_fusions` plain `jax.jit` (jaxlib's default CPU library fusions), and the head's share."""
     model = _model(arch, dtype, fold_bn)
     variables = _variables(arch, size)
@@ -81,7 +82,7 @@ def measure(arch, dtype, batch, size, repeats, fold_bn=True, default_fusions=Fal
 
 def measure_pipeline(arch, dtype, batch, size, repeats) -> dict:
     """The Extractor end to end on JPEG bytes of a different size (decode + resize + prefetch + compute)."""
-    from remap_jax.extract import Extractor
+    from remap_jax.describe.extractor import Extractor
 
     model = _model(arch, dtype, True)
     extractor = Extractor(model, _variables(arch, size), image_size=size, batch_size=batch, workers=4)
@@ -150,7 +151,7 @@ def main(argv=None):
     if not args.no_extras:
         arch, dtype, batch = archs[0], args.dtypes.split(",")[0], batches[-1]
         rows.append(measure(arch, dtype, batch, size, repeats, fold_bn=False))
-        if on_cpu:  # what remap_jax.xla's CPU options bring, side by side
+        if on_cpu:  # what remap_jax.runtime.xla's CPU options bring, side by side
             rows.append(measure(arch, dtype, batch, size, repeats, default_fusions=True))
         rows.append(measure_pipeline(arch, dtype, batch, size, repeats))
     table = format_table(rows, device)

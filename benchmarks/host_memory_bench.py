@@ -5,7 +5,8 @@ with), so one worker process per setting describes the same images, and the pare
 between them (one call per side in turn, with a short pause, after warm-up calls). Sides (`--sides`):
 
 - `default`: glibc's defaults (MALLOC_* and GLIBC_TUNABLES removed from the worker's environment);
-- `retained`: `remap_jax.host_memory.retain_freed_memory()` applied first, as the extraction commands do;
+- `retained`: `remap_jax.runtime.host_memory.retain_freed_memory()` applied first, as the extraction commands
+do;
 - `hugetlb`: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35): malloc asks for transparent huge
   pages on the memory it maps, where the kernel's THP mode is `madvise`; only settable at start-up;
 - `retained+hugetlb`: both.
@@ -40,7 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from _line_protocol import LineWorker, serve  # noqa: E402
 from compare_torch import alternating_schedule, parse_batches, parse_size  # noqa: E402
 
-from remap_jax import atomic, host_memory  # noqa: E402
+from remap_jax.runtime import atomic, host_memory  # noqa: E402
 
 SIDES = ("default", "retained", "hugetlb", "retained+hugetlb")
 HUGETLB = "glibc.malloc.hugetlb=1"

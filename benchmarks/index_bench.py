@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax.index import Index, _import_scann, default_scann_options, tree_leaves  # noqa: E402
+from remap_jax.search.index import Index, _import_scann, default_scann_options, tree_leaves  # noqa: E402
 
 
 def synthetic(
@@ -478,7 +478,7 @@ def main(argv=None):
     print(f"machine: {machine}")
     rows = []
     if args.real:
-        from remap_jax.features import load_features
+        from remap_jax.describe.descriptor_files import load_features
 
         db, _ = load_features(args.real)
         if args.real_queries:

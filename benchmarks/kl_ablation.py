@@ -13,7 +13,7 @@ alpha = KL (histogram and, unless --quick, KDE estimator), and the difference.
     ... --json results.json
 
 Descriptors are computed once per image (region descriptors through `remap_jax.Extractor.regions`, cached in
---workdir like train.init_head does), then pooled per variant with `remap_jax.head_init.pool_descriptors`,
+--workdir like train.init_head does), then pooled per variant with `remap_jax.fit.head_init.pool_descriptors`,
 which the tests check equals `REMAPHead`.
 Test images are described at `config.test_image_size` when its region grid has the same number of regions as
 the training size, else at `config.image_size` (alphas are per region index); the output says which.
@@ -34,9 +34,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax import evaluate, head_init, whitening  # noqa: E402
 from remap_jax.data.images import ImageList  # noqa: E402
-from remap_jax.regions import num_regions  # noqa: E402
+from remap_jax.evaluation import metrics as evaluate  # noqa: E402
+from remap_jax.fit import (
+    head_init,  # noqa: E402
+    whitening,  # noqa: E402
+)
+from remap_jax.nn.regions import num_regions  # noqa: E402
 
 
 def load_config(path: str):
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     import jax
 
     from remap_jax.data import load_test_set, load_training_set
-    from remap_jax.extract import Extractor
+    from remap_jax.describe.extractor import Extractor
     from remap_jax.model import load_exported, model_from_config
     from train.build import init_options, initial_variables, model_spec
 

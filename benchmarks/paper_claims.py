@@ -23,8 +23,8 @@ Claims (the paper's rows, on these features):
 
 How images are described: one `remap_jax.Extractor` per network and size. Its `.regions()` gives the
 L2-normalised R-MAC region vectors of every tap, from which every region-based variant is pooled with
-`remap_jax.head_init.pool_descriptors` (what `REMAPHead` computes; the tests check it), so those variants
-never re-describe an image; KL weights and whitening come from `remap_jax.head_init.compute_head_init` on
+`remap_jax.fit.head_init.pool_descriptors` (what `REMAPHead` computes; the tests check it), so those variants
+never re-describe an image; KL weights and whitening come from `remap_jax.fit.head_init.compute_head_init` on
 the training split's region vectors, exactly as the trainer's head initialisation does (same pairs, options
 and out_dim as the config). MAC / SPoC / GeM need the whole map, which region vectors do not keep: one more
 pass per test image at scale 1 through an extractor whose head (`GlobalPools`) returns the three of them
@@ -160,7 +160,7 @@ def global_pools_head(layer: str, p: float = 3.0):
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from remap_jax import heads
+    from remap_jax.nn import heads
 
     class GlobalPools(nn.Module):
         @nn.compact
@@ -190,7 +190,7 @@ def cached(path: str, key: str, compute):
             if str(f["_key"]) == key:
                 return {k: f[k] for k in f.files if k != "_key"}
     arrays = compute()
-    from remap_jax import atomic
+    from remap_jax.runtime import atomic
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic.save_npz(path, _key=np.array(key), **arrays)
@@ -224,7 +224,7 @@ def unpack_regions(arrays: Mapping[str, np.ndarray], side: str) -> dict[str, np.
 
 def score(q: np.ndarray, db: np.ndarray, test_set, index: str | None = None, **index_options) -> dict:
     """Easy / Medium / Hard mAP (%) and per-query Medium AP (%) of a ranking (exact, or through an Index)."""
-    from remap_jax.evaluation import evaluate_descriptors
+    from remap_jax.evaluation.benchmark import evaluate_descriptors
 
     res = evaluate_descriptors(q, db, test_set, index=index, index_options=index_options or None)
     out = {k: round(float(res[k]["mAP"]), 2) for k in SETUPS}
@@ -235,7 +235,7 @@ def score(q: np.ndarray, db: np.ndarray, test_set, index: str | None = None, **i
 
 
 def whitened(x: np.ndarray, init) -> np.ndarray:
-    from remap_jax import whitening
+    from remap_jax.fit import whitening
 
     return l2(x) if init.w is None else whitening.apply_whitening(x, init.w, init.b)
 
@@ -244,8 +244,8 @@ def network_variants(config, arch: str, taps: Sequence[str], args, test_set, tra
     """Every off-the-shelf variant of one network: name -> (query, database) descriptors; and info."""
     import jax
 
-    from remap_jax import head_init
-    from remap_jax.extract import Extractor
+    from remap_jax.describe.extractor import Extractor
+    from remap_jax.fit import head_init
     from remap_jax.model import backbone_variables_of, init_variables, model_from_config, scaled_size
     from train.build import init_options, initial_variables, model_spec
 
@@ -340,7 +340,7 @@ def network_variants(config, arch: str, taps: Sequence[str], args, test_set, tra
 
 def fine_tuned_descriptors(config, args, test_set) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
     """(query, database) descriptors of the demo's trained model, and where it came from."""
-    from remap_jax.extract import Extractor
+    from remap_jax.describe.extractor import Extractor
 
     export = args.export
     if not export:
@@ -390,11 +390,11 @@ def main(argv=None) -> int:
 
     import jax
 
-    from remap_jax.distributed import use_cpu_cores
+    from remap_jax.runtime.distributed import use_cpu_cores
 
     use_cpu_cores()  # one device per core on a CPU host, as the commands (before anything touches a device)
-    from remap_jax.backbones import default_taps
     from remap_jax.data import load_test_set, load_training_set
+    from remap_jax.nn.backbones import default_taps
 
     t_start = time.perf_counter()
     config = load_config(args.config)

@@ -1,4 +1,4 @@
-"""SuperGlobal re-ranking (`remap_jax.rerank`): what it gains on the demo, and what it costs per query.
+"""SuperGlobal re-ranking (`remap_jax.search.rerank`): what it gains on the demo, and what it costs per query.
 
     python benchmarks/rerank_bench.py quality --demo /tmp/remap_demo      # the demo's two models, + sweep
     python benchmarks/rerank_bench.py cost                                # 10k / 100k / 1M x 512, 1600
@@ -15,7 +15,8 @@ queries it reports, so the chosen defaults are tuned on the test split: read the
 settings, not as a held-out result.
 
 `cost`: random unit vectors (clustered like descriptors do not change the work); per database size and
-dimension, 64 queries: exact top-M search alone (`remap_jax.index.exact_search`) against the same search
+dimension, 64 queries: exact top-M search alone (`remap_jax.search.index.exact_search`) against the same
+search
 followed by `superglobal_rerank` of the top M, side by side in one run; milliseconds per query and their
 ratio. A database over half the memory available is written to a memory-mapped temporary file (the
 page cache holds it, or what fits of it: the row says `storage`).
@@ -61,7 +62,7 @@ def demo_descriptors(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def score(q, db, gnd, **options) -> dict:
     """Medium / Hard mAP (%) and per-query APs of one post-processing of the ranking."""
-    from remap_jax.evaluation import evaluate_descriptors
+    from remap_jax.evaluation.benchmark import evaluate_descriptors
 
     res = evaluate_descriptors(q, db, gnd, **options)
     return {s: {"mAP": float(res[s]["mAP"]), "aps": np.asarray(res[s]["aps"], np.float64)}
@@ -120,7 +121,7 @@ def format_quality(rows: list[dict]) -> str:
 
 
 def sweep(q, db, gnd, grid=SWEEP) -> list[dict]:
-    from remap_jax.rerank import SuperGlobal
+    from remap_jax.search.rerank import SuperGlobal
 
     plain = score(q, db, gnd)
     rows = []
@@ -151,7 +152,7 @@ def format_sweep(rows: list[dict], model: str) -> str:
 
 def run_quality(args) -> dict:
     from remap_jax.data import load_test_set
-    from remap_jax.rerank import SuperGlobal
+    from remap_jax.search.rerank import SuperGlobal
 
     gnd = load_test_set("synthetic_landmarks/hard").gnd
     rerank = SuperGlobal() if not args.rerank else SuperGlobal.parse(args.rerank)
@@ -216,8 +217,8 @@ def measure_cost(n: int, dim: int, m: int = 100, queries: int = 64, repeats: int
 
 
 def _measure(db, q, m, repeats, k, beta) -> dict:
-    from remap_jax.index import exact_search
-    from remap_jax.rerank import SuperGlobal, superglobal_rerank
+    from remap_jax.search.index import exact_search
+    from remap_jax.search.rerank import SuperGlobal, superglobal_rerank
 
     queries = q.shape[0]
     options = SuperGlobal(m=m, k=k, beta=beta)
@@ -261,7 +262,7 @@ def rerank_cost(queries: int, m: int, dim: int, k: int = 5) -> dict:
     import numpy as np
     import roofline
 
-    from remap_jax.rerank import _host_rows_program, _query_batch
+    from remap_jax.search.rerank import _host_rows_program, _query_batch
 
     batch = _query_batch(queries, m, dim)
     step = roofline.cost(_host_rows_program(k), jax.ShapeDtypeStruct((batch, dim), np.float32),
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
                          "devices": [str(d) for d in jax.devices()], "load_average": os.getloadavg()[0]}
     print(f"machine: {report['machine']}")
     if args.json:
-        from remap_jax import atomic
+        from remap_jax.runtime import atomic
 
         atomic.write_json(args.json, json.loads(json.dumps(report, default=_json_default)), indent=1)
     return 0

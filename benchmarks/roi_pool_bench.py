@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from remap_jax.ops import roi_pool  # noqa: E402
-from remap_jax.ops.roi_pool import roi_max_pool  # noqa: E402
-from remap_jax.regions import rmac_regions  # noqa: E402
+from remap_jax.nn import roi_pool  # noqa: E402
+from remap_jax.nn.regions import rmac_regions  # noqa: E402
+from remap_jax.nn.roi_pool import roi_max_pool  # noqa: E402
 
 DEFAULT_SHAPES = [
     ("stage5 @1024x768", (8, 24, 32, 2048)),

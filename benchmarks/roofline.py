@@ -93,7 +93,7 @@ def device_peaks(device, cache: str | None = None, **measure) -> dict | None:
             return json.load(f)
     peaks = measure_peaks(**measure)
     if cache:
-        from remap_jax import atomic
+        from remap_jax.runtime import atomic
 
         atomic.write_json(cache, peaks)
     return peaks

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax import atomic  # noqa: E402
+from remap_jax.runtime import atomic  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:
@@ -52,10 +52,10 @@ def _free_port() -> int:
 
 def bare_model(workdir: str, sizes, seconds: float) -> dict[int, float]:
     """The demo model's images/s at each batch size (describe_batch on prepared uint8 batches)."""
-    from remap_jax.extract_cli import make_extractor
+    from remap_jax.cli.extract import make_extractor
+    from remap_jax.cli.serve import _model_args, build_parser
     from remap_jax.serve import demo
     from remap_jax.serve.batching import measure_rates
-    from remap_jax.serve.cli import _model_args, build_parser
 
     args = build_parser().parse_args(["--demo", "--workdir", workdir])
     extractor, _ = make_extractor(_model_args(args, demo.demo_model_flags()))
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "remap_jax.serve.cli", "--demo", "--workdir", args.workdir,
+    command = [sys.executable, "-m", "remap_jax.cli.serve", "--demo", "--workdir", args.workdir,
                "--port", str(port), *args.serve_args.split()]
     print("starting:", " ".join(command), flush=True)
     server = subprocess.Popen(command)

@@ -11,7 +11,8 @@ below are the accelerator's; `--quick` shrinks them, see `preset`):
 - `roi_pool`: `roi_max_pool` (both lowerings, `slices` and `gather`) on stage-4 and stage-5 ResNet maps at
   1024x768 (batch 32; 8 on a CPU), float32 and bfloat16, vs the classic loop of slices (`naive`) and the
   full-map max (the floor); `benchmarks/roi_pool_bench.py` (`run`), which checks the results equal the loop's.
-- `exact_search`: `remap_jax.index.exact_search` top-100 of 1000 queries in 1M x 512 unit vectors vs a numpy
+- `exact_search`: `remap_jax.search.index.exact_search` top-100 of 1000 queries in 1M x 512 unit vectors vs a
+numpy
   brute force (chunked matmul + argpartition, `benchmarks/eval_bench.py`); equal results checked.
 - `ranking`: evaluation at 1M database images (`benchmarks/eval_bench.py`): `rank_database` full depth and
   top-100 vs the previous numpy path (identical ranks checked), and revisited scoring vs the np.isin scan.
@@ -24,7 +25,8 @@ below are the accelerator's; `--quick` shrinks them, see `preset`):
 - `extract`: images/s of the descriptor (uint8 pixels on the device -> normalisation -> backbone -> REMAP
   head on the default taps) through `Extractor.from_pretrained`, ResNet-50/101 and EfficientNet-Lite0..4,
   float32 and bfloat16, batch 1/8/32 at 1024x768; ratio to float32 at the same arch and batch; head share.
-- `rerank`: SuperGlobal re-ranking (`remap_jax.rerank`) of the top 100 at 10k, 100k and 1M database rows,
+- `rerank`: SuperGlobal re-ranking (`remap_jax.search.rerank`) of the top 100 at 10k, 100k and 1M database
+rows,
   512 and 1600 dimensions: ms per query of exact top-100 search alone vs search + re-rank, side by side
   (`benchmarks/rerank_bench.py`, `suite_block`); a database over half the free memory is memory-mapped
   from a temporary file.
@@ -212,8 +214,8 @@ def block_roi_pool(cfg: dict, out: RowWriter, peaks: dict | None) -> None:
     import roi_pool_bench
     import roofline
 
-    from remap_jax.ops.roi_pool import roi_max_pool
-    from remap_jax.regions import rmac_regions
+    from remap_jax.nn.regions import rmac_regions
+    from remap_jax.nn.roi_pool import roi_max_pool
 
     # priority: a lowering on every shape and dtype before the next lowering
     for method in cfg["methods"]:
@@ -281,8 +283,8 @@ def measure_extraction(arch: str, dtype: str, batch: int, size, repeats: int,
                        peaks: dict | None = None) -> dict:
     """images/s of the jitted descriptor on a uint8 batch already on the device, its roofline, and the
     head's share."""
-    from remap_jax import xla
     from remap_jax.model import RetrievalModel
+    from remap_jax.runtime import xla
 
     extractor, weights = _extractor(arch, dtype, size)
     model, variables = extractor.model, extractor.variables
@@ -318,7 +320,7 @@ def measure_host(extractor, paths: list[str], batch: int, workers: int, draft: b
     device; nothing is described. Best of `repeats` passes."""
     import jax
 
-    from remap_jax.extract import Extractor, Failed
+    from remap_jax.describe.extractor import Extractor, Failed
 
     pipeline = Extractor(extractor.model, extractor.variables, image_size=extractor.image_size,
                          batch_size=batch, workers=workers, draft=draft)
@@ -439,7 +441,7 @@ def block_exact_search(cfg: dict, out: RowWriter, peaks: dict | None) -> None:
     import numpy as np
     import roofline
 
-    from remap_jax.index import exact_search
+    from remap_jax.search.index import exact_search
 
     n, dim, nq, k = cfg["n"], cfg["dim"], cfg["queries"], cfg["k"]
     db, queries = _unit_rows(n, dim, 0), _unit_rows(nq, dim, 1)

@@ -65,7 +65,7 @@ def time_train_step(arch: str, size: tuple[int, int], tuples: int, negatives: in
     from jax.sharding import PartitionSpec as P
 
     sys.path.insert(0, ROOT)
-    from remap_jax.backbones import default_taps
+    from remap_jax.nn.backbones import default_taps
     from train import build, optim, validate
     from train import step as train_step
     from train.configs.base import get_base_config

@@ -8,10 +8,10 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Extractor": ("remap_jax.extract", "Extractor"),
-    "Index": ("remap_jax.index", "Index"),
-    "rmac_regions": ("remap_jax.regions", "rmac_regions"),
-    "roi_max_pool": ("remap_jax.ops.roi_pool", "roi_max_pool"),
+    "Extractor": ("remap_jax.describe.extractor", "Extractor"),
+    "Index": ("remap_jax.search.index", "Index"),
+    "rmac_regions": ("remap_jax.nn.regions", "rmac_regions"),
+    "roi_max_pool": ("remap_jax.nn.roi_pool", "roi_max_pool"),
 }
 
 

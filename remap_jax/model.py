@@ -9,7 +9,7 @@ A *model spec* is a flat mapping, the `config.json` of an export and the `model`
     descriptors = model.apply(variables, pixels)            # (B, H, W, 3) RGB in [0, 255] -> (B, D) unit rows
 
 Fields (`SPEC_DEFAULTS` holds the defaults; `arch` and `taps` are required):
-  `arch`: backbone name (`remap_jax.backbones.ARCHS`), `taps`: tap names in concatenation order,
+  `arch`: backbone name (`remap_jax.nn.backbones.ARCHS`), `taps`: tap names in concatenation order,
   `head`: "remap" | "rmac" | "gem" | "mac" | "spoc", and the head fields `levels`, `overlap`, `include_global`
   (the R-MAC grid), `whiten`, `out_dim` (0 or null = the concatenated size), `p_init` (GeM),
   `dtype`: "float32" | "bfloat16" (compute dtype; parameters stay float32),
@@ -40,9 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remap_jax import atomic
-from remap_jax._extras import require
 from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize
+from remap_jax.runtime import atomic
+from remap_jax.runtime.extras import require
 
 EXPORT_FORMAT = "remap-jax-export"
 EXPORT_VERSION = 1
@@ -115,12 +115,13 @@ def init_variables(
     """Variables {"params": {"backbone", "head"}, "batch_stats": {"backbone"}} for `model`.
 
     The backbone gets `backbone_variables` (e.g. `load_pretrained(...)`) or a seeded random init
-    (`remap_jax.backbones.init_like`); the head is initialised by its own `init` (alpha ones, identity
+    (`remap_jax.nn.backbones.init_like`); the head is initialised by its own `init` (alpha ones, identity
     whitening, ...) on zero maps of the right shapes, then `head_params` (a subtree of the head's parameters,
-    e.g. KL region weights and whitening from `remap_jax.head_init.head_param_tree`) replaces what it names.
+    e.g. KL region weights and whitening from `remap_jax.fit.head_init.head_param_tree`) replaces what it
+    names.
     Much cheaper than `jax.jit(model.init)`, which compiles the random initialiser of every backbone layer.
     """
-    from remap_jax.backbones import init_like
+    from remap_jax.nn.backbones import init_like
 
     images = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     key_backbone, key_head = jax.random.split(key)
@@ -159,7 +160,7 @@ def _replace_params(params: dict, replacement: Mapping, path: str = "head") -> d
 
 def build_head(kind: str, layers: Sequence[str], **fields) -> nn.Module:
     """The head class named `kind` on `layers`; fields the class does not have are dropped."""
-    from remap_jax import heads
+    from remap_jax.nn import heads
 
     classes = {"remap": heads.REMAPHead, "rmac": heads.RMAC, "gem": heads.GeM, "mac": heads.MAC,
                "spoc": heads.SPoC}
@@ -174,7 +175,7 @@ def build_head(kind: str, layers: Sequence[str], **fields) -> nn.Module:
 
 def model_from_config(config: Mapping[str, Any], dtype: Any = None, fold_bn: bool = False) -> RetrievalModel:
     """RetrievalModel from a model spec (see module docstring). `dtype` overrides config["dtype"]."""
-    from remap_jax.backbones import create_backbone, input_normalization
+    from remap_jax.nn.backbones import create_backbone, input_normalization
 
     config = normalise_config(config)
     compute = DTYPES[config["dtype"]] if dtype is None else jnp.dtype(dtype)
@@ -190,7 +191,7 @@ def spec_errors(config: Mapping[str, Any], *, backbone: bool = True) -> list[str
 
     backbone=False skips `arch` and `taps` (a custom backbone that is not in the registry).
     """
-    from remap_jax.backbones import ARCHS, valid_taps
+    from remap_jax.nn.backbones import ARCHS, valid_taps
 
     c = {**SPEC_DEFAULTS, **dict(config)}
     errors = [f"{key}: missing required field (got {sorted(config)})" for key in ("arch", "taps")
@@ -254,7 +255,7 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
 
 def combine_scales(descriptors: Sequence[jax.Array], weights: Sequence[float] | None = None) -> jax.Array:
     """MS-REMAP: weighted sum of per-scale (B, D) descriptors, then L2. Default weights are equal."""
-    from remap_jax.heads import l2_normalize
+    from remap_jax.nn.heads import l2_normalize
 
     if not descriptors:
         raise ValueError("descriptors: expected at least one scale, got none")

@@ -33,7 +33,7 @@ def build_collection(root: str) -> dict:
     """Writes images/, queries/, export/ and index/ under `root` (once per root); returns their paths."""
     from remap_jax import Extractor, Index
     from remap_jax.model import save_exported
-    from remap_jax.regions import num_regions
+    from remap_jax.nn.regions import num_regions
 
     paths = {k: os.path.join(root, k) for k in ("images", "queries", "export", "index")}
     if os.path.isfile(os.path.join(paths["index"], "index.json")):

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from remap_jax import atomic
+from remap_jax.runtime import atomic
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

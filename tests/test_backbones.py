@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remap_jax import backbones as bb
+from remap_jax.nn import backbones as bb
 
 # Parameter counts of torchvision's models minus their classifier (fc / classifier.*).
 TORCHVISION_FEATURE_PARAMS = {

@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import _torch_worker  # noqa: E402
 import compare_torch  # noqa: E402
 
-from remap_jax import host_memory  # noqa: E402
-from remap_jax.backbones import load_pretrained  # noqa: E402
-from remap_jax.regions import rmac_regions  # noqa: E402
+from remap_jax.nn.backbones import load_pretrained  # noqa: E402
+from remap_jax.nn.regions import rmac_regions  # noqa: E402
+from remap_jax.runtime import host_memory  # noqa: E402
 
 
 def test_arguments():

@@ -1,4 +1,5 @@
-"""remap_jax.distributed in one process: shares, the rows a process feeds, gathering (identity here), and
+"""remap_jax.runtime.distributed in one process: shares, the rows a process feeds, gathering (identity here),
+and
 initialize doing nothing without a job to join. tests/test_multiprocess.py runs the real thing."""
 
 import jax
@@ -7,7 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from remap_jax import distributed
+from remap_jax.runtime import distributed
 
 
 def test_shares_are_contiguous_disjoint_and_cover_everything():
@@ -53,7 +54,7 @@ def _device_count_in_fresh_process(code: str, xla_flags: str | None) -> str:
 def test_use_cpu_cores_gives_one_device_per_core_unless_xla_flags_decide():
     import os
 
-    code = ("import jax\nfrom remap_jax.distributed import use_cpu_cores\nn = use_cpu_cores({arg})\n"
+    code = ("import jax\nfrom remap_jax.runtime.distributed import use_cpu_cores\nn = use_cpu_cores({arg})\n"
             "print(n, jax.device_count())\n")
     cores = len(os.sched_getaffinity(0))
     assert _device_count_in_fresh_process(code.format(arg=""), None) == [str(cores), str(cores)]
@@ -66,6 +67,6 @@ def test_use_cpu_cores_gives_one_device_per_core_unless_xla_flags_decide():
 def test_use_cpu_cores_refuses_bad_counts_and_a_started_backend():
     with pytest.raises(ValueError, match="cpu devices: expected >= 0"):
         distributed.use_cpu_cores(-1)
-    code = ("import jax\njax.devices()\nfrom remap_jax.distributed import use_cpu_cores\ntry:\n"
+    code = ("import jax\njax.devices()\nfrom remap_jax.runtime.distributed import use_cpu_cores\ntry:\n"
             "    use_cpu_cores(2)\nexcept RuntimeError:\n    print('refused')\n")
     assert _device_count_in_fresh_process(code, None) == ["refused"]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from tool_modules import load_tool
 
-from remap_jax import backbones as bb
-from remap_jax.backbones import efficientnet_lite as enl
+from remap_jax.nn import backbones as bb
+from remap_jax.nn.backbones import efficientnet_lite as enl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "efficientnet_lite0_parity.npz")
@@ -194,7 +194,7 @@ def test_from_pretrained_installed_reads_the_weights_package():
                                                     (3, 2, "SAME", (7, 7)), (3, 2, 1, (9, 8))])
 def test_depthwise_by_shifts_equals_the_grouped_convolution(kernel, stride, pad, size):
     # the CPU lowering of depthwise convolutions (layers._depthwise_by_shifts), forward and gradients
-    from remap_jax.backbones import layers
+    from remap_jax.nn.backbones import layers
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 6))
     k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, 6))

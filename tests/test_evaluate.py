@@ -1,10 +1,10 @@
-"""Tests for remap_jax.evaluate with hand-computed cases."""
+"""Tests for remap_jax.evaluation.metrics with hand-computed cases."""
 
 import numpy as np
 import pytest
 
-from remap_jax import evaluate as E
-from remap_jax import index as index_mod
+from remap_jax.evaluation import metrics as E
+from remap_jax.search import index as index_mod
 
 
 def _ranks(*columns):

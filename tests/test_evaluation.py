@@ -1,4 +1,5 @@
-"""remap_jax.evaluation (describe a test set, rank, score, write results) and the `train.eval` command."""
+"""remap_jax.evaluation.benchmark (describe a test set, rank, score, write results) and the `train.eval`
+command."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from remap_jax import Extractor
-from remap_jax.evaluation import evaluate_descriptors, run_eval, save_topk_grid, validation_map
+from remap_jax.evaluation.benchmark import evaluate_descriptors, run_eval, save_topk_grid, validation_map
 
 
 class MeanColour(nn.Module):
@@ -216,7 +217,7 @@ def test_results_files_follow_the_umask(tiny_test_set, tmp_path):
 
 def test_eval_command_appends_distractor_feature_files(tiny_test_set, tmp_path, monkeypatch, capsys):
     import train.eval as cmd
-    from remap_jax.extract import feature_arrays
+    from remap_jax.describe.extractor import feature_arrays
 
     rng = np.random.default_rng(0)
     for part in range(2):
@@ -233,7 +234,7 @@ def test_eval_command_appends_distractor_feature_files(tiny_test_set, tmp_path, 
     assert res["extra_distractors"] == 10 and "+ 10 distractors from feature files" in capsys.readouterr().out
     assert res["medium"]["mAP"] <= plain["medium"]["mAP"]  # more database images can only push positives down
     np.savez(tmp_path / "dup.npz", **feature_arrays(np.ones((1, 3), np.float32), ["d0_0"], [], {}))
-    from remap_jax.features import FeatureFileError
+    from remap_jax.describe.descriptor_files import FeatureFileError
 
     with pytest.raises(FeatureFileError, match="d0_0"):
         cmd.main([*common, "--out", str(tmp_path / "o2"), "--distractor-features",

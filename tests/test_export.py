@@ -1,4 +1,5 @@
-"""Serving artifacts (`remap_jax.export`, `remap-export`): the jax.export artifact, the TF SavedModel and the
+"""Serving artifacts (`remap_jax.describe.export`, `remap-export`): the jax.export artifact, the TF
+SavedModel and the
 ONNX file each equal the Extractor's descriptors (max abs <= 1e-5) in a fresh process that never imports
 remap_jax; `Extractor.from_exported` / `remap-extract --exported` run the input pipeline on an artifact;
 bad inputs, truncated or foreign artifacts and a platform not exported for each give one line.
@@ -22,8 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from remap_jax import export, export_cli, extract_cli
-from remap_jax.extract import Extractor
+from remap_jax.cli import export as export_cli
+from remap_jax.cli import extract as extract_cli
+from remap_jax.describe import export
+from remap_jax.describe.extractor import Extractor
 from remap_jax.model import describe_multiscale, init_variables, model_from_config, save_exported
 
 SIZE = (48, 64)

@@ -15,10 +15,12 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from remap_jax import backbones, export, index
+from remap_jax.describe import export
 from remap_jax.model import RetrievalModel, build_head, init_variables
-from remap_jax.ops.roi_pool import roi_max_pool
-from remap_jax.regions import rmac_regions
+from remap_jax.nn import backbones
+from remap_jax.nn.regions import rmac_regions
+from remap_jax.nn.roi_pool import roi_max_pool
+from remap_jax.search import index
 from train import step as train_step
 
 ACCELERATORS = ("cuda", "tpu")

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from remap_jax import Extractor, atomic
+from remap_jax import Extractor
+from remap_jax.cli.extract import list_images, main, partial_path
 from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, resize_to
-from remap_jax.extract import Described, Failed, target_size
-from remap_jax.extract_cli import list_images, main, partial_path
+from remap_jax.describe.extractor import Described, Failed, target_size
 from remap_jax.model import combine_scales, save_exported
+from remap_jax.runtime import atomic
 
 SIZE = (64, 96)  # landscape (height, width): stride-32 maps of 2x3, tiny and fast
 ARGS = ["--arch", "resnet18", "--levels", "2", "--image-size", "64,96", "--batch-size", "2", "--quiet"]
@@ -101,9 +102,9 @@ def test_describe_batch_is_the_compiled_call_of_describe_iter():
 
 
 def test_cpu_programs_are_compiled_without_library_fusions():
-    """remap_jax.xla's CPU options reach the compiled program: convolutions are XLA's own (no YNNPACK
+    """remap_jax.runtime.xla's CPU options reach the compiled program: convolutions are XLA's own (no YNNPACK
     fusion); the options are dropped where XLA_FLAGS names them, and other platforms get none."""
-    from remap_jax import xla
+    from remap_jax.runtime import xla
 
     assert xla.compiler_options("cpu", xla_flags="") == {"xla_cpu_experimental_ynn_fusion_type": ""}
     assert xla.compiler_options("cpu", xla_flags="--xla_cpu_experimental_ynn_fusion_type=X --a=1") == {}
@@ -358,7 +359,7 @@ def test_describe_iter_reports_in_completion_order():
 
 
 def test_shards_are_disjoint_cover_the_input_once_and_merge_back(tmp_path):
-    from remap_jax.features import load_features
+    from remap_jax.describe.descriptor_files import load_features
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from remap_jax.extract_cli import main
+from remap_jax.cli.extract import main
 from remap_jax.model import save_exported
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "extract_golden.npz")
@@ -42,7 +42,7 @@ def _images() -> list[np.ndarray]:
 
 def _export(path: str) -> None:
     """A REMAP export with non-trivial region weights and whitening, from seeded numpy values."""
-    from remap_jax.backbones import init_backbone
+    from remap_jax.nn.backbones import init_backbone
 
     backbone = init_backbone("resnet18", jax.random.PRNGKey(0), (1, 64, 96, 3))
     rng = np.random.default_rng(7)

@@ -1,9 +1,9 @@
-"""Tests for remap_jax.features: reading and merging remap-extract feature files."""
+"""Tests for remap_jax.describe.descriptor_files: reading and merging remap-extract feature files."""
 
 import numpy as np
 import pytest
 
-from remap_jax.features import FeatureFileError, feature_files, load_features
+from remap_jax.describe.descriptor_files import FeatureFileError, feature_files, load_features
 
 
 def _write(path, n, d=4, prefix="img", start=0, ids=True, **extra):

@@ -4,8 +4,8 @@ import numpy as np
 import optax
 import pytest
 
-from remap_jax import heads
-from remap_jax.regions import rmac_regions
+from remap_jax.nn import heads
+from remap_jax.nn.regions import rmac_regions
 
 LAYERS = ("layer4.1", "layer4.2")
 

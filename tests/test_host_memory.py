@@ -1,4 +1,5 @@
-"""remap_jax.host_memory: which settings apply, their environment form, and that a JAX program's buffers stop
+"""remap_jax.runtime.host_memory: which settings apply, their environment form, and that a JAX program's
+buffers stop
 page-faulting with them (counted page faults, in fresh processes: this one started JAX long ago)."""
 
 import json
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from remap_jax import host_memory
+from remap_jax.runtime import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
@@ -20,7 +21,7 @@ GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0
 # gives every call fresh pages: about 24k faults of 4 KiB.
 FAULTS = """
 import json, resource, sys, warnings
-from remap_jax import host_memory
+from remap_jax.runtime import host_memory
 if sys.argv[1] == "late":
     import jax
     jax.devices()

@@ -1,4 +1,4 @@
-"""Tests for remap_jax.index: exact search against numpy, ScaNN PQ search, save/load, errors."""
+"""Tests for remap_jax.search.index: exact search against numpy, ScaNN PQ search, save/load, errors."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from remap_jax import index as index_mod
-from remap_jax.index import Index, IndexFormatError, exact_search, truncate_and_normalize
+from remap_jax.search import index as index_mod
+from remap_jax.search.index import Index, IndexFormatError, exact_search, truncate_and_normalize
 
 
 def _unit(x):
@@ -245,7 +245,7 @@ def test_scann_build_prints_no_info_lines_but_keeps_warnings():
     # since the log level is set when scann is first imported.
     script = (
         "import numpy as np\n"
-        "from remap_jax.index import Index, _scann_min_log_level\n"
+        "from remap_jax.search.index import Index, _scann_min_log_level\n"
         "x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)\n"
         "Index.build(x, method='scann', leaves=30).search(x[:5], 3)\n"
         "print('level', _scann_min_log_level())\n"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from remap_jax.index_cli import main
+from remap_jax.cli.index import main
 
 
 def _write_features(path, descriptors, ids=None, failed=()):
@@ -173,7 +173,7 @@ def test_errors_are_clear_messages(files, tmp_path, capsys):
 
 def test_module_runs_as_a_command():
     out = subprocess.run(
-        [sys.executable, "-m", "remap_jax.index_cli", "build", "--help"],
+        [sys.executable, "-m", "remap_jax.cli.index", "build", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -206,7 +206,7 @@ def _retrieval_problem(num_queries=6, per_landmark=8, distractors=200, d=32, see
 
 
 def test_eval_descriptors_through_exact_and_scann_indexes():
-    from remap_jax.evaluation import evaluate_descriptors
+    from remap_jax.evaluation.benchmark import evaluate_descriptors
 
     q, db, gnd = _retrieval_problem()
     plain = evaluate_descriptors(q, db, gnd)
@@ -247,13 +247,14 @@ class _FakeTestSet:
 
 def test_eval_command_index_flags(tmp_path, monkeypatch, capsys):
     import remap_jax.data
-    import remap_jax.evaluation
+    import remap_jax.evaluation.benchmark
     import train.eval as cmd
 
     q, db, gnd = _retrieval_problem()
     fake = _FakeTestSet(q, db, gnd)
     monkeypatch.setattr(cmd, "make_extractor", lambda args: "extractor")
-    monkeypatch.setattr(remap_jax.evaluation, "describe_test_set", lambda extractor, test_set, **kw: (q, db))
+    monkeypatch.setattr(remap_jax.evaluation.benchmark, "describe_test_set",
+                        lambda extractor, test_set, **kw: (q, db))
     monkeypatch.setattr(remap_jax.data, "load_test_set", lambda *a, **k: fake)
     out = tmp_path / "out"
     common = ["--arch", "resnet18", "--dataset", "fake", "--out", str(out), "--batch-size", "1000"]

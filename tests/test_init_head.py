@@ -1,4 +1,5 @@
-"""Head initialisation (remap_jax.head_init and the train.init_head command): pair selection, cached region
+"""Head initialisation (remap_jax.fit.head_init and the train.init_head command): pair selection, cached
+region
 description, KL + whitening fit, outputs."""
 
 import dataclasses
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from remap_jax import head_init
-from remap_jax.head_init import HeadInitOptions
-from remap_jax.regions import rmac_regions
+from remap_jax.fit import head_init
+from remap_jax.fit.head_init import HeadInitOptions
+from remap_jax.nn.regions import rmac_regions
 from train import init_head as init_head_command
 from train.build import init_options
 
@@ -233,8 +234,8 @@ def _features(seed=0, batch=3, shape=(3, 4), channels=(8, 6)):
 def test_pool_descriptors_and_param_tree_match_remap_head():
     import jax
 
-    from remap_jax import heads
-    from remap_jax.whitening import apply_whitening
+    from remap_jax.fit.whitening import apply_whitening
+    from remap_jax.nn import heads
 
     feats = _features()
     regions = heads.region_descriptors(feats, LAYERS, levels=2)
@@ -276,7 +277,7 @@ def test_run_end_to_end_with_real_backbone_and_resume(tmp_path, monkeypatch, cap
     import jax
 
     import remap_jax.data
-    from remap_jax import heads
+    from remap_jax.nn import heads
     from train import build
     from train.configs import demo
 

@@ -1,9 +1,9 @@
-"""Tests for remap_jax.kl: KL-divergence region weights."""
+"""Tests for remap_jax.fit.kl: KL-divergence region weights."""
 
 import numpy as np
 import pytest
 
-from remap_jax import kl
+from remap_jax.fit import kl
 
 
 def _unit(x):

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from remap_jax import evaluate
 from remap_jax.data import labelled, load_test_set, load_training_set
 from remap_jax.data.images import encode_jpeg, load_rgb
+from remap_jax.evaluation import metrics as evaluate
 
 
 def _image(seed: int, size=(24, 32)) -> bytes:
@@ -247,7 +247,7 @@ def _feature_file(path, ids, vecs):
 
 
 def test_remap_eval_scores_feature_files_against_folder_csv_and_gnd(tmp_path, capsys):
-    from remap_jax import eval_cli
+    from remap_jax.cli import evaluate as eval_cli
 
     root = tmp_path / "t"
     rel = make_tree(str(root), labels=("a", "b", "c"), per_label=3)

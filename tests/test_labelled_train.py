@@ -37,7 +37,8 @@ def demo_tree(tmp_path_factory):
 
 
 def test_train_and_evaluate_from_a_folder_then_score_its_features(demo_tree, tmp_path, capsys):
-    from remap_jax import eval_cli, extract_cli
+    from remap_jax.cli import evaluate as eval_cli
+    from remap_jax.cli import extract as extract_cli
     from train.configs.demo_resnet18 import get_config
     from train.loop import train_and_evaluate
 

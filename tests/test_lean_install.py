@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from remap_jax._extras import MissingExtraError, require, require_for_command
+from remap_jax.runtime.extras import MissingExtraError, require, require_for_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +79,7 @@ exported = Extractor.from_checkpoint(os.path.join(tmp, "export"), batch_size=2)
 np.testing.assert_allclose(exported(images), net(images), atol=1e-5)
 
 # a remap-export artifact (jax.export, cpu + cuda + tpu) written and run through the Extractor's pipeline
-from remap_jax import export
+from remap_jax.describe import export
 
 export.save_artifact(os.path.join(tmp, "artifact"), net)
 served = Extractor.from_exported(os.path.join(tmp, "artifact"), batch_size=2)
@@ -122,8 +122,10 @@ def test_core_paths_run_without_tensorflow_tfds_and_scann(tmp_path):
 MISSING_EXTRAS = """
 import numpy as np
 
-from remap_jax import Index, index_cli
-from remap_jax._extras import MissingExtraError
+from remap_jax import Index
+
+from remap_jax.cli import index as index_cli
+from remap_jax.runtime.extras import MissingExtraError
 
 try:
     Index.build(np.eye(4, dtype=np.float32), method="scann")

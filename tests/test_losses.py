@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remap_jax import losses
+from remap_jax.fit import losses
 
 
 def _unit(v):

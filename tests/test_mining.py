@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from remap_jax import mining
+from remap_jax.fit import mining
 
 
 def _data(seed=0, q=6, p=40, d=16, labels=8):

@@ -9,8 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remap_jax import backbones as bb
-from remap_jax import heads
 from remap_jax.data.images import normalize
 from remap_jax.model import (
     RetrievalModel,
@@ -21,6 +19,8 @@ from remap_jax.model import (
     model_from_config,
     save_exported,
 )
+from remap_jax.nn import backbones as bb
+from remap_jax.nn import heads
 
 TAPS = ("layer4.0", "layer4.1")
 CONFIG = {"arch": "resnet18", "taps": list(TAPS), "head": "remap", "levels": 2, "include_global": False,

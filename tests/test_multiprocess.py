@@ -91,7 +91,7 @@ def test_two_process_extraction_equals_one_process(tmp_path):
     for i, img in enumerate(_rng_images([(64, 96)] * 4 + [(96, 64)] * 3, seed=5)):
         Image.fromarray(img).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"not an image")
-    command = ["-m", "remap_jax.extract_cli", "--arch", "resnet18", "--levels", "1", "--image-size", "64,96",
+    command = ["-m", "remap_jax.cli.extract", "--arch", "resnet18", "--levels", "1", "--image-size", "64,96",
                "--batch-size", "2", "--images", str(folder), "--quiet"]
     one = run_processes([*command, "--out", str(tmp_path / "one.npz")], 1, devices_per_process=2)
     two = run_processes([*command, "--out", str(tmp_path / "two.npz")], 2, devices_per_process=1)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from remap_jax.regions import num_regions, rmac_regions
+from remap_jax.nn.regions import num_regions, rmac_regions
 
 
 def as_set(regions):

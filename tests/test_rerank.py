@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from remap_jax import evaluate
-from remap_jax.rerank import SuperGlobal, rerank_ranks, superglobal_rerank
+from remap_jax.evaluation import metrics as evaluate
+from remap_jax.search.rerank import SuperGlobal, rerank_ranks, superglobal_rerank
 
 
 def unit(x):
@@ -85,7 +85,7 @@ def test_rank_database_reranks_only_the_top_m():
 
 
 def test_query_batches_agree_with_one_batch(monkeypatch):
-    from remap_jax import rerank
+    from remap_jax.search import rerank
 
     db = clustered(50, 24, 6)
     q = clustered(11, 24, 7)
@@ -178,7 +178,7 @@ def test_mismatched_dimensions_and_shortlists():
 
 
 def test_index_search_reranks_exact_and_scann(tmp_path):
-    from remap_jax.index import Index
+    from remap_jax.search.index import Index
 
     db = clustered(300, 24, 10)
     q = clustered(4, 24, 11)
@@ -206,7 +206,7 @@ def test_index_search_reranks_exact_and_scann(tmp_path):
 
 @pytest.mark.parametrize("dtype,atol", [("bfloat16", 1e-2), ("int8", 2e-2)])
 def test_loaded_scann_decodes_quantised_rescoring_vectors(tmp_path, dtype, atol):
-    from remap_jax.index import Index
+    from remap_jax.search.index import Index
 
     db = clustered(200, 24, 12)
     Index.build(db, method="scann", pq_bytes=4, reorder=50, reorder_dtype=dtype).save(tmp_path / "ix")
@@ -215,7 +215,7 @@ def test_loaded_scann_decodes_quantised_rescoring_vectors(tmp_path, dtype, atol)
 
 
 def test_codes_only_scann_refuses_to_rerank():
-    from remap_jax.index import Index
+    from remap_jax.search.index import Index
 
     db = clustered(200, 24, 13)
     ix = Index.build(db, method="scann", pq_bytes=4, reorder=0)
@@ -231,7 +231,7 @@ def test_codes_only_scann_refuses_to_rerank():
 def test_evaluate_descriptors_reranks_after_dba_and_qe_and_records_settings(tmp_path):
     import json
 
-    from remap_jax.evaluation import evaluate_descriptors, write_results
+    from remap_jax.evaluation.benchmark import evaluate_descriptors, write_results
 
     db = clustered(120, 24, 14)
     q = clustered(4, 24, 15)
@@ -252,7 +252,7 @@ def test_evaluate_descriptors_reranks_after_dba_and_qe_and_records_settings(tmp_
 
 def test_train_eval_rerank_flag(monkeypatch, capsys):
     import remap_jax.data
-    import remap_jax.evaluation
+    import remap_jax.evaluation.benchmark
     import train.eval as cmd
 
     class FakeSet:
@@ -267,7 +267,7 @@ def test_train_eval_rerank_flag(monkeypatch, capsys):
 
     monkeypatch.setattr(cmd, "make_extractor", lambda args: None)
     monkeypatch.setattr(remap_jax.data, "load_test_set", lambda *a, **kw: FakeSet())
-    monkeypatch.setattr(remap_jax.evaluation, "run_eval", fake_run_eval)
+    monkeypatch.setattr(remap_jax.evaluation.benchmark, "run_eval", fake_run_eval)
     common = ["--arch", "resnet18", "--dataset", "toy", "--out", "/nonexistent"]
     cmd.main([*common, "--rerank", "m=30,k=3"])
     assert seen["rerank"] == SuperGlobal(m=30, k=3)
@@ -296,7 +296,7 @@ def test_config_test_rerank_is_checked_before_training():
 
 
 def test_remap_index_search_rerank(tmp_path, capsys):
-    from remap_jax.index_cli import main
+    from remap_jax.cli.index import main
 
     db = clustered(300, 24, 16)
     q = clustered(5, 24, 17)

@@ -3,9 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remap_jax.ops import roi_max_pool
-from remap_jax.ops.roi_pool import _from_order_key, _order_key
-from remap_jax.regions import rmac_regions
+from remap_jax.nn.regions import rmac_regions
+from remap_jax.nn.roi_pool import _from_order_key, _order_key, roi_max_pool
 
 HALF_DTYPES = [jnp.bfloat16, jnp.float16]
 

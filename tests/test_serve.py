@@ -79,7 +79,7 @@ def test_more_like_this_finds_the_image_itself_first(client):
 
 def test_superglobal_rerank_reorders_the_shortlist_as_the_index_does(client, collection):
     from remap_jax import Index
-    from remap_jax.rerank import SuperGlobal
+    from remap_jax.search.rerank import SuperGlobal
 
     r = _search(client, {"id": "coffee/1.jpg", "k": "12", "rerank": "superglobal"})
     assert r.status_code == 200, r.text
@@ -357,7 +357,7 @@ def test_model_that_did_not_build_the_index_is_refused(collection):
 
 
 def test_command_line_errors_are_one_line(capsys, tmp_path):
-    from remap_jax.serve.cli import main
+    from remap_jax.cli.serve import main
 
     assert main(["--arch", "efficientnet_lite0"]) == 2
     assert "expected --index and --images" in capsys.readouterr().err
@@ -371,7 +371,7 @@ def test_command_line_errors_are_one_line(capsys, tmp_path):
 def test_demo_builds_its_collection_and_index_once(tmp_path):
     """`remap-serve --demo` on the tiny synthetic split: images written, described and indexed by the
     command's own code, then served (the model check passes); a second start reuses everything."""
-    from remap_jax.serve.cli import build_parser, build_service
+    from remap_jax.cli.serve import build_parser, build_service
 
     workdir = tmp_path / "demo"
     argv = ["--demo", "--workdir", str(workdir), "--demo-dataset", "synthetic_landmarks/hard_tiny",

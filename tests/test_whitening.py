@@ -1,9 +1,9 @@
-"""Tests for remap_jax.whitening: PCA-whitening and learned whitening (Lw)."""
+"""Tests for remap_jax.fit.whitening: PCA-whitening and learned whitening (Lw)."""
 
 import numpy as np
 import pytest
 
-from remap_jax import whitening
+from remap_jax.fit import whitening
 
 
 def _correlated(n=400, d=12, seed=0):

@@ -12,7 +12,7 @@ import os
 
 
 def main() -> None:
-    from remap_jax import distributed
+    from remap_jax.runtime import distributed
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", required=True)

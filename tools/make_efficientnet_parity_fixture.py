@@ -37,7 +37,7 @@ BATCHES = {  # name -> (photos, (height, width), center crop like EfficientNet's
 }
 TAPS = ("stem", "blocks.7", "blocks.15", "head")
 SAMPLES_PER_TAP = 4096
-# RGB mean/std for [0, 1] pixels: (pixel - 127) / 128, see remap_jax.backbones.efficientnet_lite.
+# RGB mean/std for [0, 1] pixels: (pixel - 127) / 128, see remap_jax.nn.backbones.efficientnet_lite.
 NORMALIZATION = ((127 / 255,) * 3, (128 / 255,) * 3)
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 VARIANTS = tuple(f"efficientnet-lite{i}" for i in range(5))

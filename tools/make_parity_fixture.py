@@ -2,7 +2,7 @@
 
 The weights are not stored (ResNeXt-101 alone is 350 MB): every tensor is drawn from a fixed numpy seed by
 `parity_weights`, a pure-numpy function that `tests/test_weights.py` imports from this file to regenerate the
-same weights, write them to a checkpoint, and load them through `remap_jax.backbones.load_pretrained`.
+same weights, write them to a checkpoint, and load them through `remap_jax.nn.backbones.load_pretrained`.
 The fixture keeps, per architecture, the tap outputs (NHWC float32, computed by torch in float64) and the
 torchvision state-dict key/shape listing (so the test also checks our key layout against torchvision's).
 

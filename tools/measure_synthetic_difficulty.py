@@ -9,11 +9,12 @@ Easy / Medium / Hard mAP. Runs in the torch virtualenv (torch is never a depende
     /tmp/torchenv/bin/python tools/measure_synthetic_difficulty.py --config default
     /tmp/torchenv/bin/python tools/measure_synthetic_difficulty.py --config hard --json /tmp/hard.json
 
-Images are resized like the demo's evaluation (``resize="fixed"`` of remap_jax.extract): landscape images to
+Images are resized like the demo's evaluation (``resize="fixed"`` of remap_jax.describe.extractor): landscape
+images to
 ``--size`` = (height, width), portrait ones to (width, height), bilinear, aspect ratio not kept; ImageNet
 mean / std. Taps: ``head`` is the final 1280-channel map (conv_head + BN + ReLU6, stride 32), ``blocks.N``
 the output of MBConv block N (0-based; 15 is the last, 320 channels at stride 32; 14 is 192 channels at
-stride 32; 10 is 112 channels at stride 16). R-MAC uses the grid of :func:`remap_jax.regions.rmac_regions`
+stride 32; 10 is 112 channels at stride 16). R-MAC uses the grid of :func:`remap_jax.nn.regions.rmac_regions`
 (L levels, overlap 0.4, whole-map region first: cirtorch's ``rmac``): each region max-pooled, L2-normalised,
 summed, L2-normalised. Multi-layer rows L2-normalise each tap's R-MAC vector, concatenate, L2-normalise.
 
@@ -42,10 +43,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # numpy / PIL / scikit-image only (the package __init__ files import lazily; evaluate_revisited is numpy).
-from remap_jax import evaluate as E  # noqa: E402
 from remap_jax.data import synthetic as S  # noqa: E402
 from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, crop_bbox, encode_jpeg, resize_to  # noqa: E402
-from remap_jax.regions import rmac_regions  # noqa: E402
+from remap_jax.evaluation import metrics as E  # noqa: E402
+from remap_jax.nn.regions import rmac_regions  # noqa: E402
 
 FINAL = "head"
 MULTI_LAYER = (("blocks.15", FINAL), ("blocks.14", "blocks.15", FINAL), ("blocks.10", FINAL))
@@ -127,7 +128,8 @@ def pool(fmap: np.ndarray, method: str, levels: int = 3) -> np.ndarray:
 
 def score(qvecs, dbvecs, gnd) -> dict[str, float]:
     """Easy / Medium / Hard mAP (%) of an exact cosine ranking (ties: lower index first). Ranked here in
-    numpy: remap_jax.evaluate.rank_database goes through JAX, which this virtualenv does not have."""
+    numpy: remap_jax.evaluation.metrics.rank_database goes through JAX, which this virtualenv does not
+    have."""
     ranks = np.argsort(-(np.asarray(dbvecs) @ np.asarray(qvecs).T), axis=0, kind="stable")
     results = E.evaluate_revisited(ranks, gnd)
     return {k: round(results[k]["mAP"], 2) for k in ("easy", "medium", "hard")}

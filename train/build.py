@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from remap_jax.head_init import HeadInit, HeadInitOptions, head_param_tree, initialise_head, load_head_init
+from remap_jax.fit.head_init import (
+    HeadInit,
+    HeadInitOptions,
+    head_param_tree,
+    initialise_head,
+    load_head_init,
+)
 from remap_jax.model import MODEL_FIELDS, init_variables, model_from_config, normalise_config
 
 
@@ -40,7 +46,7 @@ def initial_variables(model, config: ml_collections.ConfigDict, key) -> dict:
     if not config.model.arch:
         variables = jax.jit(model.init)(key, jnp.zeros((1, h, w, 3), jnp.float32))
         return jax.tree_util.tree_map(np.asarray, dict(variables))
-    from remap_jax.backbones import init_backbone, load_pretrained
+    from remap_jax.nn.backbones import init_backbone, load_pretrained
 
     if config.model.pretrained:  # a weights file, or "installed": the arch's pip weights package
         backbone = load_pretrained(config.model.arch, config.model.pretrained)
@@ -82,9 +88,10 @@ def initialise_head_from_config(config: ml_collections.ConfigDict, workdir: str,
                                 mesh=None) -> HeadInit:
     """KL region weights and whitening for `config`'s head, from the network training starts from (its
     `pretrained` backbone, or the seeded random init), on its training set at `config.image_size`; the
-    files of `remap_jax.head_init.write_outputs` go to `workdir` (`config.head_init` takes head_init.npz)."""
+    files of `remap_jax.fit.head_init.write_outputs` go to `workdir` (`config.head_init` takes
+    head_init.npz)."""
     from remap_jax.data import load_training_set
-    from remap_jax.extract import Extractor
+    from remap_jax.describe.extractor import Extractor
     from train.step import make_mesh, pad_to_multiple
 
     options = init_options(config)  # a bad value fails here, before any compute

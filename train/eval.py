@@ -7,7 +7,7 @@
 
 prints the Easy/Medium/Hard mAP and mP@1,5,10 table and writes into ``--out``: ``results.json``,
 ``descriptors.npz`` (query and database vectors) and ``topk.png`` (the top-10 of a few queries: positives
-green, negatives red, junk grey; Medium setup). The work is `remap_jax.evaluation.run_eval`.
+green, negatives red, junk grey; Medium setup). The work is `remap_jax.evaluation.benchmark.run_eval`.
 
 `--distractor-features` appends distractor descriptors extracted beforehand (e.g. the 1M revisitop distractors
 by a sharded `remap-extract` job with the same model) to the database instead of describing them here. With
@@ -20,9 +20,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from remap_jax import distributed, host_memory
-from remap_jax._extras import require_for_command
-from remap_jax.extract import RESIZE_MODES
+from remap_jax.describe.extractor import RESIZE_MODES
+from remap_jax.runtime import distributed, host_memory
+from remap_jax.runtime.extras import require_for_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dba-k", type=int, default=2)
     p.add_argument("--rerank", nargs="?", const="default", default=None, metavar="m=M,k=K,beta=B",
                    help="SuperGlobal re-ranking of each query's top M (after --dba and --qe); alone: the "
-                   "defaults (remap_jax.rerank.SuperGlobal), or any of m=INT,k=INT,beta=FLOAT")
+                   "defaults (remap_jax.search.rerank.SuperGlobal), or any of m=INT,k=INT,beta=FLOAT")
     p.add_argument("--head", default=None, help="with --arch: remap (default) | rmac | gem | mac | spoc")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="model input size (landscape; portrait images use W H); default: the checkpoint's, "
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="downscale images to this long side first")
     p.add_argument("--grid-queries", type=int, default=4, help="queries shown in topk.png (0: none)")
     p.add_argument("--index", choices=("exact", "scann"), default=None,
-                   help="rank through remap_jax.index (scann: PQ codes) instead of exact ranking")
+                   help="rank through remap_jax.search.index (scann: PQ codes) instead of exact ranking")
     p.add_argument("--pq-bytes", type=int, default=None, help="--index scann: PQ code bytes per image")
     p.add_argument("--leaves", type=int, default=None, help="--index scann: k-means tree partitions")
     p.add_argument("--reorder", type=int, default=None, help="--index scann: exactly re-score N candidates")
@@ -109,10 +109,11 @@ def index_options_from_args(args) -> dict | None:
 
 
 def rerank_from_args(args):
-    """The --rerank settings as a `remap_jax.rerank.SuperGlobal` (None without the flag), checked first."""
+    """The --rerank settings as a `remap_jax.search.rerank.SuperGlobal` (None without the flag), checked
+    first."""
     if args.rerank is None:
         return None
-    from remap_jax.rerank import SuperGlobal
+    from remap_jax.search.rerank import SuperGlobal
 
     try:
         return SuperGlobal.parse(args.rerank)
@@ -130,10 +131,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rerank = rerank_from_args(args)
     host_memory.apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     distributed.initialize_from_args(args)
-    from remap_jax import evaluate
     from remap_jax.data import load_test_set
-    from remap_jax.evaluation import run_eval
-    from remap_jax.features import load_features
+    from remap_jax.describe.descriptor_files import load_features
+    from remap_jax.evaluation import metrics as evaluate
+    from remap_jax.evaluation.benchmark import run_eval
 
     extra = None
     if args.distractor_features:

@@ -4,13 +4,13 @@ r"""Initialise the REMAP head of a training config: KL region weights and whiten
 
 Describes training pairs with the network `train.main` starts from (`config.model.pretrained`, else the
 seeded random initialisation), as training sees the images (`config.image_size`), and writes head_init.npz,
-head_params.msgpack, region_weights.png and init_head.json into the workdir (see `remap_jax.head_init`).
+head_params.msgpack, region_weights.png and init_head.json into the workdir (see `remap_jax.fit.head_init`).
 Set `config.head_init` to workdir/head_init.npz to train from it. Options: `config.init_head`.
 """
 
 from __future__ import annotations
 
-from remap_jax._extras import require_for_command
+from remap_jax.runtime.extras import require_for_command
 
 if __name__ == "__main__":
     require_for_command("python -m train.init_head", {"train": ("absl", "ml_collections", "matplotlib"),
@@ -18,7 +18,7 @@ if __name__ == "__main__":
 
 import ml_collections  # noqa: E402
 
-from remap_jax.head_init import HeadInit  # noqa: E402
+from remap_jax.fit.head_init import HeadInit  # noqa: E402
 from train.build import init_options  # noqa: E402
 
 
@@ -42,8 +42,8 @@ def main(argv):
     del argv
     from absl import flags
 
-    from remap_jax.distributed import use_cpu_cores
-    from remap_jax.host_memory import apply_requested
+    from remap_jax.runtime.distributed import use_cpu_cores
+    from remap_jax.runtime.host_memory import apply_requested
 
     apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     use_cpu_cores(flags.FLAGS.cpu_devices)
@@ -58,6 +58,6 @@ if __name__ == "__main__":
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "directory for the outputs and the region-descriptor cache")
     flags.DEFINE_integer("cpu_devices", 0, "JAX devices on a CPU host: 0 = one per core (see "
-                         "remap_jax.distributed.use_cpu_cores)")
+                         "remap_jax.runtime.distributed.use_cpu_cores)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

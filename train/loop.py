@@ -22,13 +22,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from remap_jax import atomic, evaluate, mining
 from remap_jax.data.images import ImageList
-from remap_jax.distributed import host_copy, local_rows, sync_processes
-from remap_jax.evaluation import run_eval, validation_map
-from remap_jax.extract import Extractor, local_mesh
+from remap_jax.describe.extractor import Extractor, local_mesh
+from remap_jax.evaluation import metrics as evaluate
+from remap_jax.evaluation.benchmark import run_eval, validation_map
+from remap_jax.fit import mining
 from remap_jax.model import load_exported, model_from_config, save_exported
-from remap_jax.rerank import SuperGlobal
+from remap_jax.runtime import atomic
+from remap_jax.runtime.distributed import host_copy, local_rows, sync_processes
+from remap_jax.search.rerank import SuperGlobal
 from train.build import check_eval_shapes, initial_variables, initialise_head_from_config, model_spec
 from train.checkpoints import Checkpoints, MetricWriter
 from train.input import ImageSource

@@ -12,7 +12,7 @@ The mesh then spans every device of every process; process 0 writes the shared o
 
 import sys
 
-from remap_jax._extras import require_for_command
+from remap_jax.runtime.extras import require_for_command
 
 require_for_command("python -m train.main", {"train": ("absl", "ml_collections", "optax", "matplotlib"),
                                              "data": ("tensorflow_datasets",)})
@@ -47,7 +47,7 @@ def main(argv):
         sys.exit(2)
     import jax
 
-    from remap_jax import distributed
+    from remap_jax.runtime import distributed
 
     distributed.use_cpu_cores(FLAGS.cpu_devices)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

@@ -3,7 +3,7 @@
 Groups (`param_labels`): 'backbone', 'alpha' (ROI-stream region weights), 'whitening', 'head' (other head
 parameters, e.g. GeM's p) and 'frozen' (backbone modules named in `config.frozen_backbone_blocks`). Each group
 gets `config.learning_rate` times its multiplier (`group_lr_mults`; 0 freezes it), through
-`optax.multi_transform`; `remap_jax.heads.nonnegative_alpha()` is chained last so alpha stays >= 0.
+`optax.multi_transform`; `remap_jax.nn.heads.nonnegative_alpha()` is chained last so alpha stays >= 0.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from remap_jax import heads
+from remap_jax.nn import heads
 
 
 def names_module(entry: str, name: str) -> bool:

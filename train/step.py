@@ -19,7 +19,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from remap_jax import losses
+from remap_jax.fit import losses
 
 
 @struct.dataclass
@@ -89,7 +89,7 @@ def to_global_batch(rows: np.ndarray, sharding: NamedSharding, global_rows: int 
     """This host's rows of a batch -> the global array sharded over 'data'.
 
     With one process `rows` is the whole batch. With several, each host passes only the rows its devices hold
-    (`remap_jax.distributed.local_rows(sharding, global_rows)`), so no host loads the others' images.
+    (`remap_jax.runtime.distributed.local_rows(sharding, global_rows)`), so no host loads the others' images.
     """
     if jax.process_count() == 1:
         return jax.device_put(rows, sharding)

@@ -6,11 +6,11 @@ import os
 
 import ml_collections
 
-from remap_jax import losses
-from remap_jax.backbones.weights import INSTALLED
 from remap_jax.data import labelled
-from remap_jax.head_init import HeadInitOptions
+from remap_jax.fit import losses
+from remap_jax.fit.head_init import HeadInitOptions
 from remap_jax.model import spec_errors
+from remap_jax.nn.backbones.weights import INSTALLED
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("exponential", "cosine", "constant")
@@ -40,7 +40,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(not m.pretrained or m.pretrained == INSTALLED or os.path.exists(m.pretrained), "model.pretrained",
           f"'' (random init), {INSTALLED!r} (the arch's pip weights package) or an existing weights file")
     if m.pretrained == INSTALLED and m.arch:
-        from remap_jax.backbones.weights import PRETRAINED_PACKAGES
+        from remap_jax.nn.backbones.weights import PRETRAINED_PACKAGES
 
         check(m.arch in PRETRAINED_PACKAGES, "model.pretrained",
               f"a weights file: no pip package ships {m.arch} weights (packages exist for "
@@ -58,7 +58,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(is_size(config.test_image_size), "test_image_size", "(height, width), ints >= 32")
     check(config.num_workers >= 1, "num_workers", ">= 1")
     if config.get("test_rerank"):
-        from remap_jax.rerank import SuperGlobal
+        from remap_jax.search.rerank import SuperGlobal
 
         try:
             SuperGlobal.parse(config.test_rerank)

@@ -30,10 +30,10 @@ import tarfile
 import numpy as np
 from etils import epath
 
-from remap_jax._extras import require
 from remap_jax.data import synthetic
 from remap_jax.data.images import ImageDecodeError, crop_bbox, encode_jpeg, load_rgb
 from remap_jax.data.labelled import DatasetFileError  # noqa: F401 (one error class for every dataset file)
+from remap_jax.runtime.extras import require
 
 tfds = require("tensorflow_datasets", "data", "the TFDS datasets (remap_jax.data)")
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from remap_jax._extras import require
 from remap_jax.data import labelled
 from remap_jax.data.images import crop_bbox, load_rgb
+from remap_jax.runtime.extras import require
 
 TRAINING_SETS = ("sfm120k", "gldv2_clean", "synthetic_landmarks")
 TEST_SETS = ("roxford5k", "rparis6k", "synthetic_landmarks")

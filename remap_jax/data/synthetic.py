@@ -34,8 +34,8 @@ import functools
 
 import numpy as np
 
-from remap_jax._extras import require
 from remap_jax.data.images import load_rgb, resize_long_side
+from remap_jax.runtime.extras import require
 
 # Photos bundled in the scikit-image wheel (no pooch download), one landmark each. "cat" is the same picture
 # as "chelsea" and is left out; "motorcycle" is the left image of `stereo_motorcycle`.

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from remap_jax import atomic
 from remap_jax.data.images import encode_jpeg
+from remap_jax.runtime import atomic
 
 __all__ = ["DEMO_DATASET", "DEMO_EXPORT", "demo_model_flags", "prepare_demo", "write_demo_images"]
 
@@ -66,7 +66,8 @@ def write_demo_images(workdir: str, dataset: str = DEMO_DATASET, data_dir: str |
 def prepare_demo(workdir: str, model_flags: list[str], fingerprint: str, dataset: str = DEMO_DATASET,
                  data_dir: str | None = None) -> tuple[str, str]:
     """The demo's (index folder, images folder) under `workdir`, written and built if missing."""
-    from remap_jax import extract_cli, index_cli
+    from remap_jax.cli import extract as extract_cli
+    from remap_jax.cli import index as index_cli
 
     os.makedirs(workdir, exist_ok=True)
     images, _ = write_demo_images(workdir, dataset, data_dir)

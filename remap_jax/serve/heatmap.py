@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["Contributions", "cell_map", "contributions", "head_parameters"]
 
-# remap_jax.heads.l2_normalize: x * rsqrt(|x|^2 + eps^2)
+# remap_jax.nn.heads.l2_normalize: x * rsqrt(|x|^2 + eps^2)
 _EPS = 1e-6
 
 
@@ -48,7 +48,7 @@ def head_parameters(params: Mapping, layers: Sequence[str], region_counts: Mappi
     A constant alpha stored for another region count (an off-the-shelf head at another input size) is
     broadcast to `region_counts[layer]`, as the Extractor does; learned weights of the wrong size raise.
     """
-    from remap_jax.heads import stream_name
+    from remap_jax.nn.heads import stream_name
 
     alpha = {}
     for layer in layers:
@@ -122,7 +122,7 @@ def cell_map(boxes: np.ndarray, values: np.ndarray, map_size: Sequence[int], gri
 
     Args:
       boxes: (R, 4) int rows [y0, x0, h, w] in cells of a feature map of `map_size` = (H, W)
-        (`remap_jax.regions.rmac_regions`).
+        (`remap_jax.nn.regions.rmac_regions`).
       values: (R,) per-region values (contributions or weights).
       grid: (gh, gw) output cells; a map of another size than the grid is scaled onto it.
     Returns:

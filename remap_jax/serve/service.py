@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from remap_jax.data.images import crop_bbox, encode_jpeg, load_rgb, resize_long_side, resize_to
-from remap_jax.extract import Extractor, target_size
+from remap_jax.describe.extractor import Extractor, target_size
 from remap_jax.serve import heatmap
 from remap_jax.serve.batching import Batcher, BatchPolicy, default_policy
 from remap_jax.serve.stats import Stats
@@ -33,8 +33,8 @@ __all__ = ["ModelMismatchError", "Query", "RERANKERS", "SearchService"]
 
 
 def _superglobal(service: SearchService, descriptor: np.ndarray, positions: np.ndarray, scores: np.ndarray):
-    """SuperGlobal re-ranking (`remap_jax.rerank`, its default K and beta) of the whole shortlist."""
-    from remap_jax.rerank import SuperGlobal, superglobal_rerank
+    """SuperGlobal re-ranking (`remap_jax.search.rerank`, its default K and beta) of the whole shortlist."""
+    from remap_jax.search.rerank import SuperGlobal, superglobal_rerank
 
     options = SuperGlobal(m=len(positions), k=min(SuperGlobal.k, len(positions) - 1))
     top, top_scores = superglobal_rerank(descriptor[None], service.index.rerank_vectors(), positions[None],
@@ -103,7 +103,7 @@ class SearchService:
 
     Args:
       extractor: a single-scale Extractor: the model that described the index.
-      index: a `remap_jax.index.Index` whose ids are paths relative to `images_dir`.
+      index: a `remap_jax.search.index.Index` whose ids are paths relative to `images_dir`.
       images_dir: the only folder images are read from.
       policy: the batch policy (default: `default_policy` of the extractor's platform).
       max_k, default_k: the most results a search may ask for, and what it gets when it names none.
@@ -293,7 +293,7 @@ class SearchService:
 
     def explainable(self) -> str | None:
         """None when the heatmap can be computed, else why not."""
-        from remap_jax.heads import REMAPHead
+        from remap_jax.nn.heads import REMAPHead
 
         head = self.extractor.model.head
         if not isinstance(head, REMAPHead):
@@ -316,7 +316,7 @@ class SearchService:
     async def explain(self, token: str, result_id: str) -> dict:
         """Each region's share of the similarity between described query `token` and indexed `result_id`,
         and the learned region weights, as maps over the query (see `remap_jax.serve.heatmap`)."""
-        from remap_jax.regions import rmac_regions
+        from remap_jax.nn.regions import rmac_regions
 
         reason = self.explainable()
         if reason is not None:

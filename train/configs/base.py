@@ -11,7 +11,7 @@ import dataclasses
 
 import ml_collections
 
-from remap_jax.head_init import HeadInitOptions
+from remap_jax.fit.head_init import HeadInitOptions
 from remap_jax.model import HEAD_FIELDS, SPEC_DEFAULTS
 
 
@@ -26,7 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # ---- data
     c.dataset = "sfm120k"  # training set: remap_jax.data.load_training_set(name)
     c.test_dataset = "roxford5k"  # final evaluation: remap_jax.data.load_test_set(name); "" to skip
-    # SuperGlobal re-ranking of the final evaluations' top M (remap_jax.rerank): "" none, "default", or
+    # SuperGlobal re-ranking of the final evaluations' top M (remap_jax.search.rerank): "" none, "default", or
     # "m=200,k=9,beta=0.15" (any of them); results.json then names the settings
     c.test_rerank = ""
     c.data_dir = ""  # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
@@ -37,7 +37,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # ---- model: the fields of a model spec (remap_jax.model), exported with the weights, plus `pretrained`
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "resnet101"  # remap_jax.backbones.create_backbone name
+    c.model.arch = "resnet101"  # remap_jax.nn.backbones.create_backbone name
     c.model.taps = ("layer4.1", "layer4.2")  # backbone blocks fed to the head
     # head: remap | rmac | gem | mac | spoc; its fields (levels: R-MAC scales, levels=4 at a 24x32 map -> 40
     # regions; overlap; include_global: add the whole-map region; whiten: trainable whitening dense layer;
@@ -55,7 +55,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # evaluating the off-the-shelf model; training then starts from the KL alphas and the whitening
     c.initialise_head = False
     # options of `python -m train.init_head` (pairs, KL estimator, whitening method); see
-    # remap_jax.head_init.HeadInitOptions for every field.
+    # remap_jax.fit.head_init.HeadInitOptions for every field.
     c.init_head = ml_collections.ConfigDict(dataclasses.asdict(HeadInitOptions()))
 
     # ---- tuples and hard-negative mining

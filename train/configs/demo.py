@@ -28,7 +28,7 @@ def get_config():
 
     c.model.arch = "efficientnet_lite0"
     c.model.pretrained = "installed"
-    c.model.taps = ("blocks.15", "head")  # remap_jax.backbones.default_taps("efficientnet_lite0")
+    c.model.taps = ("blocks.15", "head")  # remap_jax.nn.backbones.default_taps("efficientnet_lite0")
     c.model.levels = 3
     c.initialise_head = True
     c.init_head.num_positive_pairs = 1300  # of the training split's 1605 matching pairs (over 1507 images)

@@ -1,0 +1,1 @@
+"""Images to descriptors: the Extractor, its input pipeline and programs, descriptor files, export."""

@@ -1,0 +1,1 @@
+"""Scoring rankings: metrics, query expansion, running a model on a benchmark, scoring files."""

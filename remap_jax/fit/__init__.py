@@ -1,0 +1,1 @@
+"""Fitting the head: KL region weights, whitening, head initialisation, triplet losses, mining."""
