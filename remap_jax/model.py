@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -333,11 +332,7 @@ def load_exported(path: str | os.PathLike) -> tuple[dict, dict]:
             f"checkpoint {path!r}: no {CONFIG_FILE}; expected an export directory written by "
             "remap_jax.model.save_exported (the trainer's {workdir}/export)"
         )
-    with open(config_path) as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"checkpoint {path!r}: {CONFIG_FILE} is not valid JSON ({e})") from e
+    raw = atomic.read_json(config_path, ValueError, f"checkpoint {path!r}: {CONFIG_FILE}")
     config = normalise_config(raw)
     params_path = os.path.join(path, PARAMS_FILE)
     if os.path.isfile(params_path):

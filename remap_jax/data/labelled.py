@@ -33,6 +33,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from remap_jax.runtime.atomic import read_json
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 KINDS = ("folder", "csv", "gnd")
 SPLITS = ("train", "val", "test")
@@ -439,11 +441,7 @@ def read_ground_truth(path: str, check_files: bool = True) -> dict:
     if not os.path.isfile(path):
         raise DatasetFileError(f"{path}: no such file; expected a ground-truth JSON with qimlist, imlist, "
                                "gnd")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetFileError(f"{path}: not valid JSON ({e})") from None
+    raw = read_json(path, DatasetFileError)
     if not isinstance(raw, dict) or not {"qimlist", "imlist", "gnd"} <= set(raw):
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise DatasetFileError(f"{path}: expected an object with keys qimlist, imlist, gnd; got {got}")

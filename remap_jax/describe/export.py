@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -202,11 +201,7 @@ def load_artifact(path: str | os.PathLike) -> tuple[jax.export.Exported, dict]:
     if not os.path.isfile(meta_path):
         raise ExportError(f"artifact {artifact!r}: no {METADATA_FILE} beside it; expected a directory "
                           "written by remap-export")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"artifact metadata {meta_path!r}: not valid JSON ({e})") from None
+    meta = atomic.read_json(meta_path, ExportError, f"artifact metadata {meta_path!r}")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ExportError(f"artifact metadata {meta_path!r}: not a remap-export file (format "
                           f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")

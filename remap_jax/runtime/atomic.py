@@ -1,4 +1,4 @@
-"""Atomic file and folder writes, and the project's one JSON writer.
+"""Atomic file and folder writes, and the project's one JSON writer and reader.
 
 Everything is written next to its destination under a temporary name and renamed into place at the end
 (`os.replace` is atomic within a file system); on any error the temporary is removed and the destination
@@ -6,7 +6,8 @@ is left as it was. Files and folders get the permissions `open()` / `os.makedirs
 the user's umask (the temporaries `tempfile` creates are private, 0600 / 0700, until they are renamed).
 
 JSON goes through `write_json` / `to_json`: numpy scalars and arrays become numbers and lists, and NaN or
-infinite floats become `null`, so every file is valid JSON.
+infinite floats become `null`, so every file is valid JSON; `read_json` reads one back and names the file
+when it is not JSON.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write", "jsonable", "make_temp_dir", "replace_dir", "save_npz", "to_json", "write_json"]
+__all__ = ["atomic_write", "jsonable", "make_temp_dir", "read_json", "replace_dir", "save_npz", "to_json",
+           "write_json"]
 
 
 def current_umask() -> int:
@@ -95,6 +97,21 @@ def write_json(path: str, obj, indent: int | None = 1) -> None:
     text = to_json(obj, indent=indent)
     with atomic_write(path, "w") as f:
         f.write(text + "\n")
+
+
+def read_json(path: str, error: type[Exception] = ValueError, label: str | None = None):
+    """The JSON value in `path`; a file that is not UTF-8 JSON raises `error` naming it.
+
+    `label` (default: the path) starts the message, e.g. ``"artifact metadata '/x/descriptor.json'"``. A
+    missing or unreadable file raises the `OSError` as it is: callers check for existence where they can
+    say what was expected there.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{label or path}: not valid JSON ({e})") from None
 
 
 def make_temp_dir(destination: str) -> str:

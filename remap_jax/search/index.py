@@ -31,7 +31,6 @@ never leaves a folder that loads.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
@@ -879,11 +878,7 @@ class Index:
                 f"index directory {directory}: not a remap-jax index (no index.json); expected a folder "
                 "written by Index.save or `remap-index build`"
             )
-        try:
-            with open(meta_path) as f:
-                meta = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise IndexFormatError(f"index directory {directory}: unreadable index.json ({e})") from e
+        meta = atomic.read_json(meta_path, IndexFormatError, f"index directory {directory}: index.json")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise IndexFormatError(f"index directory {directory}: index.json is not a {FORMAT_NAME} file")
         if meta.get("version") != FORMAT_VERSION or meta.get("method") not in METHODS:
