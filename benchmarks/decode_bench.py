@@ -174,7 +174,8 @@ def rank_agreement(name: str, upscale: int, image_size=(192, 256)) -> dict:
     """Draft vs full decoding of `name`'s images upscaled `upscale` times, ranked by Lite0 (see the module
     docstring)."""
     from remap_jax.data import load_test_set
-    from remap_jax.evaluation import metrics as evaluate
+    from remap_jax.evaluation import metrics
+    from remap_jax.search import ranking
 
     test = load_test_set(name)
     full, drafted, weights = _extractors("efficientnet_lite0", image_size)
@@ -189,8 +190,8 @@ def rank_agreement(name: str, upscale: int, image_size=(192, 256)) -> dict:
         scales = [decode_resized(p, [image_size]).draft_scale for p in queries + database]
         out = {}
         for label, extractor in (("full", full), ("draft", drafted)):
-            ranks = evaluate.rank_database(extractor(queries), extractor(database))
-            out[label] = ranks, evaluate.evaluate_revisited(ranks, test.gnd)
+            ranks = ranking.rank_database(extractor(queries), extractor(database))
+            out[label] = ranks, metrics.evaluate_revisited(ranks, test.gnd)
     (full_ranks, full_maps), (draft_ranks, draft_maps) = out["full"], out["draft"]
     overlap = [len(np.intersect1d(full_ranks[:10, j], draft_ranks[:10, j])) / 10
                for j in range(full_ranks.shape[1])]

@@ -21,14 +21,15 @@ import time
 
 import numpy as np
 
-from remap_jax.evaluation import metrics as E
+from remap_jax.evaluation import metrics
+from remap_jax.search import ranking
 
 
 def classic_revisited(ranks, gnd, kappas=(1, 5, 10)):
     """Reference: per query and setup, find positives/junk by scanning the ranking with np.isin."""
     kappas = np.asarray(kappas)
     out = {}
-    for name, setup in E.revisited_setups(gnd).items():
+    for name, setup in metrics.revisited_setups(gnd).items():
         aps = []
         for q, g in enumerate(setup):
             ok, junk = np.asarray(g["ok"]), np.asarray(g["junk"])
@@ -37,7 +38,7 @@ def classic_revisited(ranks, gnd, kappas=(1, 5, 10)):
             pos = np.flatnonzero(np.isin(ranks[:, q], ok))
             jpos = np.flatnonzero(np.isin(ranks[:, q], junk))
             pos = pos - np.searchsorted(jpos, pos)
-            aps.append(E.average_precision(pos, ok.size))
+            aps.append(metrics.average_precision(pos, ok.size))
         out[name] = 100.0 * float(np.mean(aps))
     return out
 
@@ -60,7 +61,7 @@ def bench_scoring(sizes, num_queries=70, repeat=2, seed=0):
         for _ in range(num_queries):  # disjoint easy / hard / junk, like the real ground truth
             ids = rng.choice(min(n, 5000), 100, replace=False)
             gnd.append({"easy": ids[:30], "hard": ids[30:70], "junk": ids[70:]})
-        t_vec, res = _timeit(lambda ranks=ranks, gnd=gnd: E.evaluate_revisited(ranks, gnd), repeat)
+        t_vec, res = _timeit(lambda ranks=ranks, gnd=gnd: metrics.evaluate_revisited(ranks, gnd), repeat)
         t_ref, ref = _timeit(lambda ranks=ranks, gnd=gnd: classic_revisited(ranks, gnd), 1)
         for s in ("easy", "medium", "hard"):  # same numbers, or the comparison is meaningless
             assert abs(res[s]["mAP"] - ref[s]) < 1e-9, (s, res[s]["mAP"], ref[s])
@@ -70,7 +71,7 @@ def bench_scoring(sizes, num_queries=70, repeat=2, seed=0):
 
 
 def numpy_rank_database(qvecs, dbvecs, k=None, chunk=262_144):
-    """Reference: the previous `evaluate.rank_database`, numpy only (a stable argsort per query column)."""
+    """Reference: the previous `rank_database`, numpy only (a stable argsort per query column)."""
     qvecs, dbvecs = np.asarray(qvecs, np.float32), np.asarray(dbvecs, np.float32)
     n = dbvecs.shape[0]
     if k is None or k >= n:
@@ -144,18 +145,18 @@ def bench_ranking(sizes, num_queries=70, dim=512, seed=0, top=100, repeat=2):
         db = quantised_database(n, dim, rng)
         q = quantised_database(num_queries, dim, rng)
         warm = db[: min(n, 65_536)]  # same chunk and query shapes as below: compiles outside the timings
-        E.rank_database(q, warm)
-        E.rank_database(q, warm, k=top)
+        ranking.rank_database(q, warm)
+        ranking.rank_database(q, warm, k=top)
         # best of `repeat` for each: the first touch of fresh memory is slow on some VMs, whichever runs first
         t_old, old, mem_old, cpu_old = _timed_peak(lambda db=db, q=q: numpy_rank_database(q, db), repeat)
-        t_new, new, mem_new, cpu_new = _timed_peak(lambda db=db, q=q: E.rank_database(q, db), repeat)
+        t_new, new, mem_new, cpu_new = _timed_peak(lambda db=db, q=q: ranking.rank_database(q, db), repeat)
         identical = bool(np.array_equal(old, new))
         ranked = (db @ q[0])[new[:, 0]]  # query 0's scores in ranked order
         tie_fraction = float(np.mean(ranked[1:] == ranked[:-1]))
         full_cut = np.array(new[:top])
         del old, new, ranked
         t_old_top, old_top, _, _ = _timed_peak(lambda db=db, q=q: numpy_rank_database(q, db, k=top))
-        t_new_top, new_top, _, _ = _timed_peak(lambda db=db, q=q: E.rank_database(q, db, k=top))
+        t_new_top, new_top, _, _ = _timed_peak(lambda db=db, q=q: ranking.rank_database(q, db, k=top))
         # the previous top-k path picked arbitrary members of a tie group at the cut (argpartition)
         rows.append(
             {

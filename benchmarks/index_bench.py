@@ -54,7 +54,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from remap_jax.search.index import Index, _import_scann, default_scann_options, tree_leaves  # noqa: E402
+from remap_jax.search.index import Index  # noqa: E402
+from remap_jax.search.index_options import default_scann_options, tree_leaves  # noqa: E402
+from remap_jax.search.scann_backend import import_scann  # noqa: E402
 
 
 def synthetic(
@@ -348,7 +350,7 @@ def bench_dataset(label, db, queries, args, has_faiss):
     leaves_sweep = [int(x) for x in args.leaves_to_search.split(",")] if args.leaves_to_search else None
     reorder_sweep = [int(x) for x in args.reorder_sweep.split(",")]
     if kinds:
-        _import_scann()  # TensorFlow + ScaNN load once, outside the build timings and memory deltas
+        import_scann()  # TensorFlow + ScaNN load once, outside the build timings and memory deltas
     for name, opts, sweep in scann_builds(n, d, pq_list, args.pq_bits, kinds, leaves_sweep, reorder_sweep):
         for row in run_scann(name, opts, sweep, db, queries, k, truth, args.train_size):
             rows.append(row)

@@ -35,12 +35,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remap_jax.data.images import ImageList  # noqa: E402
-from remap_jax.evaluation import metrics as evaluate  # noqa: E402
+from remap_jax.evaluation import metrics  # noqa: E402
 from remap_jax.fit import (
     head_init,  # noqa: E402
     whitening,  # noqa: E402
 )
 from remap_jax.nn.regions import num_regions  # noqa: E402
+from remap_jax.search import ranking  # noqa: E402
 
 
 def load_config(path: str):
@@ -69,11 +70,11 @@ def fit_whitening(method: str, x: np.ndarray, positives: np.ndarray, out_dim: in
 
 def score(qvecs, dbvecs, gnd) -> tuple[dict, np.ndarray]:
     """mAP (%) per setup, and the per-query AP (%) of the main setup (Medium, or the only one)."""
-    ranks = evaluate.rank_database(qvecs, dbvecs)
+    ranks = ranking.rank_database(qvecs, dbvecs)
     if gnd and "easy" in gnd[0]:
-        res = evaluate.evaluate_revisited(ranks, gnd)
+        res = metrics.evaluate_revisited(ranks, gnd)
         return {k: round(float(res[k]["mAP"]), 2) for k in ("easy", "medium", "hard")}, res["medium"]["aps"]
-    m, aps, _, _ = evaluate.compute_map(ranks, gnd)
+    m, aps, _, _ = metrics.compute_map(ranks, gnd)
     return {"mAP": round(100.0 * float(m), 2)}, 100.0 * aps
 
 

@@ -15,7 +15,7 @@ queries it reports, so the chosen defaults are tuned on the test split: read the
 settings, not as a held-out result.
 
 `cost`: random unit vectors (clustered like descriptors do not change the work); per database size and
-dimension, 64 queries: exact top-M search alone (`remap_jax.search.index.exact_search`) against the same
+dimension, 64 queries: exact top-M search alone (`remap_jax.search.exact.exact_search`) against the same
 search
 followed by `superglobal_rerank` of the top M, side by side in one run; milliseconds per query and their
 ratio. A database over half the memory available is written to a memory-mapped temporary file (the
@@ -217,7 +217,7 @@ def measure_cost(n: int, dim: int, m: int = 100, queries: int = 64, repeats: int
 
 
 def _measure(db, q, m, repeats, k, beta) -> dict:
-    from remap_jax.search.index import exact_search
+    from remap_jax.search.exact import exact_search
     from remap_jax.search.rerank import SuperGlobal, superglobal_rerank
 
     queries = q.shape[0]

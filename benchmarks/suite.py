@@ -11,9 +11,8 @@ below are the accelerator's; `--quick` shrinks them, see `preset`):
 - `roi_pool`: `roi_max_pool` (both lowerings, `slices` and `gather`) on stage-4 and stage-5 ResNet maps at
   1024x768 (batch 32; 8 on a CPU), float32 and bfloat16, vs the classic loop of slices (`naive`) and the
   full-map max (the floor); `benchmarks/roi_pool_bench.py` (`run`), which checks the results equal the loop's.
-- `exact_search`: `remap_jax.search.index.exact_search` top-100 of 1000 queries in 1M x 512 unit vectors vs a
-numpy
-  brute force (chunked matmul + argpartition, `benchmarks/eval_bench.py`); equal results checked.
+- `exact_search`: `remap_jax.search.exact.exact_search` top-100 of 1000 queries in 1M x 512 unit vectors vs a
+  numpy brute force (chunked matmul + argpartition, `benchmarks/eval_bench.py`); equal results checked.
 - `ranking`: evaluation at 1M database images (`benchmarks/eval_bench.py`): `rank_database` full depth and
   top-100 vs the previous numpy path (identical ranks checked), and revisited scoring vs the np.isin scan.
 - `input`: does the host keep the device fed? images/s the host side delivers through the Extractor's
@@ -441,7 +440,7 @@ def block_exact_search(cfg: dict, out: RowWriter, peaks: dict | None) -> None:
     import numpy as np
     import roofline
 
-    from remap_jax.search.index import exact_search
+    from remap_jax.search.exact import exact_search
 
     n, dim, nq, k = cfg["n"], cfg["dim"], cfg["queries"], cfg["k"]
     db, queries = _unit_rows(n, dim, 0), _unit_rows(nq, dim, 1)

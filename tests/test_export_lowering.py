@@ -20,7 +20,7 @@ from remap_jax.model import RetrievalModel, build_head, init_variables
 from remap_jax.nn import backbones
 from remap_jax.nn.regions import rmac_regions
 from remap_jax.nn.roi_pool import roi_max_pool
-from remap_jax.search import index
+from remap_jax.search import exact
 from train import step as train_step
 
 ACCELERATORS = ("cuda", "tpu")
@@ -132,7 +132,7 @@ def test_train_step_over_a_mesh_lowers_for_accelerators():
 
 
 def test_exact_search_lowers_for_accelerators_in_float32():
-    step = index._exact_step_fn(5)
+    step = exact._exact_step_fn(5)
     args = [jax.ShapeDtypeStruct(s, d) for s, d in (((4, 5), jnp.float32), ((4, 5), jnp.int32),
                                                     ((4, 16), jnp.float32), ((64, 16), jnp.float32),
                                                     ((), jnp.int32), ((), jnp.int32))]

@@ -1,4 +1,5 @@
-"""Tests for remap_jax.search.index: exact search against numpy, ScaNN PQ search, save/load, errors."""
+"""Tests for remap_jax.search.index and the modules behind it (exact, index_options, index_files,
+scann_backend): exact search against numpy, ScaNN PQ search, save/load, errors."""
 
 import json
 import os
@@ -9,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from remap_jax.search import index as index_mod
-from remap_jax.search.index import Index, IndexFormatError, exact_search, truncate_and_normalize
+from remap_jax.search import exact, index_files, index_options
+from remap_jax.search.exact import exact_search
+from remap_jax.search.index import Index, truncate_and_normalize
+from remap_jax.search.index_files import IndexFormatError
 
 
 def _unit(x):
@@ -74,7 +77,7 @@ def test_exact_full_order_path_matches_a_stable_numpy_sort(monkeypatch, k):
     q[3] = -q[4]
     sims = q @ db.T
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    monkeypatch.setattr(index_mod, "FULL_ORDER_MIN_K", 1000)  # k = 1500 and up: the host-sort path
+    monkeypatch.setattr(exact, "FULL_ORDER_MIN_K", 1000)  # k = 1500 and up: the host-sort path
     pos, scores = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8)  # 12 chunks, 3 batches
     np.testing.assert_array_equal(pos, order)
     np.testing.assert_array_equal(scores, np.take_along_axis(sims, order, axis=1))
@@ -82,7 +85,7 @@ def test_exact_full_order_path_matches_a_stable_numpy_sort(monkeypatch, k):
     pos_only, no_scores = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8, return_scores=False)
     assert no_scores is None
     np.testing.assert_array_equal(pos_only, order)
-    monkeypatch.setattr(index_mod, "FULL_ORDER_MIN_K", 10**9)  # the running device top-k, same answer
+    monkeypatch.setattr(exact, "FULL_ORDER_MIN_K", 10**9)  # the running device top-k, same answer
     running, _ = exact_search(db, q, k, chunk_bytes=256 * 8 * 4, query_batch=8)
     np.testing.assert_array_equal(running, order)
 
@@ -185,7 +188,7 @@ def test_scann_truncate_dim(data):
 
 
 def test_default_scann_options_scale_with_the_database():
-    resolve = index_mod._resolve_options
+    resolve = index_options.resolve_options
     small = resolve("scann", {}, 32, 2000)
     assert small["leaves"] == 0 and small["leaves_to_search"] is None  # below TREE_MIN_VECTORS: no tree
     assert small["pq_bytes"] == 4 and small["pq_bits"] == 4  # d/8 bytes = d/4 sub-vectors of 4 bits
@@ -199,8 +202,8 @@ def test_default_scann_options_scale_with_the_database():
     assert (mid["leaves"], mid["leaves_to_search"], mid["pq_bytes"]) == (300, 15, 64)
     big = resolve("scann", {}, 2048, 1_000_000)
     assert (big["leaves"], big["leaves_to_search"], big["pq_bytes"]) == (1000, 50, 256)
-    edge = resolve("scann", {}, 128, index_mod.TREE_MIN_VECTORS)
-    assert edge["leaves"] == round(index_mod.TREE_MIN_VECTORS**0.5)
+    edge = resolve("scann", {}, 128, index_options.TREE_MIN_VECTORS)
+    assert edge["leaves"] == round(index_options.TREE_MIN_VECTORS**0.5)
     # given options win; leaves_to_search follows the given leaves; None/0 switch a stage off
     given = resolve("scann", {"leaves": 40, "reorder": 0, "anisotropic_threshold": None}, 512, 1_000_000)
     assert (given["leaves"], given["leaves_to_search"], given["reorder"]) == (40, 2, 0)
@@ -210,12 +213,12 @@ def test_default_scann_options_scale_with_the_database():
     assert resolve("scann", {"truncate_dim": 128}, 512, 5000)["pq_bytes"] == 16
     assert resolve("scann", {"pq_bytes": 32}, 64, 5000)["pq_bits"] == 4
     assert resolve("scann", {"pq_bytes": 33}, 64, 5000)["pq_bits"] == 8
-    assert sorted(small) == sorted(index_mod._SCANN_OPTIONS)
+    assert sorted(small) == sorted(index_options.SCANN_OPTIONS)
 
 
 def test_default_scann_index_has_high_recall_and_records_its_options(tmp_path):
     # Above TREE_MIN_VECTORS, so the default builds the k-means tree; queries are perturbed database rows.
-    n = index_mod.TREE_MIN_VECTORS
+    n = index_options.TREE_MIN_VECTORS
     db = _clustered(n, 32, clusters=200, noise=0.35, seed=3)
     rng = np.random.default_rng(4)
     q = _unit(db[rng.choice(n, 100, replace=False)] + 0.1 * rng.standard_normal((100, 32)))
@@ -245,10 +248,11 @@ def test_scann_build_prints_no_info_lines_but_keeps_warnings():
     # since the log level is set when scann is first imported.
     script = (
         "import numpy as np\n"
-        "from remap_jax.search.index import Index, _scann_min_log_level\n"
+        "from remap_jax.search.index import Index\n"
+        "from remap_jax.search.scann_backend import scann_min_log_level\n"
         "x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)\n"
         "Index.build(x, method='scann', leaves=30).search(x[:5], 3)\n"
-        "print('level', _scann_min_log_level())\n"
+        "print('level', scann_min_log_level())\n"
         "Index.build(np.ones((300, 16), np.float32), method='scann', leaves=10)  # identical points: warns\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -304,7 +308,7 @@ def test_interrupted_save_leaves_nothing_that_loads(data, tmp_path, monkeypatch)
             raise KeyboardInterrupt("simulated interruption")
         return real_save(path, arr, *args, **kwargs)
 
-    monkeypatch.setattr(index_mod.np, "save", failing_save)
+    monkeypatch.setattr(index_files.np, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
         ix.save(tmp_path / "new")
     calls["n"] = 0

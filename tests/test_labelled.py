@@ -9,7 +9,7 @@ import pytest
 
 from remap_jax.data import labelled, load_test_set, load_training_set
 from remap_jax.data.images import encode_jpeg, load_rgb
-from remap_jax.evaluation import metrics as evaluate
+from remap_jax.evaluation import metrics
 
 
 def _image(seed: int, size=(24, 32)) -> bytes:
@@ -227,18 +227,18 @@ def test_recall_at_k_and_the_labelled_table():
     # 3 queries over 5 images; the query itself (junk) is ranked first and removed before scoring
     ranks = np.array([[0, 3, 1, 2, 4], [1, 2, 0, 3, 4], [2, 4, 3, 0, 1]]).T  # (K, queries)
     gnd = [{"ok": [1], "junk": [0]}, {"ok": [0, 3], "junk": [1]}, {"ok": [], "junk": [2]}]
-    recall, hits = evaluate.recall_at_k(ranks, gnd, ks=(1, 2, 3))
+    recall, hits = metrics.recall_at_k(ranks, gnd, ks=(1, 2, 3))
     # q0 ranking without junk: 3, 1, 2, 4 -> first positive at 0-based 1; q1: 2, 0, 3, 4 -> at 1
     np.testing.assert_array_equal(hits[:2], [[0, 1, 1], [0, 1, 1]])
     assert np.isnan(hits[2]).all()
     np.testing.assert_allclose(recall, [0.0, 1.0, 1.0])
-    results = evaluate.evaluate_labelled(ranks, gnd, kappas=(1, 2), recall_ks=(1, 2))
+    results = metrics.evaluate_labelled(ranks, gnd, kappas=(1, 2), recall_ks=(1, 2))
     entry = results["all"]
     assert entry["num_queries"] == 2 and entry["R@1"] == 0.0 and entry["R@2"] == 100.0
-    assert entry["mAP"] == pytest.approx(100 * evaluate.compute_map(ranks, gnd)[0])
-    table = evaluate.format_revisited_table(results)
+    assert entry["mAP"] == pytest.approx(100 * metrics.compute_map(ranks, gnd)[0])
+    table = metrics.format_revisited_table(results)
     assert "R@1" in table and "mP@2" in table and table.splitlines()[-1].startswith("All")
-    assert evaluate.main_setup(results) == "all"
+    assert metrics.main_setup(results) == "all"
 
 
 def _feature_file(path, ids, vecs):

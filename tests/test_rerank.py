@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from remap_jax.evaluation import metrics as evaluate
+from remap_jax.evaluation import expansion
+from remap_jax.search import ranking
 from remap_jax.search.rerank import SuperGlobal, rerank_ranks, superglobal_rerank
 
 
@@ -48,7 +49,7 @@ def reference_superglobal(q, db, shortlist, m, k, beta):
 def test_matches_plain_loop_reference(m, k, beta):
     db = clustered(60, 24, 0)
     q = clustered(5, 24, 1)
-    shortlist = evaluate.rank_database(q, db, k=30).T
+    shortlist = ranking.rank_database(q, db, k=30).T
     positions, scores = superglobal_rerank(q, db, shortlist, SuperGlobal(m=m, k=k, beta=beta))
     expected = reference_superglobal(q, db, shortlist, m, k, beta)
     np.testing.assert_array_equal(positions, expected)
@@ -63,7 +64,7 @@ def test_device_database_gives_the_same_ranking():
 
     db = clustered(80, 24, 2)
     q = clustered(7, 24, 3)
-    shortlist = evaluate.rank_database(q, db, k=25).T
+    shortlist = ranking.rank_database(q, db, k=25).T
     options = SuperGlobal(m=20, k=4, beta=0.2)
     host = superglobal_rerank(q, db, shortlist, options)
     device = superglobal_rerank(q, jax.device_put(db), shortlist, options)
@@ -74,14 +75,14 @@ def test_device_database_gives_the_same_ranking():
 def test_rank_database_reranks_only_the_top_m():
     db = clustered(70, 24, 4)
     q = clustered(6, 24, 5)
-    plain = evaluate.rank_database(q, db)
+    plain = ranking.rank_database(q, db)
     options = SuperGlobal(m=20, k=4, beta=0.15)
-    reranked = evaluate.rank_database(q, db, rerank=options)
+    reranked = ranking.rank_database(q, db, rerank=options)
     np.testing.assert_array_equal(reranked[20:], plain[20:])
     np.testing.assert_array_equal(reranked, rerank_ranks(plain, q, db, options))
     assert not np.array_equal(reranked[:20], plain[:20])
     # a cut shallower than m still re-ranks the whole top m first, then cuts
-    np.testing.assert_array_equal(evaluate.rank_database(q, db, k=10, rerank=options), reranked[:10])
+    np.testing.assert_array_equal(ranking.rank_database(q, db, k=10, rerank=options), reranked[:10])
 
 
 def test_query_batches_agree_with_one_batch(monkeypatch):
@@ -89,7 +90,7 @@ def test_query_batches_agree_with_one_batch(monkeypatch):
 
     db = clustered(50, 24, 6)
     q = clustered(11, 24, 7)
-    shortlist = evaluate.rank_database(q, db, k=20).T
+    shortlist = ranking.rank_database(q, db, k=20).T
     whole = superglobal_rerank(q, db, shortlist, SuperGlobal(m=20, k=4))
     monkeypatch.setattr(rerank, "_query_batch", lambda *a, **kw: 8)  # 2 batches, the last padded
     split = superglobal_rerank(q, db, shortlist, SuperGlobal(m=20, k=4))
@@ -99,7 +100,7 @@ def test_query_batches_agree_with_one_batch(monkeypatch):
 def test_beta_zero_is_plain_expansion_of_unrefined_rows():
     db = clustered(40, 24, 8)
     q = clustered(3, 24, 9)
-    shortlist = evaluate.rank_database(q, db, k=20).T
+    shortlist = ranking.rank_database(q, db, k=20).T
     positions, _ = superglobal_rerank(q, db, shortlist, SuperGlobal(m=20, k=4, beta=0.0))
     np.testing.assert_array_equal(positions, reference_superglobal(q, db, shortlist, 20, 4, 0.0))
 
@@ -137,7 +138,7 @@ def test_m_larger_than_database():
     with pytest.raises(ValueError, match=r"rerank m: expected m <= 10 \(the database size\), got m=20"):
         superglobal_rerank(q, db, np.zeros((2, 20), np.int64), SuperGlobal(m=20))
     with pytest.raises(ValueError, match=r"rerank m: expected m <= 10"):
-        evaluate.rank_database(q, db, rerank=SuperGlobal(m=20))
+        ranking.rank_database(q, db, rerank=SuperGlobal(m=20))
 
 
 def test_nan_rows():
@@ -145,7 +146,7 @@ def test_nan_rows():
 
     db = clustered(30, 24, 0)
     q = clustered(2, 24, 1)
-    shortlist = evaluate.rank_database(q, db, k=20).T
+    shortlist = ranking.rank_database(q, db, k=20).T
     bad = db.copy()
     bad[shortlist[1, 3]] = np.nan
     match = rf"database: row {shortlist[1, 3]} \(in the shortlist of query [01]\) contains NaN"
@@ -171,7 +172,7 @@ def test_mismatched_dimensions_and_shortlists():
     with pytest.raises(ValueError, match="rerank: expected a SuperGlobal"):
         superglobal_rerank(q, db, np.zeros((2, 10), np.int64), {"m": 10})
     with pytest.raises(ValueError, match="rerank: expected a SuperGlobal"):
-        evaluate.rank_database(q, db, rerank={"m": 10})
+        ranking.rank_database(q, db, rerank={"m": 10})
 
 
 # ------------------------------------------------------------------------------------------------ Index
@@ -183,7 +184,7 @@ def test_index_search_reranks_exact_and_scann(tmp_path):
     db = clustered(300, 24, 10)
     q = clustered(4, 24, 11)
     options = SuperGlobal(m=20, k=4)
-    plain = evaluate.rank_database(q, db, k=30).T
+    plain = ranking.rank_database(q, db, k=30).T
     expected, expected_scores = superglobal_rerank(q, db, plain, options)
 
     exact = Index.build(db, ids=np.arange(300) + 1000)
@@ -240,9 +241,9 @@ def test_evaluate_descriptors_reranks_after_dba_and_qe_and_records_settings(tmp_
     options = SuperGlobal(m=20, k=4)
     res, ranks = evaluate_descriptors(q, db, gnd, qe=True, dba=True, rerank=options, return_ranks=True)
     assert res["rerank"] == {"method": "superglobal", "m": 20, "k": 4, "beta": 1.0}
-    aug = evaluate.alpha_database_augmentation(db)
-    expanded = evaluate.alpha_query_expansion(q, aug)
-    np.testing.assert_array_equal(ranks, evaluate.rank_database(expanded, aug, rerank=options))
+    aug = expansion.alpha_database_augmentation(db)
+    expanded = expansion.alpha_query_expansion(q, aug)
+    np.testing.assert_array_equal(ranks, ranking.rank_database(expanded, aug, rerank=options))
     write_results(str(tmp_path / "results.json"), res, name="toy")
     assert json.loads((tmp_path / "results.json").read_text())["rerank"]["m"] == 20
     via_index = evaluate_descriptors(q, db, gnd, rerank=options, index="exact")
@@ -310,7 +311,7 @@ def test_remap_index_search_rerank(tmp_path, capsys):
     assert main([*search, "--rerank", "m=20,k=4", "--out", str(out)]) == 0
     assert "SuperGlobal M=20 K=4 beta=1" in capsys.readouterr().out
     r = np.load(out)
-    plain = evaluate.rank_database(q, db, k=25).T
+    plain = ranking.rank_database(q, db, k=25).T
     expected, _ = superglobal_rerank(q, db, plain, SuperGlobal(m=20, k=4))
     np.testing.assert_array_equal(r["positions"][:, :20], expected)
     np.testing.assert_array_equal(r["positions"][:, 20:], plain[:, 20:])

@@ -45,7 +45,7 @@ sys.path.insert(0, REPO)
 # numpy / PIL / scikit-image only (the package __init__ files import lazily; evaluate_revisited is numpy).
 from remap_jax.data import synthetic as S  # noqa: E402
 from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, crop_bbox, encode_jpeg, resize_to  # noqa: E402
-from remap_jax.evaluation import metrics as E  # noqa: E402
+from remap_jax.evaluation import metrics  # noqa: E402
 from remap_jax.nn.regions import rmac_regions  # noqa: E402
 
 FINAL = "head"
@@ -128,10 +128,10 @@ def pool(fmap: np.ndarray, method: str, levels: int = 3) -> np.ndarray:
 
 def score(qvecs, dbvecs, gnd) -> dict[str, float]:
     """Easy / Medium / Hard mAP (%) of an exact cosine ranking (ties: lower index first). Ranked here in
-    numpy: remap_jax.evaluation.metrics.rank_database goes through JAX, which this virtualenv does not
+    numpy: remap_jax.search.ranking.rank_database goes through JAX, which this virtualenv does not
     have."""
     ranks = np.argsort(-(np.asarray(dbvecs) @ np.asarray(qvecs).T), axis=0, kind="stable")
-    results = E.evaluate_revisited(ranks, gnd)
+    results = metrics.evaluate_revisited(ranks, gnd)
     return {k: round(results[k]["mAP"], 2) for k in ("easy", "medium", "hard")}
 
 

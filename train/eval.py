@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="downscale images to this long side first")
     p.add_argument("--grid-queries", type=int, default=4, help="queries shown in topk.png (0: none)")
     p.add_argument("--index", choices=("exact", "scann"), default=None,
-                   help="rank through remap_jax.search.index (scann: PQ codes) instead of exact ranking")
+                   help="rank through a remap_jax.Index (scann: PQ codes) instead of exact ranking")
     p.add_argument("--pq-bytes", type=int, default=None, help="--index scann: PQ code bytes per image")
     p.add_argument("--leaves", type=int, default=None, help="--index scann: k-means tree partitions")
     p.add_argument("--reorder", type=int, default=None, help="--index scann: exactly re-score N candidates")
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     distributed.initialize_from_args(args)
     from remap_jax.data import load_test_set
     from remap_jax.describe.descriptor_files import load_features
-    from remap_jax.evaluation import metrics as evaluate
+    from remap_jax.evaluation import metrics
     from remap_jax.evaluation.benchmark import run_eval
 
     extra = None
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         + (f" + {len(extra)} distractors from feature files" if extra is not None else "")
         + (f", {' + '.join(extras)}" if extras else "")
     )
-    print(evaluate.format_revisited_table(results, title=title))
+    print(metrics.format_revisited_table(results, title=title))
     print(f"results, descriptors and top-10 grid in {args.out} ({results['seconds']:.1f} s)")
     return results
 

@@ -24,8 +24,8 @@ from jax.sharding import PartitionSpec as P
 
 from remap_jax.data.images import ImageList
 from remap_jax.describe.extractor import Extractor, local_mesh
-from remap_jax.evaluation import metrics as evaluate
 from remap_jax.evaluation.benchmark import run_eval, validation_map
+from remap_jax.evaluation.metrics import format_revisited_table, main_setup
 from remap_jax.fit import mining
 from remap_jax.model import load_exported, model_from_config, save_exported
 from remap_jax.runtime import atomic
@@ -193,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                            progress=is_main, rerank=test_rerank)
         if is_main:
             atomic.write_json(os.path.join(workdir, f"{name}.json"), results)
-        say(f"test set {config.test_dataset!r} {title}:\n{evaluate.format_revisited_table(results)}")
+        say(f"test set {config.test_dataset!r} {title}:\n{format_revisited_table(results)}")
         return results
 
     def export(state) -> None:
@@ -333,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
             with open(before_path) as f:
                 summary["test_before"] = json.load(f)
-        setup = evaluate.main_setup(summary["test_after"])  # "medium", or "all" for a labelled test set
+        setup = main_setup(summary["test_after"])  # "medium", or "all" for a labelled test set
         medium = {k: summary[k][setup]["mAP"] for k in ("test_off_the_shelf", "test_before", "test_after")
                   if k in summary}
         if "test_off_the_shelf" in medium:

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from remap_jax.data.labelled import DataReport
     from remap_jax.describe.descriptor_files import FeatureFileError
-    from remap_jax.evaluation import metrics as evaluate
+    from remap_jax.evaluation import metrics
     from remap_jax.evaluation.benchmark import write_results
     from remap_jax.evaluation.score_files import score_features
 
@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(DataReport.from_dict(report).format())
     extras = [s for s, on in (("alpha-QE", args.qe), ("alpha-DBA", args.dba)) if on]
-    print(evaluate.format_revisited_table(results, title=f"{args.labels}" + (f", {' + '.join(extras)}"
-                                                                              if extras else "")))
+    print(metrics.format_revisited_table(results, title=f"{args.labels}" + (f", {' + '.join(extras)}"
+                                                                             if extras else "")))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         write_results(os.path.join(args.out, "results.json"), {**results, "data_report": report},

@@ -107,7 +107,8 @@ def _search(args) -> None:
 
 
 def _info(args) -> None:
-    from remap_jax.search.index import Index, IndexFormatError
+    from remap_jax.search.index import Index
+    from remap_jax.search.index_files import IndexFormatError
 
     path = os.path.join(args.index, "index.json")
     Index.load(args.index)  # validates the folder completely
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=("exact", "scann"),
         help="default: scann when any ScaNN flag is given, else exact. ScaNN options not given are chosen "
-        "for N and D (remap_jax.search.index.default_scann_options; `remap-index info` shows them)",
+        "for N and D (remap_jax.search.index_options.default_scann_options; `remap-index info` shows them)",
     )
     b.add_argument("--pq-bytes", type=int, help="PQ code bytes per vector (default D/8)")
     b.add_argument(

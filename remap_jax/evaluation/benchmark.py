@@ -25,8 +25,9 @@ import numpy as np
 
 from remap_jax.data.images import ImageList, resize_long_side
 from remap_jax.describe.extractor import Extractor, describe_resumable
-from remap_jax.evaluation import metrics as evaluate
+from remap_jax.evaluation import expansion, metrics
 from remap_jax.runtime import atomic
+from remap_jax.search import ranking
 
 __all__ = ["build_index", "describe_test_set", "evaluate_descriptors", "rank", "run_eval", "save_topk_grid",
            "validation_map", "write_results"]
@@ -48,11 +49,11 @@ def rank(qvecs, dbvecs, k: int | None = None, *, index=None, rerank=None) -> np.
 
     ``index``: a :class:`remap_jax.search.index.Index` built over ``dbvecs`` (see :func:`build_index`; e.g.
     ScaNN
-    product-quantised codes); None ranks exactly (`remap_jax.evaluation.metrics.rank_database`).
+    product-quantised codes); None ranks exactly (`remap_jax.search.ranking.rank_database`).
     ``rerank``: a :class:`remap_jax.search.rerank.SuperGlobal` re-ranking each query's top M (None: none).
     """
     if index is None:
-        return evaluate.rank_database(qvecs, dbvecs, k=k, rerank=rerank)
+        return ranking.rank_database(qvecs, dbvecs, k=k, rerank=rerank)
     if len(index) != len(dbvecs):
         raise ValueError(f"index: holds {len(index)} vectors, expected {len(dbvecs)} (one per database row)")
     depth = len(index) if k is None else min(k, len(index))
@@ -120,16 +121,16 @@ def evaluate_descriptors(
     if num_index is not None and dbvecs.shape[0] != num_index:
         raise ValueError(f"dbvecs: expected {num_index} rows (the test set's index), got {dbvecs.shape[0]}")
     if dba:
-        dbvecs = evaluate.alpha_database_augmentation(dbvecs, k=dba_k, alpha=dba_alpha)
+        dbvecs = expansion.alpha_database_augmentation(dbvecs, k=dba_k, alpha=dba_alpha)
     searcher = None if index is None else build_index(dbvecs, index, **(index_options or {}))
     if qe:
         first = rank(qvecs, dbvecs, k=max(qe_k, 1), index=searcher)
-        qvecs = evaluate.alpha_query_expansion(qvecs, dbvecs, k=qe_k, alpha=qe_alpha, ranks=first)
+        qvecs = expansion.alpha_query_expansion(qvecs, dbvecs, k=qe_k, alpha=qe_alpha, ranks=first)
     ranks = rank(qvecs, dbvecs, k=k, index=searcher, rerank=rerank)
     if protocol == "labels":
-        results = evaluate.evaluate_labelled(ranks, gnd, kappas=kappas)
+        results = metrics.evaluate_labelled(ranks, gnd, kappas=kappas)
     else:
-        results = evaluate.evaluate_revisited(ranks, gnd, kappas=kappas)
+        results = metrics.evaluate_revisited(ranks, gnd, kappas=kappas)
     if rerank is not None:
         results["rerank"] = rerank.to_dict()
     if searcher is not None:
@@ -252,11 +253,11 @@ def validation_map(extractor: Extractor, val_set, *, max_queries: int = 500,
     labels = np.asarray(val_set.labels)
     queries = np.unique(np.asarray(val_set.qidx))[:max_queries]
     vecs = extractor(ImageList(val_set.read, len(labels)), progress=progress)
-    ranks = evaluate.rank_database(vecs[queries], vecs)
+    ranks = ranking.rank_database(vecs[queries], vecs)
     others = np.arange(len(labels))
     gnd = [{"ok": np.flatnonzero((labels == labels[q]) & (others != q)), "junk": np.array([q])}
            for q in queries]
-    return float(evaluate.compute_map(ranks, gnd)[0]) * 100.0
+    return float(metrics.compute_map(ranks, gnd)[0]) * 100.0
 
 
 def write_results(path: str, results: dict, name: str = "") -> None:

@@ -1,5 +1,7 @@
 """Retrieval evaluation: mAP and mP@k under the revisited Oxford/Paris protocol, classic Oxford/Paris and
-INRIA Holidays mAP, and alpha-query-expansion / alpha-database-side augmentation.
+INRIA Holidays mAP, Recall@k of labelled collections, and the results table. Rankings come from
+``remap_jax.search.ranking.rank_database`` (or an index); alpha-QE / alpha-DBA live in
+``remap_jax.evaluation.expansion``.
 
 Conventions (the README's "Evaluation" section states the protocol):
 
@@ -19,8 +21,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "alpha_database_augmentation",
-    "alpha_query_expansion",
     "average_precision",
     "compute_map",
     "evaluate_classic",
@@ -30,7 +30,6 @@ __all__ = [
     "format_revisited_table",
     "holidays_ground_truth",
     "main_setup",
-    "rank_database",
     "recall_at_k",
     "revisited_setups",
 ]
@@ -324,132 +323,6 @@ def holidays_ground_truth(filenames: Sequence[str]) -> tuple[np.ndarray, list[di
 def evaluate_holidays(ranks, gnd: Sequence[Mapping]) -> float:
     """INRIA Holidays mAP in percent (ground truth from :func:`holidays_ground_truth`)."""
     return 100.0 * compute_map(ranks, gnd)[0]
-
-
-def _check_descriptors(x, name: str, rows_per_check: int = 65_536) -> np.ndarray:
-    """``x`` as float32 (N, D) (no copy if it already is), checked finite a block of rows at a time."""
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected rank 2 (N, D), got shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
-    for start in range(0, x.shape[0], rows_per_check):
-        if not np.isfinite(x[start : start + rows_per_check]).all():
-            raise ValueError(f"{name}: contains NaN or infinite values")
-    return x
-
-
-def rank_database(qvecs, dbvecs, k: int | None = None, chunk: int | None = None, rerank=None) -> np.ndarray:
-    """Exact ranking by inner product (cosine similarity for unit vectors).
-
-    Runs through :func:`remap_jax.search.index.exact_search`: the database is streamed through the JAX device
-    in
-    chunks and scored there; a top-k cut keeps a running top-k on the device, a deep ranking (k = N, or any
-    k >= ``remap_jax.search.index.FULL_ORDER_MIN_K``) sorts each query's scores once on the host.
-
-    Args:
-      qvecs: (num_queries, D) query descriptors.
-      dbvecs: (num_db, D) database descriptors.
-      k: keep only the top k (None: rank the whole database).
-      chunk: database rows scored per device step (rounded up to a multiple of 128; bounds device memory);
-        None: 64 MiB of database per step.
-      rerank: a :class:`remap_jax.search.rerank.SuperGlobal`: each query's top M is re-ranked with these
-      vectors
-        (:func:`remap_jax.search.rerank.rerank_ranks`; ranked to depth max(k, M) first, then cut to k); rows
-        past
-        M keep their order. None: the plain ranking.
-
-    Returns:
-      int64 array (num_db or k, num_queries): column q is the database indices for query q, best first; ties
-      are broken by the lower database index. It is the transpose of a C-contiguous (num_queries, k) array,
-      so each query's column is contiguous in memory. Host memory: the result, plus 4 bytes per
-      (query, database image) while a deep ranking is sorted (280 MB for 70 queries x 1M images).
-    """
-    from remap_jax.search.index import exact_search
-
-    qvecs = _check_descriptors(qvecs, "qvecs")
-    dbvecs = _check_descriptors(dbvecs, "dbvecs")
-    if qvecs.shape[1] != dbvecs.shape[1]:
-        raise ValueError(f"qvecs, dbvecs: descriptor sizes differ ({qvecs.shape[1]} vs {dbvecs.shape[1]})")
-    n = dbvecs.shape[0]
-    if k is not None and k < 1:
-        raise ValueError(f"k: expected >= 1 or None, got {k}")
-    depth = n if k is None else min(int(k), n)
-    if rerank is not None:
-        from remap_jax.search.rerank import check_options
-
-        rerank = check_options(rerank)
-    if rerank is not None and rerank.m > n:
-        raise ValueError(f"rerank m: expected m <= {n} (the database size), got m={rerank.m}")
-    if n == 0 or qvecs.shape[0] == 0:
-        return np.zeros((depth, qvecs.shape[0]), np.int64)
-    options = {} if chunk is None else {"chunk_bytes": max(1, int(chunk)) * 4 * dbvecs.shape[1]}
-    searched = depth if rerank is None else max(depth, rerank.m)
-    positions, _ = exact_search(dbvecs, qvecs, searched, return_scores=False, **options)
-    if rerank is None:
-        return positions.T
-    from remap_jax.search.rerank import rerank_ranks
-
-    return rerank_ranks(positions.T, qvecs, dbvecs, rerank)[:depth]
-
-
-def _weighted_neighbour_sum(vecs, neighbours, sims, alpha: float) -> np.ndarray:
-    """L2(vec + sum_i max(sim_i, 0)^alpha * neighbour_i) for each row."""
-    weights = np.maximum(sims, 0.0) ** alpha  # (N, k)
-    out = vecs + np.einsum("nk,nkd->nd", weights, neighbours)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def alpha_query_expansion(qvecs, dbvecs, k: int = 2, alpha: float = 3.0, ranks=None) -> np.ndarray:
-    """alpha-QE (Radenovic et al.): each query becomes L2(q + sum of its top-k database neighbours weighted
-    by similarity^alpha). ``k=0`` returns the queries unchanged (normalised).
-
-    Args:
-      qvecs: (Q, D) unit query descriptors; dbvecs: (N, D) unit database descriptors.
-      ranks: optional (>=k, Q) ranking already computed for these queries (saves a search).
-
-    Returns:
-      (Q, D) float32 expanded, L2-normalised query descriptors.
-    """
-    qvecs = _check_descriptors(qvecs, "qvecs")
-    dbvecs = _check_descriptors(dbvecs, "dbvecs")
-    if k < 0 or alpha < 0:
-        raise ValueError(f"k, alpha: expected non-negative values, got k={k}, alpha={alpha}")
-    k = min(int(k), dbvecs.shape[0])
-    if ranks is None:
-        ranks = rank_database(qvecs, dbvecs, k=max(k, 1))
-    ranks = np.asarray(ranks)
-    if ranks.shape[0] < k or ranks.shape[1] != qvecs.shape[0]:
-        raise ValueError(f"ranks: expected shape (>= {k}, {qvecs.shape[0]}), got {ranks.shape}")
-    top = ranks[:k].T  # (Q, k)
-    neighbours = dbvecs[top]  # (Q, k, D)
-    sims = np.einsum("qd,qkd->qk", qvecs, neighbours)
-    return _weighted_neighbour_sum(qvecs, neighbours, sims, alpha).astype(np.float32)
-
-
-def alpha_database_augmentation(dbvecs, k: int = 2, alpha: float = 3.0, chunk: int = 4096) -> np.ndarray:
-    """alpha-DBA: every database vector becomes L2(x + sum of its top-k other database neighbours weighted
-    by similarity^alpha). Exact all-pairs search in chunks (quadratic: meant for databases up to ~100k).
-
-    Returns:
-      (N, D) float32 augmented, L2-normalised database descriptors.
-    """
-    dbvecs = _check_descriptors(dbvecs, "dbvecs")
-    n = dbvecs.shape[0]
-    if k < 0 or alpha < 0:
-        raise ValueError(f"k, alpha: expected non-negative values, got k={k}, alpha={alpha}")
-    k = min(int(k), n - 1)
-    if k == 0:
-        return dbvecs / np.maximum(np.linalg.norm(dbvecs, axis=1, keepdims=True), 1e-12)
-    out = np.empty_like(dbvecs)
-    for start in range(0, n, chunk):
-        block = dbvecs[start : start + chunk]
-        sims = block @ dbvecs.T  # (b, N)
-        rows = np.arange(block.shape[0])
-        sims[rows, start + rows] = -np.inf  # the vector itself is the "1 x" term, not a neighbour
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        out[start : start + block.shape[0]] = _weighted_neighbour_sum(block, dbvecs[top], top_sims, alpha)
-    return out
 
 
 def format_revisited_table(results: Mapping, title: str | None = None) -> str:

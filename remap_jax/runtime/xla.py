@@ -7,7 +7,7 @@ image; EfficientNet-Lite0 4.4 -> 6.7 images/s; per ResNet-50 convolution shape 0
 convolutions of the first stage gain most; one 3x3 shape is 10% slower). Description uses them (the
 `Extractor`'s programs). Training steps keep jaxlib's defaults: with these options the backward pass is
 slower where it matters here, the EfficientNet-Lite0 demo step took 6 s instead of 1.1 s (the ResNet-50 step
-at 128x160 gained 7%). So does the exact index (`remap_jax.search.index`): its scoring matmul ran 1.8x slower
+at 128x160 gained 7%). So does the exact index (`remap_jax.search.exact`): its scoring matmul ran 1.8x slower
 with Eigen's dot. GPU and TPU: no options.
 
 An option the user sets in XLA_FLAGS wins: it is left out here, so

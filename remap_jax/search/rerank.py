@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from remap_jax.search.exact import aligned_empty
+from remap_jax.search.inputs import check_finite
+
 __all__ = ["SuperGlobal", "check_options", "rerank_ranks", "superglobal_rerank"]
 
 
@@ -45,10 +48,10 @@ class SuperGlobal:
       beta: weight of a neighbour per unit of similarity (>= 0; 0 leaves the descriptors unrefined).
 
     Defaults: the best of a sweep on the demo (``benchmarks/rerank_bench.py``, README "Re-ranking"): beta = 1
-    (a neighbour weighs its similarity) and K = 5 beat SuperGlobal's K = 9, beta = 0.15 by 2-3 mAP there
-    (about 10 positives per query; measured on the test queries themselves). M = 100 is the cost target's
-    shortlist; M = 200 measured +0.2-0.5 better. SuperGlobal's paper uses M = 400, K = 9, beta = 0.15 on
-    ROxford + 1M distractors, where queries have far more positives.
+    (a neighbour weighs its similarity) and K = 5 beat SuperGlobal's K = 9, beta = 0.15 there (about 10
+    positives per query; swept on the test queries themselves). M = 100 is the cost target's shortlist; a
+    longer one scored a little better. SuperGlobal's paper uses M = 400, K = 9, beta = 0.15 on ROxford + 1M
+    distractors, where queries have far more positives.
     """
 
     m: int = 100
@@ -168,8 +171,7 @@ def _device_rows_program(k: int):
 def _query_batch(num_queries: int, m: int, dim: int, budget_bytes: int = 8 << 20) -> int:
     """Queries per step: a power of two whose (B, M, D) rows and (B, M, M) matrices fit ``budget_bytes``.
 
-    Small steps stay in cache: on the 2-core CPU, M = 100 x D = 1600, 8 queries per step ran 1.5-2x faster
-    per query than 64.
+    Small steps stay in cache, faster per query than large ones on a CPU.
     """
     per_query = 4 * m * (dim + 3 * m)
     b = max(1, min(256, budget_bytes // per_query))
@@ -181,9 +183,7 @@ def _gather_rows(database, ids: np.ndarray) -> np.ndarray:
     """(B, M, D) float32 rows of ``database``; 64-byte aligned for a float32 array, so that the CPU backend
     adopts the buffer without a copy (a fresh buffer per step: the device may still read the last one)."""
     if isinstance(database, np.ndarray) and database.dtype == np.float32:
-        from remap_jax.search.index import _aligned_empty
-
-        rows = _aligned_empty((ids.size, database.shape[1]))
+        rows = aligned_empty((ids.size, database.shape[1]))
         np.take(database, ids.reshape(-1), axis=0, out=rows)
         return rows.reshape(*ids.shape, database.shape[1])
     return np.asarray(database[ids], np.float32)
@@ -225,9 +225,7 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
         raise ValueError(f"queries: expected shape (Q, {dim}) (the database's dimension), got "
                          f"{queries.shape}")
     queries = np.ascontiguousarray(queries, np.float32)
-    if not np.isfinite(queries).all():
-        bad = int(np.argmin(np.isfinite(queries).all(axis=1)))
-        raise ValueError(f"queries: row {bad} contains NaN or infinite values; expected finite descriptors")
+    check_finite("queries", queries)
     m = options.m
     if m > n:
         raise ValueError(f"rerank m: expected m <= {n} (the database size), got m={m}")
@@ -274,9 +272,8 @@ def superglobal_rerank(queries, database, shortlist, options: SuperGlobal | None
 
 
 def rerank_ranks(ranks, queries, database, options: SuperGlobal | None = None) -> np.ndarray:
-    """A (depth, Q) ranking (``remap_jax.evaluation.metrics`` convention, column q = query q) with each
-    column's top M
-    re-ranked by :func:`superglobal_rerank`; rows M and below are unchanged. Returns a new int64 array."""
+    """A (depth, Q) ranking (``remap_jax.search.ranking`` layout, column q = query q) with each column's top
+    M re-ranked by :func:`superglobal_rerank`; rows M and below are unchanged. Returns a new int64 array."""
     options = check_options(SuperGlobal() if options is None else options)
     ranks = np.asarray(ranks)
     if ranks.ndim != 2 or ranks.shape[0] < options.m:
