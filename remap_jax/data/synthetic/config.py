@@ -61,7 +61,7 @@ class SyntheticConfig:
     junk_visibility: float = 0.15
     jpeg_quality: int = 90
     # Added with the hard config (builder version 1.2.0); the defaults reproduce version 1.1.0 exactly.
-    # photo_cells > 0 cuts every landmark photo into a grid of about that many cells (:func:`photo_grid`).
+    # photo_cells > 0 cuts every landmark photo into a grid of about that many cells (photos.photo_grid).
     # In each photo, cell_landmarks cells (chosen by seed among the cells whose texture, the mean gradient
     # magnitude of the grey photo at 384 px, is >= min_cell_texture) are landmarks; the other cells are
     # the split's material. num_test_landmarks and num_val_landmarks then count photos, not landmarks.
