@@ -212,9 +212,10 @@ def print_ranking(rows):
 
 
 def bench_synthetic():
-    from remap_jax.data import synthetic
+    from remap_jax.data.synthetic.config import SyntheticConfig
+    from remap_jax.data.synthetic.dataset import generate
 
-    t, data = _timeit(lambda: synthetic.generate(synthetic.SyntheticConfig()), 1)
+    t, data = _timeit(lambda: generate(SyntheticConfig()), 1)
     n = sum(len(data[s]["views"]) for s in ("train", "val")) + len(data["index"]) + len(data["query"])
     return {"images": n, "seconds": t, "images_per_s": n / t}
 

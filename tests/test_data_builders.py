@@ -15,8 +15,19 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from remap_jax.data import builders
+from remap_jax.data.builders.base import resolve_inputs
+from remap_jax.data.builders.revisited import OXFORD_IMAGES_URL, Revisitop1m, Roxford5k, Rparis6k
+from remap_jax.data.builders.synthetic_landmarks import SyntheticLandmarks
+from remap_jax.data.builders.training_sets import Gldv2Clean, Sfm120k, parse_gldv2_csv, sfm_cid_path
 from remap_jax.data.images import encode_jpeg
+from remap_jax.data.labelled import DatasetFileError
+from remap_jax.data.synthetic.config import NAMED_CONFIGS
+from remap_jax.data.synthetic.photos import (
+    cell_layout,
+    collage_landmark_ids,
+    split_landmark_ids,
+    split_landmarks,
+)
 
 
 def _jpeg(seed: int, size=(20, 28)) -> bytes:
@@ -75,7 +86,7 @@ def write_fake_sfm120k(root: Path):
     members = {}
     for split, names in cids.items():
         for i, cid in enumerate(names):
-            members[f"ims/{builders.sfm_cid_path(cid)}"] = _jpeg(i + (0 if split == "train" else 50))
+            members[f"ims/{sfm_cid_path(cid)}"] = _jpeg(i + (0 if split == "train" else 50))
     _write_tar(root / "ims.tar.gz", members)
     db = {
         "train": {"cids": cids["train"], "cluster": [0, 0, 1, 1, 1], "qidxs": [0, 2], "pidxs": [1, 3]},
@@ -107,7 +118,7 @@ def _example_dir(name, writer):
 
 
 class Roxford5kTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.Roxford5k
+    DATASET_CLASS = Roxford5k
     SPLITS = {"index": 6, "query": 2}
     SKIP_CHECKSUMS = True
 
@@ -118,7 +129,7 @@ class Roxford5kTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class Rparis6kTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.Rparis6k
+    DATASET_CLASS = Rparis6k
     SPLITS = {"index": 7, "query": 2}
     SKIP_CHECKSUMS = True
 
@@ -129,7 +140,7 @@ class Rparis6kTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class Revisitop1mTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.Revisitop1m
+    DATASET_CLASS = Revisitop1m
     BUILDER_CONFIG_NAMES_TO_TEST = ["tars_1"]
     SPLITS = {"index": 3}
     SKIP_CHECKSUMS = True
@@ -141,7 +152,7 @@ class Revisitop1mTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class Sfm120kTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.Sfm120k
+    DATASET_CLASS = Sfm120k
     SPLITS = {"train": 5, "val": 3}
     SKIP_CHECKSUMS = True
 
@@ -152,7 +163,7 @@ class Sfm120kTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class Gldv2CleanTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.Gldv2Clean
+    DATASET_CLASS = Gldv2Clean
     BUILDER_CONFIG_NAMES_TO_TEST = ["tars_1"]
     SPLITS = {"train": 4}
     SKIP_CHECKSUMS = True
@@ -164,7 +175,7 @@ class Gldv2CleanTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class SyntheticLandmarksTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.SyntheticLandmarks
+    DATASET_CLASS = SyntheticLandmarks
     BUILDER_CONFIG_NAMES_TO_TEST = ["tiny"]
     # tiny: 14 train landmarks x 3 views + 3 collages x 2, 1 val landmark x 2, 2 test landmarks x 4 views
     # + 4 distractors, 2 x 2 queries
@@ -178,7 +189,7 @@ class SyntheticLandmarksTest(tfds.testing.DatasetBuilderTestCase):
 
 
 class SyntheticLandmarksHardTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = builders.SyntheticLandmarks
+    DATASET_CLASS = SyntheticLandmarks
     BUILDER_CONFIG_NAMES_TO_TEST = ["hard_tiny"]
     # hard_tiny: 23 training cells x 2 views + 3 collages x 2, 2 val cells x 2, 4 test cells x 3 views
     # + 4 distractors, 4 x 1 queries
@@ -202,7 +213,7 @@ def _build(builder_cls, manual_dir, tmp_path, config=None):
 
 def test_roxford_array_record_contents(tmp_path):
     write_fake_roxford(tmp_path)
-    builder = _build(builders.Roxford5k, tmp_path, tmp_path)
+    builder = _build(Roxford5k, tmp_path, tmp_path)
     index = builder.as_data_source("index")
     queries = builder.as_data_source("query")
     assert len(index) == 6 and len(queries) == 2
@@ -223,42 +234,42 @@ def test_missing_file_error_names_the_file(tmp_path):
     with mock.patch.object(
         tfds.download.DownloadManager, "download", side_effect=OSError("network unreachable")
     ) as download:
-        with pytest.raises(builders.DatasetFileError, match=r"oxbuild_images-v1\.tgz.*manual_dir"):
-            _build(builders.Roxford5k, tmp_path, tmp_path)
+        with pytest.raises(DatasetFileError, match=r"oxbuild_images-v1\.tgz.*manual_dir"):
+            _build(Roxford5k, tmp_path, tmp_path)
     # the download went to the official location
     (requested,) = download.call_args.args
-    assert requested == {"oxbuild_images-v1.tgz": builders.OXFORD_IMAGES_URL}
+    assert requested == {"oxbuild_images-v1.tgz": OXFORD_IMAGES_URL}
 
 
 def test_malformed_gnd_and_missing_images(tmp_path):
     write_fake_roxford(tmp_path)
     (tmp_path / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"imlist": []}))
-    with pytest.raises(builders.DatasetFileError, match=r"gnd_roxford5k\.pkl: expected a dict with keys"):
-        _build(builders.Roxford5k, tmp_path, tmp_path)
+    with pytest.raises(DatasetFileError, match=r"gnd_roxford5k\.pkl: expected a dict with keys"):
+        _build(Roxford5k, tmp_path, tmp_path)
     (tmp_path / "gnd_roxford5k.pkl").write_bytes(b"garbage")
-    with pytest.raises(builders.DatasetFileError, match=r"gnd_roxford5k\.pkl: cannot unpickle"):
-        _build(builders.Roxford5k, tmp_path, tmp_path)
+    with pytest.raises(DatasetFileError, match=r"gnd_roxford5k\.pkl: cannot unpickle"):
+        _build(Roxford5k, tmp_path, tmp_path)
     write_fake_roxford(tmp_path)
     _write_tar(tmp_path / "oxbuild_images-v1.tgz", {"all_souls_000000.jpg": _jpeg(0)})
-    with pytest.raises(builders.DatasetFileError, match=r"oxbuild_images-v1\.tgz.*missing"):
-        _build(builders.Roxford5k, tmp_path, tmp_path)
+    with pytest.raises(DatasetFileError, match=r"oxbuild_images-v1\.tgz.*missing"):
+        _build(Roxford5k, tmp_path, tmp_path)
 
 
 def test_gldv2_csv_errors(tmp_path):
     bad = tmp_path / "train_clean.csv"
     bad.write_text("id,url\n1,2\n")
-    with pytest.raises(builders.DatasetFileError, match="train_clean.csv: expected the header"):
-        builders.parse_gldv2_csv(bad)
+    with pytest.raises(DatasetFileError, match="train_clean.csv: expected the header"):
+        parse_gldv2_csv(bad)
     bad.write_text("landmark_id,images\nx,abc\n")
-    with pytest.raises(builders.DatasetFileError, match="line 2: expected an integer landmark_id"):
-        builders.parse_gldv2_csv(bad)
-    with pytest.raises(builders.DatasetFileError, match="file not found"):
-        builders.parse_gldv2_csv(tmp_path / "nope.csv")
+    with pytest.raises(DatasetFileError, match="line 2: expected an integer landmark_id"):
+        parse_gldv2_csv(bad)
+    with pytest.raises(DatasetFileError, match="file not found"):
+        parse_gldv2_csv(tmp_path / "nope.csv")
 
 
 def test_gldv2_pairs_and_labels(tmp_path):
     write_fake_gldv2(tmp_path)
-    builder = _build(builders.Gldv2Clean, tmp_path, tmp_path, config="tars_1")
+    builder = _build(Gldv2Clean, tmp_path, tmp_path, config="tars_1")
     meta = builder.info.metadata["train"]
     assert meta["labels"] == [5, 5, 9, 9]
     assert meta["qidx"] == [0, 1, 2, 3] and meta["pidx"] == [1, 0, 3, 2]
@@ -268,15 +279,15 @@ def test_gldv2_pairs_and_labels(tmp_path):
 
 def test_sfm120k_metadata_and_errors(tmp_path):
     write_fake_sfm120k(tmp_path)
-    builder = _build(builders.Sfm120k, tmp_path, tmp_path)
+    builder = _build(Sfm120k, tmp_path, tmp_path)
     assert builder.info.metadata["train"] == {"labels": [0, 0, 1, 1, 1], "qidx": [0, 2], "pidx": [1, 3]}
     src = builder.as_data_source("val")
     assert [src[i]["label"] for i in range(3)] == [7, 7, 8]
     db = pickle.loads((tmp_path / "retrieval-SfM-120k.pkl").read_bytes())
     db["train"]["pidxs"] = [1, 30]
     (tmp_path / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps(db))
-    with pytest.raises(builders.DatasetFileError, match="pidxs has indices outside"):
-        _build(builders.Sfm120k, tmp_path, tmp_path / "other")
+    with pytest.raises(DatasetFileError, match="pidxs has indices outside"):
+        _build(Sfm120k, tmp_path, tmp_path / "other")
 
 
 def test_resolve_inputs_prefers_manual_dir_then_downloads(tmp_path):
@@ -290,7 +301,7 @@ def test_resolve_inputs_prefers_manual_dir_then_downloads(tmp_path):
             FakeManager.requested = dict(urls)
             return {name: tmp_path / "downloads" / name for name in urls}
 
-    paths = builders.resolve_inputs(
+    paths = resolve_inputs(
         FakeManager(), {"gnd_roxford5k.pkl": "http://a/gnd", "oxbuild_images-v1.tgz": "http://b/tgz"}
     )
     assert paths["gnd_roxford5k.pkl"] == tmp_path / "gnd_roxford5k.pkl"
@@ -300,29 +311,29 @@ def test_resolve_inputs_prefers_manual_dir_then_downloads(tmp_path):
 
 def test_empty_distractor_tar_is_an_error(tmp_path):
     _write_tar(tmp_path / "revisitop1m.1.tar.gz", {})
-    with pytest.raises(builders.DatasetFileError, match=r"revisitop1m\.1\.tar\.gz: expected JPEG images"):
-        _build(builders.Revisitop1m, tmp_path, tmp_path, config="tars_1")
+    with pytest.raises(DatasetFileError, match=r"revisitop1m\.1\.tar\.gz: expected JPEG images"):
+        _build(Revisitop1m, tmp_path, tmp_path, config="tars_1")
 
 
 def test_synthetic_configs_versions_and_hard_metadata(tmp_path):
-    from remap_jax.data import load_test_set, load_training_set, synthetic
+    from remap_jax.data import load_test_set, load_training_set
 
-    versions = {c.name: str(builders.SyntheticLandmarks(config=c.name).version)
-                for c in builders.SyntheticLandmarks.BUILDER_CONFIGS}
+    versions = {c.name: str(SyntheticLandmarks(config=c.name).version)
+                for c in SyntheticLandmarks.BUILDER_CONFIGS}
     assert versions == {"default": "1.1.0", "tiny": "1.1.0", "hard": "1.3.0", "hard_tiny": "1.2.0"}
-    for config in builders.SyntheticLandmarks.BUILDER_CONFIGS:
-        assert config.synthetic == synthetic.NAMED_CONFIGS[config.name]
+    for config in SyntheticLandmarks.BUILDER_CONFIGS:
+        assert config.synthetic == NAMED_CONFIGS[config.name]
     data_dir = str(tmp_path / "data")
     train = load_training_set("synthetic_landmarks/hard_tiny", data_dir=data_dir)
     test = load_test_set("synthetic_landmarks/hard_tiny", data_dir=data_dir)
-    cfg = synthetic.NAMED_CONFIGS["hard_tiny"]
-    ids = synthetic.split_landmark_ids(cfg)
+    cfg = NAMED_CONFIGS["hard_tiny"]
+    ids = split_landmark_ids(cfg)
     assert train.num_images == 52 and train.val.num_images == 4 and test.num_queries == 4
-    assert set(train.labels.tolist()) == set(ids["train"]) | set(synthetic.collage_landmark_ids(cfg))
+    assert set(train.labels.tolist()) == set(ids["train"]) | set(collage_landmark_ids(cfg))
     assert train.read(0).shape[2] == 3 and max(test.read_index(0).shape[:2]) == 64
-    meta = builders.SyntheticLandmarks(data_dir=data_dir, config="hard_tiny").info.metadata
-    layout = synthetic.cell_layout(cfg)["landmarks"]
-    assert meta["photos"]["test"] == list(synthetic.split_landmarks(cfg)["test"])
+    meta = SyntheticLandmarks(data_dir=data_dir, config="hard_tiny").info.metadata
+    layout = cell_layout(cfg)["landmarks"]
+    assert meta["photos"]["test"] == list(split_landmarks(cfg)["test"])
     assert {int(k): (v["photo"], tuple(v["box"])) for k, v in meta["cells"].items()} == {
         i: (c.photo, c.box) for i, c in layout.items()
     }

@@ -66,7 +66,7 @@ def test_unknown_names_are_rejected(data_dir):
 
 
 def test_custom_synthetic_config(tmp_path):
-    from remap_jax.data.synthetic import SyntheticConfig
+    from remap_jax.data.synthetic.config import SyntheticConfig
 
     cfg = SyntheticConfig(
         image_size=48, canonical_size=64, num_test_landmarks=1, num_val_landmarks=0,
@@ -111,7 +111,7 @@ def test_image_list_reads_lazily_in_order(train_set):
 
 
 def test_any_tar_prefix_config(tmp_path):
-    from remap_jax.data.sets import get_builder
+    from remap_jax.data.records import get_builder
 
     assert get_builder("revisitop1m/tars_3", str(tmp_path)).builder_config.num_tars == 3
     assert get_builder("revisitop1m/tars_10", str(tmp_path)).builder_config.num_tars == 10

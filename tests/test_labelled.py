@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from remap_jax.data import labelled, load_test_set, load_training_set
+from remap_jax.data.ground_truth import read_ground_truth
 from remap_jax.data.images import encode_jpeg, load_rgb
 from remap_jax.evaluation import metrics
 
@@ -211,11 +212,11 @@ def test_ground_truth_json_revisited_and_positives(tmp_path):
         gt["gnd"] = [bad]
         (tmp_path / "bad.json").write_text(json.dumps(gt))
         with pytest.raises(labelled.DatasetFileError, match=message):
-            labelled.read_ground_truth(str(tmp_path / "bad.json"))
+            read_ground_truth(str(tmp_path / "bad.json"))
     gt["gnd"], gt["imlist"] = [{"positives": [0]}], ["db0", "db_missing"]
     (tmp_path / "missing.json").write_text(json.dumps(gt))
     with pytest.raises(labelled.DatasetFileError, match="database image 'db_missing' not found"):
-        labelled.read_ground_truth(str(tmp_path / "missing.json"))
+        read_ground_truth(str(tmp_path / "missing.json"))
     _write(str(tmp_path / "jpg" / "db_broken.jpg"), b"\xff\xd8 broken")
     gt["imlist"] = ["db0", "db_broken"]
     (tmp_path / "broken.json").write_text(json.dumps(gt))

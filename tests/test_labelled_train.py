@@ -9,18 +9,19 @@ import os
 import numpy as np
 import pytest
 
-from remap_jax.data import synthetic
 from remap_jax.data.images import encode_jpeg
+from remap_jax.data.synthetic.config import JUNK, NAMED_CONFIGS
+from remap_jax.data.synthetic.dataset import generate
 
 
 @pytest.fixture(scope="module")
 def demo_tree(tmp_path_factory):
     """train/<label>/<i>.jpg (train + val views, junk views left out) and test.csv over test/<label>/..."""
     root = tmp_path_factory.mktemp("demo_tree")
-    data = synthetic.generate(synthetic.NAMED_CONFIGS["tiny"])
+    data = generate(NAMED_CONFIGS["tiny"])
     for split in ("train", "val"):
         for i, v in enumerate(data[split]["views"]):
-            if v.difficulty != synthetic.JUNK:
+            if v.difficulty != JUNK:
                 path = root / "train" / f"lm_{v.landmark:03d}" / f"{split}_{i:03d}.jpg"
                 os.makedirs(path.parent, exist_ok=True)
                 path.write_bytes(encode_jpeg(v.image))

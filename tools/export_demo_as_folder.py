@@ -47,8 +47,8 @@ def _write(path: str, data: bytes) -> None:
 
 def export(config: str, out: str, data_dir: str | None = None) -> dict:
     """Writes the layout of the module doc under ``out``; returns counts per part."""
-    from remap_jax.data.sets import get_builder, prepare
-    from remap_jax.data.synthetic import JUNK
+    from remap_jax.data.records import get_builder, prepare
+    from remap_jax.data.synthetic.config import JUNK
 
     builder = prepare(get_builder(f"synthetic_landmarks/{config}", data_dir))
     rows, counts = [], {}

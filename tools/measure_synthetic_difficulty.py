@@ -43,8 +43,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # numpy / PIL / scikit-image only (the package __init__ files import lazily; evaluate_revisited is numpy).
-from remap_jax.data import synthetic as S  # noqa: E402
 from remap_jax.data.images import IMAGENET_MEAN, IMAGENET_STD, crop_bbox, encode_jpeg, resize_to  # noqa: E402
+from remap_jax.data.synthetic.config import NAMED_CONFIGS  # noqa: E402
+from remap_jax.data.synthetic.dataset import generate_test, generate_training  # noqa: E402
 from remap_jax.evaluation import metrics  # noqa: E402
 from remap_jax.nn.regions import rmac_regions  # noqa: E402
 
@@ -240,7 +241,7 @@ def split_summary(data: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="hard", help=f"one of {sorted(S.NAMED_CONFIGS)}")
+    parser.add_argument("--config", default="hard", help=f"one of {sorted(NAMED_CONFIGS)}")
     parser.add_argument("--size", default="256,320", help="height,width of landscape inputs")
     parser.add_argument("--levels", type=int, default=3, help="R-MAC levels L (the whole map is added)")
     parser.add_argument("--batch", type=int, default=8)
@@ -252,13 +253,13 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.config not in S.NAMED_CONFIGS:
-        parser.error(f"--config: expected one of {sorted(S.NAMED_CONFIGS)}, got {args.config!r}")
-    config = S.NAMED_CONFIGS[args.config]
+    if args.config not in NAMED_CONFIGS:
+        parser.error(f"--config: expected one of {sorted(NAMED_CONFIGS)}, got {args.config!r}")
+    config = NAMED_CONFIGS[args.config]
     size = tuple(int(v) for v in args.size.split(","))
 
     t0 = time.perf_counter()
-    data = S.generate_test(config)
+    data = generate_test(config)
     t_gen = time.perf_counter() - t0
     q = config.jpeg_quality
     queries = [stored(crop_bbox(v.image, v.bbox), q) for v in data["query"]]
@@ -306,7 +307,7 @@ def main(argv=None) -> dict:
     }
     if args.finetune_epochs:
         t0 = time.perf_counter()
-        part = S.generate_training(config)["train"]
+        part = generate_training(config)["train"]
         images = [stored(v.image, q) for v in part["views"]]
         probe_tap = f"blocks.{PROBE_INPUT}"
         train = {

@@ -9,8 +9,8 @@ _LAZY = {
     "load_rgb": ("remap_jax.data.images", "load_rgb"),
     "decode_resized": ("remap_jax.data.images", "decode_resized"),
     "ImageDecodeError": ("remap_jax.data.images", "ImageDecodeError"),
-    "load_training_set": ("remap_jax.data.sets", "load_training_set"),
-    "load_test_set": ("remap_jax.data.sets", "load_test_set"),
+    "load_training_set": ("remap_jax.data.loaders", "load_training_set"),
+    "load_test_set": ("remap_jax.data.loaders", "load_test_set"),
     "TrainingSet": ("remap_jax.data.sets", "TrainingSet"),
     "TestSet": ("remap_jax.data.sets", "TestSet"),
 }

@@ -10,16 +10,17 @@ Spellings (one for configs, the command line and Python; options after ``?``, jo
   ``<id>.jpg`` or ``train/a/b/c/<id>.jpg`` next to the file) and ``train_clean.csv`` (``landmark_id,images``)
   are read as they come. Relative paths are relative to the CSV file.
 * ``gnd:/data/bench/gnd.json`` -- a test set laid out like the revisited benchmarks (see
-  :func:`read_ground_truth`).
+  :func:`remap_jax.data.ground_truth.read_ground_truth`).
 
 Options: ``val`` (training: the labels held out for validation, a fraction < 1 or a count; default 0.1;
 a CSV's ``split=val`` rows take precedence), ``queries`` (test: a seeded sample of N queries; default every
 image with a positive), ``seed`` (default 0), e.g. ``folder:/data/products?val=0.2&seed=1``.
 
-Nothing here reads pixels: listing stats files (size, mtime) for :func:`listing_digest`, which keys the built
-dataset (:class:`remap_jax.data.builders.UserImages`), so a changed listing is rebuilt, never read stale.
-What cannot be used is skipped and counted in a :class:`DataReport` (first few names kept), or stops with a
-:class:`DatasetFileError` naming the file and the expected layout.
+Nothing here reads pixels: listing stats files (size, mtime) for :func:`listing_digest`, which keys the
+built dataset (:class:`remap_jax.data.builders.user_images.UserImages`), so a changed listing is rebuilt,
+never read stale. What cannot be used is skipped and counted in a :class:`DataReport` (first few names kept),
+or stops with a :class:`DatasetFileError` naming the file and the expected layout. From a listing's labels to
+training pairs, a validation hold-out and test ground truth: :mod:`remap_jax.data.labels`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,6 @@ import hashlib
 import json
 import os
 from urllib.parse import parse_qsl
-
-import numpy as np
-
-from remap_jax.runtime.atomic import read_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 KINDS = ("folder", "csv", "gnd")
@@ -326,168 +323,3 @@ def listing_digest(kind: str, paths, labels=(), names=()) -> str:
         h.update(json.dumps([p, st.st_size, st.st_mtime_ns, labels[i] if len(labels) else "",
                              names[i] if len(names) else ""]).encode())
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------- labels -> sets
-
-
-def label_ids(names) -> tuple[np.ndarray, list[str]]:
-    """Label names -> (int64 ids (N,), the sorted names: id k is names[k])."""
-    names = [str(n) for n in names]
-    vocabulary = sorted(set(names))
-    index = {n: k for k, n in enumerate(vocabulary)}
-    return np.asarray([index[n] for n in names], np.int64), vocabulary
-
-
-def positive_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Matching pairs from labels (SfM-120k style): every image of a label with >= 2 images is a query once,
-    paired with a seeded random other image of its label. Returns (qidx, pidx) int64 (P,)."""
-    from remap_jax.data.synthetic import positive_pairs as pairs
-
-    labels = np.asarray(labels, np.int64)
-    return pairs(labels, np.ones(labels.shape, bool), seed)
-
-
-def held_out_labels(labels: np.ndarray, val, seed: int) -> np.ndarray:
-    """The label ids held out for validation: ``val`` < 1 is a fraction of the labels that have >= 2 images
-    (rounded), >= 1 a count; drawn with ``seed``. Returns sorted int64 ids."""
-    labels = np.asarray(labels, np.int64)
-    ids, counts = np.unique(labels, return_counts=True)
-    candidates = ids[counts >= 2]
-    val = float(val)
-    if val < 0 or (val >= 1 and val != int(val)):
-        raise ValueError(f"option val={val}: expected a fraction in [0, 1) or a whole number of labels")
-    n = int(round(val * len(candidates))) if val < 1 else int(val)
-    if n and n > len(candidates) - 1:
-        raise ValueError(f"option val={val:g}: {n} validation labels would leave fewer than one of the "
-                         f"{len(candidates)} labels with two images for training")
-    rng = np.random.default_rng([seed, 7])
-    return np.sort(rng.permutation(candidates)[:n])
-
-
-def single_image_labels(labels: np.ndarray, names: list[str], report: DataReport) -> None:
-    """Reports the labels of ``labels`` (ids into ``names``) that have one image."""
-    ids, counts = np.unique(np.asarray(labels, np.int64), return_counts=True)
-    for k in ids[counts == 1]:
-        report.skip("single_image_labels", names[int(k)])
-
-
-def labelled_ground_truth(labels: np.ndarray, queries: np.ndarray) -> list[dict]:
-    """Every query (an image index) against the whole set: positives (``easy``) are the other images of its
-    label, the query itself is ``junk`` (ignored), ``hard`` is empty."""
-    labels = np.asarray(labels, np.int64)
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], labels)
-    ends = np.searchsorted(labels[order], labels, side="right")
-    gnd = []
-    for q in np.asarray(queries, np.int64):
-        members = np.sort(order[starts[q]:ends[q]])
-        gnd.append({"easy": members[members != q], "hard": np.zeros(0, np.int64), "junk": np.array([q])})
-    return gnd
-
-
-def sample_queries(labels: np.ndarray, num: int | None, seed: int) -> np.ndarray:
-    """Indices of the images with a positive (their label has >= 2 images); a seeded sample of ``num``."""
-    labels = np.asarray(labels, np.int64)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    candidates = np.flatnonzero(counts[inverse] >= 2)
-    if num is not None and num < len(candidates):
-        if num < 1:
-            raise ValueError(f"option queries={num}: expected >= 1")
-        candidates = np.sort(np.random.default_rng([seed, 11]).choice(candidates, num, replace=False))
-    return candidates
-
-
-def test_part(listing: Listing) -> Listing:
-    """The rows of split ``test`` when a CSV has any, else the whole listing."""
-    if "test" not in listing.splits:
-        return listing
-    return listing.select([i for i, s in enumerate(listing.splits) if s == "test"])
-
-
-def labelled_test(image_labels, spec: Spec, report: DataReport) -> tuple[np.ndarray, list[dict]]:
-    """(query image indices, ground truth) of a labelled test set whose images have the label names
-    ``image_labels``: every image with a positive (or a seeded sample of ``?queries=N``) queries them all
-    (:func:`labelled_ground_truth`). Labels with one image are reported; ``report.kept`` gets the counts."""
-    labels, names = label_ids(image_labels)
-    single_image_labels(labels, names, report)
-    queries = sample_queries(labels, spec.option("queries", int, None), spec.option("seed", int, 0))
-    if not len(queries):
-        raise DatasetFileError(f"{spec.path}: no label has two usable images, so no query has a positive; "
-                               "expected at least two images per label")
-    report.kept = {"images": int(len(labels)), "labels": len(names), "queries": int(len(queries))}
-    return queries, labelled_ground_truth(labels, queries)
-
-
-# ------------------------------------------------------------------------------ ground-truth JSON files
-
-
-def read_ground_truth(path: str, check_files: bool = True) -> dict:
-    """A benchmark laid out like the revisited ones, as JSON::
-
-        {"qimlist": ["queries/q1.jpg", ...], "imlist": ["db/a.jpg", ...],
-         "gnd": [{"easy": [0, 5], "hard": [7], "junk": [3], "bbx": [x0, y0, x1, y1]}, ...]}
-
-    ``gnd[q]`` holds database positions (into ``imlist``): ``easy``/``hard``/``junk`` (the revisited
-    protocol: Easy, Medium and Hard setups), or ``positives`` (or ``ok``) and optionally ``junk`` (one setup,
-    with Recall@k); ``bbx`` (optional) crops the query. Names are relative to the JSON's folder (or absolute);
-    a name without extension is also looked up as ``<name>.jpg`` and ``jpg/<name>.jpg`` (the revisited
-    download layout). ``check_files=False``: missing images are not an error (scoring descriptors made
-    elsewhere); their path is the first candidate.
-
-    Returns ``{"queries": [paths], "database": [paths], "query_ids", "database_ids", "gnd": [dict],
-    "protocol": "revisited" | "labels"}``.
-    """
-    if not os.path.isfile(path):
-        raise DatasetFileError(f"{path}: no such file; expected a ground-truth JSON with qimlist, imlist, "
-                               "gnd")
-    raw = read_json(path, DatasetFileError)
-    if not isinstance(raw, dict) or not {"qimlist", "imlist", "gnd"} <= set(raw):
-        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-        raise DatasetFileError(f"{path}: expected an object with keys qimlist, imlist, gnd; got {got}")
-    base = os.path.dirname(path)
-
-    def resolve(name: str, what: str) -> str:
-        candidates = [name if os.path.isabs(name) else os.path.join(base, name)]
-        if not os.path.splitext(name)[1]:
-            candidates += [candidates[0] + ".jpg", os.path.join(base, "jpg", f"{name}.jpg")]
-        found = next((c for c in candidates if os.path.isfile(c)), None)
-        if found is None and check_files:
-            raise DatasetFileError(f"{path}: {what} image {name!r} not found (looked for "
-                                   f"{', '.join(candidates)})")
-        return found or candidates[0]
-
-    queries = [resolve(str(n), "query") for n in raw["qimlist"]]
-    database = [resolve(str(n), "database") for n in raw["imlist"]]
-    if len(raw["gnd"]) != len(queries):
-        raise DatasetFileError(f"{path}: {len(raw['gnd'])} gnd entries for {len(queries)} queries; "
-                               "expected one per query")
-    revisited = all(isinstance(g, dict) and {"easy", "hard"} <= set(g) for g in raw["gnd"])
-    gnd = []
-    for q, g in enumerate(raw["gnd"]):
-        if not isinstance(g, dict):
-            raise DatasetFileError(f"{path}: gnd[{q}] is {type(g).__name__}; expected an object")
-        if revisited:
-            entry = {k: g.get(k, []) for k in ("easy", "hard", "junk")}
-        else:
-            positives = g.get("positives", g.get("ok"))
-            if positives is None:
-                raise DatasetFileError(f"{path}: gnd[{q}] has keys {sorted(g)}; expected easy+hard (+junk) "
-                                       "or positives (+junk)")
-            entry = {"easy": positives, "hard": [], "junk": g.get("junk", [])}
-        for k in ("easy", "hard", "junk"):
-            arr = np.asarray(entry[k], np.int64).reshape(-1)
-            if arr.size and not 0 <= arr.min() <= arr.max() < len(database):
-                raise DatasetFileError(f"{path}: gnd[{q}]['{k}'] has positions outside imlist "
-                                       f"(0..{len(database) - 1})")
-            entry[k] = arr
-        if "bbx" in g and g["bbx"] is not None:
-            bbx = np.asarray(g["bbx"], np.float64).reshape(-1)
-            if bbx.size != 4:
-                raise DatasetFileError(f"{path}: gnd[{q}]['bbx'] has {bbx.size} numbers; "
-                                       "expected x0 y0 x1 y1")
-            entry["bbx"] = bbx
-        gnd.append(entry)
-    return {"queries": queries, "database": database, "query_ids": [str(n) for n in raw["qimlist"]],
-            "database_ids": [str(n) for n in raw["imlist"]], "gnd": gnd,
-            "protocol": "revisited" if revisited else "labels"}

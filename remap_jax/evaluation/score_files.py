@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from remap_jax.data import labelled
+from remap_jax.data.ground_truth import read_ground_truth
+from remap_jax.data.labels import labelled_test, test_part
 from remap_jax.describe.descriptor_files import load_features
 from remap_jax.evaluation.benchmark import evaluate_descriptors
 
@@ -74,7 +76,7 @@ def score_features(features, labels: str, *, queries=None, **eval_options) -> tu
     vecs, ids = load_features(features)
     spec = labelled.parse_spec(labels)
     if spec.kind == "gnd":
-        gt = labelled.read_ground_truth(spec.path, check_files=False)
+        gt = read_ground_truth(spec.path, check_files=False)
         root = os.path.dirname(spec.path)
         qvecs, qids = (vecs, ids) if queries is None else load_features(queries)
         qrows = match_rows(qids, _gnd_keys(gt["query_ids"], gt["queries"], root))
@@ -90,7 +92,7 @@ def score_features(features, labels: str, *, queries=None, **eval_options) -> tu
                                        **eval_options)
         return results, report.to_dict()
 
-    listing = labelled.test_part(labelled.list_source(spec, check_files=False))
+    listing = test_part(labelled.list_source(spec, check_files=False))
     report = listing.report
     rows = match_rows(ids, _keys(listing))
     if not (rows >= 0).any():
@@ -101,6 +103,6 @@ def score_features(features, labels: str, *, queries=None, **eval_options) -> tu
         report.skip("unlisted_features", str(ids[r]))
     kept = listing.select(np.flatnonzero(rows >= 0))
     db = vecs[rows[rows >= 0]]
-    query_images, gnd = labelled.labelled_test(kept.labels, spec, report)
+    query_images, gnd = labelled_test(kept.labels, spec, report)
     results = evaluate_descriptors(db[query_images], db, gnd, protocol="labels", **eval_options)
     return results, report.to_dict()

@@ -44,7 +44,7 @@ def write_demo_images(workdir: str, dataset: str = DEMO_DATASET, data_dir: str |
             raise ValueError(f"--workdir {workdir}: holds the images of {written}, not {dataset}; use "
                              "another workdir")
         return images, queries
-    from remap_jax.data.sets import load_test_set
+    from remap_jax.data.loaders import load_test_set
 
     test = load_test_set(dataset, data_dir=data_dir)
     os.makedirs(images, exist_ok=True)
