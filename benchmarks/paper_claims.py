@@ -29,7 +29,7 @@ the training split's region vectors, exactly as the trainer's head initialisatio
 and out_dim as the config). MAC / SPoC / GeM need the whole map, which region vectors do not keep: one more
 pass per test image at scale 1 through an extractor whose head (`GlobalPools`) returns the three of them
 concatenated. MS-REMAP adds a region pass at 1.25x. Test descriptions are cached in --workdir (keyed by the
-extractor's fingerprint), as are the training regions (`head_init.describe_regions`).
+extractor's fingerprint), as are the training regions (`head_regions.describe_regions`).
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def network_variants(config, arch: str, taps: Sequence[str], args, test_set, tra
     import jax
 
     from remap_jax.describe.extractor import Extractor
-    from remap_jax.fit import head_init
+    from remap_jax.fit import head_init, head_regions
     from remap_jax.model import backbone_variables_of, init_variables, model_from_config, scaled_size
     from train.build import init_options, initial_variables, model_spec
 
@@ -267,11 +267,11 @@ def network_variants(config, arch: str, taps: Sequence[str], args, test_set, tra
                                               c.seed)
     train_extractor = Extractor.from_config(spec, variables, image_size=tuple(c.image_size), resize="exact",
                                             **common)
-    feature_shape, regions = head_init.feature_grid(train_extractor, layers)
-    train_desc = head_init.describe_regions(
+    feature_shape, regions = head_regions.feature_grid(train_extractor, layers)
+    train_desc = head_regions.describe_regions(
         train_extractor, train_set.read, images, layers,
         cache_dir=os.path.join(args.workdir, arch, "region_cache"), cache_chunk=options.cache_chunk,
-        cache_key=head_init.region_cache_key(train_extractor, train_set, c.dataset),
+        cache_key=head_regions.region_cache_key(train_extractor, train_set, c.dataset),
         cache_dtype=options.cache_dtype)
 
     def init(whitening: str, use_layers=layers):
