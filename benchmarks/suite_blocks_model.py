@@ -56,7 +56,7 @@ def _time_calls(fn, args, repeats: int) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=2)  # both dtypes of the arch being measured
-def _extractor(arch: str, dtype: str, size: tuple[int, int]):
+def suite_extractor(arch: str, dtype: str, size: tuple[int, int]):
     """(`Extractor.from_pretrained` with the REMAP head on the default taps, weights path or None): random
     weights, except Lite0's from its installed package when present."""
     import decode_bench
@@ -89,7 +89,7 @@ def measure_extraction(arch: str, dtype: str, batch: int, size, repeats: int,
     from remap_jax.model import RetrievalModel
     from remap_jax.runtime import xla
 
-    extractor, weights = _extractor(arch, dtype, size)
+    extractor, weights = suite_extractor(arch, dtype, size)
     model, variables = extractor.model, extractor.variables
     row = measure_device(extractor, dtype, batch, size, repeats, peaks)
     images = _device_pixels(batch, size)
@@ -147,7 +147,7 @@ def block_input(cfg: dict, out: RowWriter, peaks: dict | None) -> None:
     import roofline
 
     arch, dtype, batch, size = cfg["arch"], cfg["dtype"], cfg["batch"], tuple(cfg["size"])
-    extractor, _ = _extractor(arch, dtype, size)
+    extractor, _ = suite_extractor(arch, dtype, size)
     photos = decode_bench.photos(cfg["photos"])
     cores = os.cpu_count() or 1
     host_rows = []
