@@ -23,11 +23,9 @@ CPU options) and `--breakdown` times the parts of the jax side (transfer, normal
 
 Memory: by default both sides run with `remap_jax.runtime.host_memory`'s malloc settings (the jax side through
 mallopt, the worker through the MALLOC_* variables glibc reads at start-up), so that neither pays page
-faults on its per-call buffers, whose cost depends on the VM's state, not on the framework: on the
-project's VM they cost PyTorch more than JAX (ResNet-50 at 1024x768, batch 2: 0.77 -> 0.53 s per image
-for PyTorch, 0.61 -> 0.56 s for remap-jax, in two runs minutes apart). `--retain-memory none` compares
-both as they ship (glibc's defaults), `--retain-memory jax` remap-jax with the settings against PyTorch
-without.
+faults on its per-call buffers, whose cost depends on the VM's state, not on the framework, and need not be
+the same for both. `--retain-memory none` compares both as they ship (glibc's defaults),
+`--retain-memory jax` remap-jax with the settings against PyTorch without.
 
     python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
         numpy safetensors
@@ -40,7 +38,6 @@ without.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -50,13 +47,14 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "benchmarks", "_torch_worker.py")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from _line_protocol import LineWorker  # noqa: E402
+from bench_report import echo_row, print_and_save  # noqa: E402
+from compare_torch_data import random_torchvision_weights, test_images  # noqa: E402
+from compare_torch_sides import JaxSide, TorchWorker, pin_threads, thread_env, worker_env  # noqa: E402
 
-from remap_jax.runtime import atomic, host_memory  # noqa: E402
+from remap_jax.runtime import host_memory  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -139,179 +137,6 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         raise ValueError(f"descriptors: shapes differ, {a.shape} vs {b.shape}")
     return float(np.max(np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-30)))
-
-
-def random_torchvision_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random float32 weights of `arch` in torchvision naming (classifier excluded).
-
-    Conv weights are He-normal (fan-out); BatchNorm gets non-trivial statistics (scale, bias, running mean
-    and variance) so that BN folding is exercised; the last BN of each residual branch is small (0.1 .. 0.3),
-    which keeps the activations of a deep random ResNet in a moderate range.
-    """
-    from remap_jax.nn.backbones import arch_spec, torch_state_dict_shapes
-
-    last_bn = ".bn3" if arch_spec(arch).block == "bottleneck" else ".bn2"
-    rng = np.random.default_rng(seed)
-    state = {}
-    for key, shape in sorted(torch_state_dict_shapes(arch).items()):
-        module, leaf = key.rsplit(".", 1)
-        if len(shape) == 4:
-            fan_out = shape[0] * shape[2] * shape[3]
-            value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_out)
-        elif leaf == "weight":
-            branch_end = module.startswith("layer") and module.endswith(last_bn)
-            value = rng.uniform(*((0.1, 0.3) if branch_end else (0.5, 1.0)), shape)
-        elif leaf == "bias":
-            value = rng.normal(0.0, 0.05, shape)
-        elif leaf == "running_mean":
-            value = rng.normal(0.0, 0.1, shape)
-        elif leaf == "running_var":
-            value = rng.uniform(0.5, 2.0, shape)
-        else:
-            raise ValueError(f"random_torchvision_weights: unexpected key {key!r} for {arch}")
-        state[key] = np.ascontiguousarray(value, dtype=np.float32)
-    return state
-
-
-def test_images(batch: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """(batch, H, W, 3) uint8: smooth random colour fields plus noise (less degenerate than pure noise)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    coarse = rng.uniform(0, 255, (batch, -(-h // 32), -(-w // 32), 3))
-    smooth = np.repeat(np.repeat(coarse, 32, axis=1), 32, axis=2)[:, :h, :w]
-    return np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
-
-
-def pin_threads(threads: int) -> list[int]:
-    """Restricts this process (and its children) to `threads` CPUs; returns them. Call before JAX starts."""
-    if not hasattr(os, "sched_setaffinity"):
-        return list(range(os.cpu_count() or 1))
-    cpus = sorted(os.sched_getaffinity(0))
-    if threads > len(cpus):
-        raise ValueError(f"--threads: {threads} threads asked, this process may use {len(cpus)} CPUs")
-    os.sched_setaffinity(0, cpus[:threads])
-    return cpus[:threads]
-
-
-def thread_env(threads: int, extra_xla_flags: str = "", jax_cpu_devices: int = 1) -> dict[str, str]:
-    """Environment variables that pin both sides' thread counts (XLA_FLAGS for jax, OMP/MKL for torch);
-    `jax_cpu_devices` > 1 gives the jax side that many CPU devices (XLA:CPU runs a device on one thread;
-    the batch is then split over them, as remap-jax's commands do with one device per core)."""
-    drop = ("xla_cpu_multi_thread_eigen", "xla_force_host_platform_device_count")
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not any(d in f for d in drop)]
-    if threads == 1:
-        flags.append("--xla_cpu_multi_thread_eigen=false")
-    if jax_cpu_devices > 1:
-        flags.append(f"--xla_force_host_platform_device_count={jax_cpu_devices}")
-    flags += extra_xla_flags.split()
-    return {"XLA_FLAGS": " ".join(flags), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
-def worker_env(args) -> dict[str, str]:
-    """What the torch worker's environment adds to this one: its thread counts, and with
-    `--retain-memory both` the malloc settings as the variables glibc reads at start-up (variables already
-    in this environment reach the worker as they are, whatever the choice)."""
-    env = thread_env(args.threads)
-    if args.retain_memory == "both":
-        env.update(host_memory.environment())
-    return env
-
-
-# --------------------------------------------------------------------------------------------- the sides
-
-
-class JaxSide:
-    """remap-jax: `Extractor.from_pretrained` with an R-MAC head on layer4; the model's jitted apply."""
-
-    def __init__(self, arch: str, weights: str, size, levels: int, include_global: bool, dtype: str,
-                 fold_bn: bool = True):
-        import jax
-
-        from remap_jax.describe.extractor import Extractor
-
-        self.jax = jax
-        self.extractor = Extractor.from_pretrained(
-            arch, weights, taps=("layer4",), head="rmac", levels=levels, include_global=include_global,
-            dtype=dtype, fold_bn=fold_bn, image_size=size, batch_size=1,
-        )
-        self.extractors = {}  # batch size -> Extractor (its devices: all when they divide the batch)
-        self.images = None
-
-    def load(self, images: np.ndarray, warmup: int) -> list[float]:
-        from remap_jax.describe.extractor import Extractor
-
-        batch = images.shape[0]
-        if batch not in self.extractors:  # split the batch over the devices when it divides (one per core)
-            base = self.extractor
-            self.extractors[batch] = Extractor(base.model, base.variables, image_size=base.image_size,
-                                               batch_size=batch)
-        self.current = self.extractors[batch]
-        self.host_images = images
-        self.images = self.jax.device_put(images, self.current._batch_sharding)
-        return [self.time_once() for _ in range(max(1, warmup))]
-
-    def describe(self) -> np.ndarray:
-        return np.asarray(self.current.describe_batch(self.images))
-
-    def time_once(self) -> float:
-        t0 = time.perf_counter()
-        self.describe()
-        return time.perf_counter() - t0
-
-    def breakdown(self, repeats: int) -> dict[str, float]:
-        """Median seconds per batch of each part: host->device copy, normalisation, backbone (normalised
-        input), head (on the layer4 map), and the whole call; plus the backbone's FLOPs (XLA's cost
-        analysis) and the rate it ran at (`backbone_gflops_per_s`). The parts are compiled with the
-        extractor's compiler options (`remap_jax.runtime.xla`)."""
-        from remap_jax.model import RetrievalModel
-        from remap_jax.runtime import xla
-
-        jax, ex = self.jax, self.current
-        model, variables = ex.model, ex.variables
-        normalise = xla.jit(lambda x: model.apply(variables, x, method=RetrievalModel.normalize))
-        backbone = xla.jit(lambda v, x: model.backbone.apply(
-            {"params": v["params"]["backbone"], "batch_stats": v["batch_stats"]["backbone"]}, x,
-            taps=tuple(model.taps)))
-        head = xla.jit(lambda p, m: model.head.apply({"params": p},
-                                                    {k: v.astype("float32") for k, v in m.items()}))
-        normalised = jax.block_until_ready(normalise(self.images))
-        maps = jax.block_until_ready(backbone(variables, normalised))
-        head_params = variables["params"]["head"]
-        parts = {
-            "transfer": lambda: jax.device_put(self.host_images),
-            "normalise": lambda: normalise(self.images),
-            "backbone": lambda: backbone(variables, normalised),
-            "head": lambda: head(head_params, maps),
-            "whole": lambda: ex.describe_batch(self.images),
-        }
-        out = {}
-        for name, fn in parts.items():
-            jax.block_until_ready(fn())
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn())
-                times.append(time.perf_counter() - t0)
-            out[name] = float(np.median(times))
-        cost = backbone.lower(variables, normalised).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        if cost and cost.get("flops"):
-            out["backbone_gflop"] = float(cost["flops"]) / 1e9
-            out["backbone_gflops_per_s"] = out["backbone_gflop"] / out["backbone"]
-        return out
-
-
-class TorchWorker(LineWorker):
-    """The torch side: `_torch_worker.py` in the torch virtualenv, driven over stdin/stdout JSON lines."""
-
-    def __init__(self, python: str, args: argparse.Namespace, weights: str, env: dict[str, str]):
-        cmd = [python, WORKER, "--arch", args.arch, "--weights", weights, "--threads", str(args.threads),
-               "--device", args.device, "--dtype", args.dtype, "--levels", str(args.levels)]
-        if args.include_global:
-            cmd.append("--include-global")
-        if args.torch_channels_last:
-            cmd.append("--channels-last")
-        super().__init__(cmd, {**os.environ, **env}, name="torch worker")
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -415,8 +240,7 @@ def run(args) -> tuple[list[dict], dict]:
             for batch in args.batch_sizes:
                 images = test_images(batch, args.size, args.seed + batch)
                 rows.append(compare_batch(jax_side, torch_side, images, args, tmp))
-                print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_times")}),
-                      file=sys.stderr, flush=True)
+                echo_row(rows[-1])
         finally:
             if torch_side is not None:
                 torch_side.close()
@@ -434,9 +258,7 @@ def main(argv=None):
     # before jax starts (it reads XLA_FLAGS once)
     os.environ.update(thread_env(args.threads, args.xla_flags, args.jax_cpu_devices))
     rows, setup = run(args)
-    print(format_table(rows, setup))
-    if args.json:
-        atomic.write_json(args.json, {"setup": setup, "rows": rows})
+    print_and_save(format_table(rows, setup), args.json, rows, setup)
     return rows, setup
 
 

@@ -1,6 +1,6 @@
 r"""JPEG draft decoding: decode speed and the descriptor change it causes, against full decoding.
 
-    python benchmarks/decode_bench.py --out docs/decode_bench.json            # about 5 minutes on 2 cores
+    python benchmarks/decode_bench.py --out docs/decode_bench.json            # all parts, minutes
     python benchmarks/decode_bench.py --out /tmp/d.json --quick               # speed only, seconds
     python benchmarks/decode_bench.py --out /tmp/r.json --skip-speed --archs none \
         --ranks synthetic_landmarks/hard                                      # rank agreement, minutes

@@ -26,7 +26,6 @@ REMAP head on the default taps -> descriptors on the host), the extractor of `be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -39,9 +38,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from _line_protocol import LineWorker, serve  # noqa: E402
+from bench_report import echo_row, print_and_save  # noqa: E402
 from compare_torch import alternating_schedule, parse_batches, parse_size  # noqa: E402
 
-from remap_jax.runtime import atomic, host_memory  # noqa: E402
+from remap_jax.runtime import host_memory  # noqa: E402
 
 SIDES = ("default", "retained", "hugetlb", "retained+hugetlb")
 HUGETLB = "glibc.malloc.hugetlb=1"
@@ -121,14 +121,14 @@ class Describer:
 
     def handle(self, msg: dict) -> dict:
         import jax
-        from suite import _extractor
+        from suite_blocks_model import suite_extractor
 
         cmd = msg.get("cmd")
         if cmd == "info":
             device = jax.devices()[0]
             return {"jax": jax.__version__, "device": f"{device.device_kind} ({jax.default_backend()})"}
         if cmd == "load":
-            extractor, _ = _extractor(msg["arch"], msg["dtype"], tuple(msg["size"]))
+            extractor, _ = suite_extractor(msg["arch"], msg["dtype"], tuple(msg["size"]))
             rng = np.random.default_rng(0)
             images = jax.device_put(rng.integers(0, 256, (msg["batch"], *msg["size"], 3), dtype=np.uint8))
             self.call = lambda: np.asarray(extractor.describe_batch(images))
@@ -184,8 +184,7 @@ def run(args) -> tuple[list[dict], dict]:
                     faults[side].append(reply["faults"])
                     system[side].append(reply["system_s"])
                 rows.append(summarise(config, args.sides, times, faults, system))
-                print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_times")}),
-                      file=sys.stderr, flush=True)
+                echo_row(rows[-1])
     finally:
         for worker in workers.values():
             worker.close()
@@ -199,9 +198,7 @@ def main(argv=None):
         run_worker(args.worker)
         return None
     rows, setup = run(args)
-    print(format_table(rows, setup))
-    if args.json:
-        atomic.write_json(args.json, {"setup": setup, "rows": rows})
+    print_and_save(format_table(rows, setup), args.json, rows, setup)
     return rows, setup
 
 

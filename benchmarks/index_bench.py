@@ -38,104 +38,26 @@ true near neighbours, like a landmark photo; queries are new views of database s
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import gc
 import json
-import math
 import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from index_bench_data import blobs, synthetic  # noqa: E402
+from index_bench_faiss import run_faiss  # noqa: E402
+from index_bench_measure import built, result_row, search_sweep, timed  # noqa: E402
+
 from remap_jax.search.index import Index  # noqa: E402
 from remap_jax.search.index_options import default_scann_options, tree_leaves  # noqa: E402
 from remap_jax.search.scann_backend import import_scann  # noqa: E402
-
-
-def synthetic(
-    n: int, n_queries: int, d: int, clusters: int, views: int, spread: float, noise: float, seed: int
-):
-    """Clustered unit vectors shaped like landmark descriptors, generated in blocks (bounded memory).
-
-    ``clusters`` landmark centres; around each, scenes (``n / views`` in all, offset ``spread``); around each
-    scene, its views (offset ``noise``): a database image has about ``views`` near neighbours, then its
-    landmark, then everything else. Dimension j is scaled by (1 + j)^-0.5 (a decaying, PCA-like spectrum).
-    Queries are new views of database scenes. Returns float32 (n, d) and (n_queries, d), rows L2-normalised.
-    """
-    rng = np.random.default_rng(seed)
-    scale = (1.0 + np.arange(d, dtype=np.float32)) ** -0.5
-    centers = rng.standard_normal((clusters, d), dtype=np.float32) * scale
-    num_scenes = max(1, n // views)
-    scenes = centers[rng.integers(0, clusters, num_scenes)]
-    scenes += spread * rng.standard_normal((num_scenes, d), dtype=np.float32) * scale
-
-    def draw(count, rng):
-        out = np.empty((count, d), np.float32)
-        for s in range(0, count, 65536):
-            m = min(65536, count - s)
-            x = scenes[rng.integers(0, num_scenes, m)]
-            x += noise * rng.standard_normal((m, d), dtype=np.float32) * scale
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            out[s : s + m] = x
-        return out
-
-    return draw(n, rng), draw(n_queries, np.random.default_rng(seed + 1))
-
-
-def blobs(n: int, n_queries: int, d: int, clusters: int, noise: float, query_noise: float, seed: int):
-    """Plain clustered unit vectors (``--blobs``): ``clusters`` Gaussian centres, each row a centre plus
-    ``noise`` per dimension; queries are database rows plus ``query_noise`` per dimension, re-normalised.
-    Returns float32 (n, d) and (n_queries, d)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((clusters, d), dtype=np.float32)
-    db = np.empty((n, d), np.float32)
-    for s in range(0, n, 65536):
-        m = min(65536, n - s)
-        x = centers[rng.integers(0, clusters, m)] + noise * rng.standard_normal((m, d), dtype=np.float32)
-        db[s : s + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    q = db[rng.choice(n, n_queries, replace=False)]
-    q = q + query_noise * rng.standard_normal(q.shape, dtype=np.float32) / np.sqrt(d)
-    return db, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    hits = [len(np.intersect1d(a[:k], b[:k], assume_unique=True)) for a, b in zip(found, truth, strict=True)]
-    return float(np.mean(hits)) / k
-
-
-def _timed(fn, repeats: int = 1):
-    best, out = math.inf, None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
-def _row(name, params, build_s, bytes_per_vector, search_s, found, truth, n_queries):
-    return {
-        "method": name,
-        "params": params,
-        "build_s": round(build_s, 3),
-        "bytes_per_vector": int(bytes_per_vector),
-        "queries_per_s": n_queries / search_s,
-        "recall@1": recall_at(found, truth, 1),
-        "recall@10": recall_at(found, truth, 10),
-        "recall@100": recall_at(found, truth, 100),
-    }
-
-
-def search_sweep(leaves: int):
-    """Partitions searched per query: about 2%, 5% and 10% of the leaves."""
-    return sorted({max(1, leaves // 50), max(1, leaves // 20), max(1, leaves // 10)})
-
 
 ROW_KINDS = ("default", "pq", "tree", "tree-int8", "tree-f32")
 
@@ -166,60 +88,12 @@ def scann_builds(n: int, d: int, pq_list, pq_bits, kinds, leaves_sweep=None, reo
     return builds
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _trimmed_rss() -> int:
-    """Resident bytes after a GC and glibc's malloc_trim (freed heap handed back), so deltas are live data."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc: the figure then includes freed heap
-        pass
-    return _rss_bytes()
-
-
-def _built(build, save, load):
-    """(index, build seconds, resident bytes of the index) for ``build()``.
-
-    The built index is saved (``save(index, folder)``), dropped and loaded again (``load(folder)``); the
-    bytes are what the load added to this process, so build-time temporaries that an index keeps until it
-    is freed are not counted (ScaNN holds a few hundred bytes per vector more right after some builds).
-    The loaded index is returned and searched.
-    """
-    t0 = time.perf_counter()
-    index = build()
-    build_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory(prefix="index_bench-") as tmp:
-        folder = os.path.join(tmp, "index")
-        save(index, folder)
-        del index
-        before = _trimmed_rss()
-        index = load(folder)
-        rss = max(0, _trimmed_rss() - before)
-    return index, build_s, rss
-
-
 def _save_scann(index, folder):
     index.save(folder)
 
 
-def _save_faiss(index, folder):
-    import faiss
-
-    faiss.write_index(index, folder)
-
-
-def _load_faiss(folder):
-    import faiss
-
-    return faiss.read_index(folder)
-
-
 def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
-    ix, build_s, rss = _built(
+    ix, build_s, rss = built(
         lambda: Index.build(db, method="scann", training_sample_size=train_size, **opts),
         _save_scann,
         Index.load,
@@ -228,7 +102,7 @@ def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
     rows = []
     for search in sweep:
         ix.search_positions(queries[:8], k, **search)  # warm up
-        (found, _), search_s = _timed(lambda s=search: ix.search_positions(queries, k, **s), repeats=3)
+        (found, _), search_s = timed(lambda s=search: ix.search_positions(queries, k, **s), repeats=3)
         params = {
             **{key: ix.options[key] for key in ("leaves", "leaves_to_search", "reorder")},
             **search,
@@ -242,91 +116,10 @@ def run_scann(name, opts, sweep, db, queries, k, truth, train_size):
             params.pop("leaves_to_search")
         if params["reorder"]:
             params["reorder"] = f"{params['reorder']} {ix.options['reorder_dtype']}"
-        row = _row(name, params, build_s, ix.memory_bytes_per_vector, search_s, found, truth, len(queries))
+        row = result_row(name, params, build_s, ix.memory_bytes_per_vector, search_s, found, truth,
+                         len(queries))
         row["rss_bytes_per_vector"] = rss / len(db)
         rows.append(row)
-    return rows
-
-
-def _faiss_ivfpq(db, sample, nlist, subq, bits):
-    import faiss
-
-    d = db.shape[1]
-    quantizer = faiss.IndexFlatIP(d)
-    if bits == 4:
-        index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, subq, 4, faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.IndexIVFPQ(quantizer, d, nlist, subq, 8, faiss.METRIC_INNER_PRODUCT)
-    index.train(sample)
-    index.add(db)
-    index.own_fields = True  # the IVF index frees its quantizer; keeps it alive meanwhile
-    quantizer.this.disown()
-    return index
-
-
-def _faiss_refined(base, db, sample, kind):
-    """``base`` re-ranked by int8 (SQ8) or float32 vectors of the whole database."""
-    import faiss
-
-    d = db.shape[1]
-    if kind == "int8":
-        vectors = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    else:
-        vectors = faiss.IndexFlatIP(d)
-    vectors.train(sample)
-    vectors.add(db)
-    refine = faiss.IndexRefine(base, vectors)
-    refine.own_refine_index = True
-    vectors.this.disown()
-    return refine
-
-
-def run_faiss(db, queries, k, m, truth, train_size, leaves_sweep=None, reorder_sweep=(100,)):
-    """faiss IVF-PQ (m 8-bit codes) and IVF-PQ fast-scan (2m 4-bit codes), each alone and re-ranked by int8
-    (SQ8) and float32 vectors, over the lists-probed sweep. Ids: 8 bytes per vector in the inverted lists."""
-    import faiss
-
-    n, d = db.shape
-    nlist = tree_leaves(n)
-    rng = np.random.default_rng(0)
-    sample = db[np.sort(rng.choice(n, min(n, train_size), replace=False))]
-    rows = []
-    for name, subq, bits in ((f"faiss IVF-PQ{m}", m, 8), (f"faiss IVF-PQ{2 * m}x4fs", 2 * m, 4)):
-        if d % subq:
-            continue
-        base, build_s, rss = _built(
-            lambda s=subq, b=bits: _faiss_ivfpq(db, sample, nlist, s, b), _save_faiss, _load_faiss
-        )
-        code_bytes = subq * bits // 8 + 8
-        refiners = []
-        for kind, extra in (("int8", d), ("f32", 4 * d)):
-            refine, refine_s, refine_rss = _built(
-                lambda kind=kind, base=base: _faiss_refined(faiss.clone_index(base), db, sample, kind),
-                _save_faiss,
-                _load_faiss,
-            )
-            refiners.append((kind, refine, refine_s, refine_rss, extra))
-        for nprobe in leaves_sweep or search_sweep(nlist):
-            base.nprobe = nprobe
-            (_, found), search_s = _timed(lambda base=base: base.search(queries, k), repeats=3)
-            params = {"nlist": nlist, "nprobe": nprobe}
-            row = _row(name, params, build_s, code_bytes, search_s, found, truth, len(queries))
-            row["rss_bytes_per_vector"] = rss / n
-            rows.append(row)
-            for kind, refine, refine_s, refine_rss, extra in refiners:
-                faiss.extract_index_ivf(refine.base_index).nprobe = nprobe
-                for reorder in reorder_sweep:
-                    refine.k_factor = max(1.0, reorder / k)
-                    (_, found), search_s = _timed(lambda refine=refine: refine.search(queries, k), repeats=3)
-                    params_r = {**params, "rerank": f"{int(refine.k_factor * k)} {kind}"}
-                    row = _row(
-                        f"{name}+{kind}", params_r, build_s + refine_s, code_bytes + extra, search_s, found,
-                        truth, len(queries),
-                    )  # fmt: skip
-                    row["rss_bytes_per_vector"] = refine_rss / n  # its own copy of the codes included
-                    rows.append(row)
-        refiners.clear()
-        gc.collect()
     return rows
 
 
@@ -340,8 +133,8 @@ def bench_dataset(label, db, queries, args, has_faiss):
     build_s = time.perf_counter() - t0
     exact.search_positions(queries[:8], k)  # compile
     exact.search_positions(queries, k)  # compile the full query batches too
-    (truth, _), exact_s = _timed(functools.partial(exact.search_positions, queries, k), repeats=2)
-    rows = [_row("exact (JAX)", {}, build_s, 4 * d, exact_s, truth, truth, len(queries))]
+    (truth, _), exact_s = timed(functools.partial(exact.search_positions, queries, k), repeats=2)
+    rows = [result_row("exact (JAX)", {}, build_s, 4 * d, exact_s, truth, truth, len(queries))]
     rows[0]["rss_bytes_per_vector"] = 4 * d  # the database itself (not copied by the index)
     print(_format_row(rows[-1], rows[0]), flush=True)
     del exact

@@ -36,10 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from remap_jax.data.images import ImageList  # noqa: E402
 from remap_jax.evaluation import metrics  # noqa: E402
-from remap_jax.fit import (
-    head_init,  # noqa: E402
-    whitening,  # noqa: E402
-)
+from remap_jax.fit import head_init, head_regions, whitening  # noqa: E402
 from remap_jax.nn.regions import num_regions  # noqa: E402
 from remap_jax.search import ranking  # noqa: E402
 
@@ -133,11 +130,11 @@ def main(argv=None) -> int:
                                               config.seed)
     size = tuple(config.image_size)
     train_extractor = extractor(size, "exact")
-    feature_shape, regions = head_init.feature_grid(train_extractor, layers)
-    train_desc = head_init.describe_regions(
+    feature_shape, regions = head_regions.feature_grid(train_extractor, layers)
+    train_desc = head_regions.describe_regions(
         train_extractor, train_set.read, images, layers, cache_dir=os.path.join(args.workdir, "region_cache"),
         cache_chunk=options.cache_chunk,
-        cache_key=head_init.region_cache_key(train_extractor, train_set, config.dataset),
+        cache_key=head_regions.region_cache_key(train_extractor, train_set, config.dataset),
         cache_dtype=options.cache_dtype)
     alphas = {"1 (R-MAC)": np.ones((len(layers), regions.shape[0]), np.float32)}
     for est in estimators:

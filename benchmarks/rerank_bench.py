@@ -39,6 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench_report import json_default  # noqa: E402  (benchmarks/, this script's folder, is on the path)
+
 DEMO_MODELS = {"fine-tuned": "eval_after", "off-the-shelf": "eval_off_the_shelf"}
 SWEEP = {"m": (25, 50, 100, 200, 400), "k": (3, 5, 9, 15), "beta": (0.05, 0.15, 0.3, 1.0, 2.0)}
 
@@ -350,16 +352,8 @@ def main(argv=None) -> int:
     if args.json:
         from remap_jax.runtime import atomic
 
-        atomic.write_json(args.json, json.loads(json.dumps(report, default=_json_default)), indent=1)
+        atomic.write_json(args.json, json.loads(json.dumps(report, default=json_default)), indent=1)
     return 0
-
-
-def _json_default(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 if __name__ == "__main__":

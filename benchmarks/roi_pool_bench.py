@@ -60,7 +60,7 @@ def time_fns(fns: dict, x, repeats: int, clock: str) -> dict:
     Each timed call follows an untimed call of the same function, so each one finds the caches as its own
     previous call left them (not as another function did). `clock="process"` counts the CPU time of all
     of this process's threads instead of wall time: on a machine shared with other jobs it varies less,
-    but it adds up the threads (about 2x wall on 2 cores).
+    but it adds up the threads.
     """
     read = CLOCKS[clock]
     times = {name: [] for name in fns}

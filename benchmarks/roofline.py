@@ -70,7 +70,7 @@ def measure_peaks(matmul: int = 1024, copy_mb: int = 128, repeats: int = 5) -> d
         a = jax.random.normal(jax.random.key(0), (matmul, matmul), jnp.float32).astype(dtype)
         out[f"{dtype}_flops"] = 2 * matmul**3 / _best_seconds(lambda a=a: dot(a), repeats)
     # the input buffer is donated and reused: a fresh output buffer each call would time the OS mapping new
-    # pages (below 1 GB/s on the 2-core VM), not the memory
+    # pages, not the memory
     state = [jnp.zeros((copy_mb << 20) // 4, jnp.float32)]
     step = jax.jit(lambda v: v + 1.0, donate_argnums=0)
 

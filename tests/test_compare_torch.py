@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import _torch_worker  # noqa: E402
 import compare_torch  # noqa: E402
+import compare_torch_data  # noqa: E402
+import compare_torch_sides  # noqa: E402
 
 from remap_jax.nn.backbones import load_pretrained  # noqa: E402
 from remap_jax.nn.regions import rmac_regions  # noqa: E402
@@ -41,10 +43,10 @@ def test_malloc_settings_reach_the_torch_worker_only_when_both_sides_get_them(mo
         monkeypatch.delenv(variable, raising=False)
     python = ["--torch-python", "/venv/bin/python"]
     assert compare_torch.parse_args(python).retain_memory == "both"
-    env = compare_torch.worker_env(compare_torch.parse_args(python))
+    env = compare_torch_sides.worker_env(compare_torch.parse_args(python))
     assert env["MALLOC_ARENA_MAX"] == "1" and env["OMP_NUM_THREADS"] == "2"
     for choice in ("jax", "none"):
-        env = compare_torch.worker_env(compare_torch.parse_args([*python, "--retain-memory", choice]))
+        env = compare_torch_sides.worker_env(compare_torch.parse_args([*python, "--retain-memory", choice]))
         assert not any(k.startswith("MALLOC_") for k in env) and env["OMP_NUM_THREADS"] == "2"
     with pytest.raises(SystemExit):
         compare_torch.parse_args([*python, "--retain-memory", "torch"])
@@ -81,7 +83,7 @@ def test_worker_region_grid_is_remap_jax_grid():
 def test_random_weights_load_into_remap_jax(tmp_path):
     from safetensors.numpy import save_file
 
-    state = compare_torch.random_torchvision_weights("resnet50", seed=3)
+    state = compare_torch_data.random_torchvision_weights("resnet50", seed=3)
     assert not any(k.startswith("fc.") for k in state)
     assert state["layer1.0.bn3.weight"].max() <= 0.3 and state["layer1.0.bn1.weight"].min() >= 0.5
     assert np.all(state["bn1.running_var"] >= 0.5) and np.any(state["bn1.running_mean"] != 0)
@@ -90,7 +92,7 @@ def test_random_weights_load_into_remap_jax(tmp_path):
     variables = load_pretrained("resnet50", path)
     kernel = variables["params"]["layer1_0"]["conv2"]["conv"]["kernel"]
     np.testing.assert_array_equal(kernel, state["layer1.0.conv2.weight"].transpose(2, 3, 1, 0))
-    again = compare_torch.random_torchvision_weights("resnet50", seed=3)
+    again = compare_torch_data.random_torchvision_weights("resnet50", seed=3)
     assert all(np.array_equal(again[k], v) for k, v in state.items())
 
 
@@ -99,11 +101,12 @@ def test_jax_side_on_a_tiny_size(tmp_path):
     from safetensors.numpy import save_file
 
     path = str(tmp_path / "r18.safetensors")
-    save_file(compare_torch.random_torchvision_weights("resnet18"), path)
-    side = compare_torch.JaxSide("resnet18", path, (64, 96), levels=3, include_global=False, dtype="float32")
+    save_file(compare_torch_data.random_torchvision_weights("resnet18"), path)
+    side = compare_torch_sides.JaxSide("resnet18", path, (64, 96), levels=3, include_global=False,
+                                       dtype="float32")
     args = compare_torch.parse_args(["--no-torch", "--size", "64x96", "--repeats", "2", "--warmup", "1",
                                      "--pause-s", "0", "--breakdown"])
-    images = compare_torch.test_images(2, (64, 96))
+    images = compare_torch_data.test_images(2, (64, 96))
     assert images.shape == (2, 64, 96, 3) and images.dtype == np.uint8
     row = compare_torch.compare_batch(side, None, images, args, str(tmp_path))
     assert row["batch"] == 2 and len(row["jax_times"]) == 2 and row["dim"] == 512 and "ratio" not in row
@@ -120,8 +123,8 @@ def test_jax_side_on_a_tiny_size(tmp_path):
 
 def test_thread_env_pins_threads_and_jax_devices(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_foo=1")
-    env = compare_torch.thread_env(2, jax_cpu_devices=2)
+    env = compare_torch_sides.thread_env(2, jax_cpu_devices=2)
     assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=2"]
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
-    one = compare_torch.thread_env(1)["XLA_FLAGS"].split()
+    one = compare_torch_sides.thread_env(1)["XLA_FLAGS"].split()
     assert one == ["--xla_foo=1", "--xla_cpu_multi_thread_eigen=false"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from remap_jax.fit import head_init
+from remap_jax.fit import head_init, head_init_files, head_regions
 from remap_jax.fit.head_init import HeadInitOptions
 from remap_jax.nn.regions import rmac_regions
 from train import init_head as init_head_command
@@ -68,8 +68,9 @@ class FakeExtractor:
 
 
 def _describe(tmp_path, fn, train_set, images, key="k"):
-    return head_init.describe_regions(fn, train_set.read, images, LAYERS, cache_dir=str(tmp_path / "cache"),
-                                      cache_chunk=10, cache_key=key, progress=False)
+    return head_regions.describe_regions(fn, train_set.read, images, LAYERS,
+                                         cache_dir=str(tmp_path / "cache"), cache_chunk=10, cache_key=key,
+                                         progress=False)
 
 
 def test_select_pairs_compact_and_valid():
@@ -135,7 +136,7 @@ def test_describe_regions_rejects_missing_layer(tmp_path):
 
     ts = FakeTrainingSet()
     with pytest.raises(ValueError, match="expected 'layer4.2'"):
-        head_init.describe_regions(OneLayer(), ts.read, np.arange(4), LAYERS, progress=False)
+        head_regions.describe_regions(OneLayer(), ts.read, np.arange(4), LAYERS, progress=False)
 
 
 def _fit(tmp_path, **overrides):
@@ -190,8 +191,8 @@ def test_compute_head_init_explains_rank_problems(tmp_path):
 def test_outputs_round_trip_and_png(tmp_path):
     _, _, init = _fit(tmp_path)
     summary = {"note": "test"}
-    paths = head_init.write_outputs(str(tmp_path / "work"), init, summary)
-    loaded = head_init.load_head_init(paths["head_init.npz"])
+    paths = head_init_files.write_outputs(str(tmp_path / "work"), init, summary)
+    loaded = head_init_files.load_head_init(paths["head_init.npz"])
     assert loaded.layers == LAYERS and loaded.feature_shape == FEATURE_SHAPE
     np.testing.assert_array_equal(loaded.alpha, init.alpha)
     np.testing.assert_array_equal(loaded.w, init.w)
@@ -200,9 +201,9 @@ def test_outputs_round_trip_and_png(tmp_path):
         assert png.size[0] > 200 and png.size[1] > 200
     assert json.load(open(paths["init_head.json"])) == summary
     with pytest.raises(ValueError, match="computed for layers"):
-        head_init.load_head_init(paths["head_init.npz"], layers=LAYERS[::-1])
+        head_init_files.load_head_init(paths["head_init.npz"], layers=LAYERS[::-1])
     with pytest.raises(FileNotFoundError, match="train.init_head"):
-        head_init.load_head_init(str(tmp_path / "missing.npz"))
+        head_init_files.load_head_init(str(tmp_path / "missing.npz"))
 
 
 def test_init_options_reject_unknown_keys_and_bad_values():
@@ -252,7 +253,7 @@ def test_pool_descriptors_and_param_tree_match_remap_head():
                                                           alpha, LAYERS), w, b)
     np.testing.assert_allclose(np.asarray(head.apply(variables, feats)), expected, rtol=1e-4, atol=1e-5)
     # head_params.msgpack holds exactly the head's parameter tree.
-    tree = head_init.head_param_tree(init)
+    tree = head_init_files.head_param_tree(init)
     params = jax.tree_util.tree_map(np.asarray, variables["params"])
     assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(params)
     for got, want in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params), strict=True):

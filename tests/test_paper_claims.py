@@ -1,11 +1,12 @@
-"""benchmarks/paper_claims.py: the pure helpers (judgement, claim rows, tables, pool splitting)."""
+"""benchmarks/paper_claims*.py: the pure helpers (judgement, claim rows, tables, pool splitting)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from benchmarks import paper_claims as pc
+from benchmarks import paper_claims_judging as pc
+from benchmarks import paper_claims_variants as variants
 
 
 @pytest.mark.parametrize("diff, se, expected", [
@@ -44,9 +45,9 @@ def test_claim_rows_pair_per_query_differences_and_skip_missing_variants():
 
 def test_split_pools_renormalises_each_part():
     rng = np.random.default_rng(0)
-    parts = [pc.l2(rng.normal(size=(4, 5))) for _ in range(3)]
-    joined = pc.l2(np.concatenate(parts, axis=1))  # what the extractor returns: L2 over the whole row
-    split = pc.split_pools(joined)
+    parts = [variants.l2(rng.normal(size=(4, 5))) for _ in range(3)]
+    joined = variants.l2(np.concatenate(parts, axis=1))  # what the extractor returns: L2 over the whole row
+    split = variants.split_pools(joined)
     for name, part in zip(("MAC", "SPoC", "GeM"), parts, strict=True):
         np.testing.assert_allclose(split[name], part, atol=1e-6)
 

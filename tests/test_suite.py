@@ -12,6 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import suite  # noqa: E402
+import suite_report  # noqa: E402
+import suite_rows  # noqa: E402
 
 
 def test_tiny_run_writes_every_block(tmp_path):
@@ -38,7 +40,7 @@ def test_tiny_run_writes_every_block(tmp_path):
         assert block["rows"] or block["error"], (name, block)
         assert block["status"] in ("ok", "ok (budget skipped some rows)", "partial", "error", "timeout")
         for row in block["rows"]:
-            measured = [key for key, _, _ in suite.COLUMNS[name] if key in row]
+            measured = [key for key, _, _ in suite_report.COLUMNS[name] if key in row]
             assert "error" in row or len(measured) >= 5, (name, row)
             if "error" in row:
                 continue
@@ -107,7 +109,7 @@ def test_budget_shares_pass_unused_time_on():
 
 def test_row_writer_skips_what_does_not_fit_and_records_errors(tmp_path):
     path = tmp_path / "block.jsonl"
-    writer = suite.RowWriter(str(path), deadline=time.time() + 0.5)
+    writer = suite_rows.RowWriter(str(path), deadline=time.time() + 0.5)
     assert writer.timed("a", {"arch": "x", "batch": 1}, lambda: (time.sleep(0.6), {"images_per_s": 2.0})[1])
     # same kind predicted to take 0.6 s, past the deadline: skipped and listed
     assert writer.timed("a", {"arch": "x", "batch": 2}, lambda: {"images_per_s": 1.0}) is None
@@ -115,7 +117,7 @@ def test_row_writer_skips_what_does_not_fit_and_records_errors(tmp_path):
     failed = writer.timed("b", {"arch": "y", "batch": 1}, lambda: 1 / 0)
     assert failed["error"].startswith("ZeroDivisionError")
     path.write_text(path.read_text() + '{"row": {"arch": "cut sh')  # a line cut short by a kill
-    block = suite.read_block(str(path))
+    block = suite_rows.read_block(str(path))
     assert [(r["arch"], r["batch"]) for r in block["rows"]] == [("x", 1), ("y", 1)]
     assert block["skipped"][0]["batch"] == 2 and "predicted" in block["skipped"][0]["reason"]
     assert not block["done"]
@@ -127,7 +129,7 @@ def test_markdown_shows_errors_and_skipped_rows():
              "skipped": [{"arch": "resnet101", "dtype": "float32", "batch": 1, "reason": "predicted"}]}
     report = {"device": {}, "preset": "tiny", "timeout_s": 10.0, "total_s": 12.0,
               "blocks": {"extract": block}}
-    text = suite.markdown(report)
+    text = suite_report.markdown(report)
     assert "killed at its budget" in text and "| resnet50 | float32 | 1 |" in text
     assert "arch=resnet101" in text
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from remap_jax import Extractor
-from remap_jax.fit.head_init import HeadInit, save_head_init
+from remap_jax.fit.head_init import HeadInit
+from remap_jax.fit.head_init_files import save_head_init
 from remap_jax.model import save_exported
 from train import build, optim, validate
 from train.configs.demo_resnet18 import get_config
@@ -107,7 +108,7 @@ def test_main_job_evaluates_off_the_shelf_initialises_the_head_then_trains(confi
     """config.initialise_head: off-the-shelf table -> KL alphas + whitening (workdir/init) -> training."""
     from test_train import FakeTestSet, FakeTrainingSet
 
-    from remap_jax.fit.head_init import load_head_init
+    from remap_jax.fit.head_init_files import load_head_init
     from train.loop import train_and_evaluate
 
     c = config.copy_and_resolve_references()

@@ -12,13 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from remap_jax.fit.head_init import (
-    HeadInit,
-    HeadInitOptions,
-    head_param_tree,
-    initialise_head,
-    load_head_init,
-)
+from remap_jax.fit.head_init import HeadInit, HeadInitOptions
+from remap_jax.fit.head_init_files import head_param_tree, load_head_init
+from remap_jax.fit.initialise import initialise_head
 from remap_jax.model import MODEL_FIELDS, init_variables, model_from_config, normalise_config
 
 
@@ -88,7 +84,7 @@ def initialise_head_from_config(config: ml_collections.ConfigDict, workdir: str,
                                 mesh=None) -> HeadInit:
     """KL region weights and whitening for `config`'s head, from the network training starts from (its
     `pretrained` backbone, or the seeded random init), on its training set at `config.image_size`; the
-    files of `remap_jax.fit.head_init.write_outputs` go to `workdir` (`config.head_init` takes
+    files of `remap_jax.fit.head_init_files.write_outputs` go to `workdir` (`config.head_init` takes
     head_init.npz)."""
     from remap_jax.data import load_training_set
     from remap_jax.describe.extractor import Extractor

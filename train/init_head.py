@@ -4,7 +4,8 @@ r"""Initialise the REMAP head of a training config: KL region weights and whiten
 
 Describes training pairs with the network `train.main` starts from (`config.model.pretrained`, else the
 seeded random initialisation), as training sees the images (`config.image_size`), and writes head_init.npz,
-head_params.msgpack, region_weights.png and init_head.json into the workdir (see `remap_jax.fit.head_init`).
+head_params.msgpack, region_weights.png and init_head.json into the workdir (see
+`remap_jax.fit.head_init_files`).
 Set `config.head_init` to workdir/head_init.npz to train from it. Options: `config.init_head`.
 """
 

@@ -1,56 +1,38 @@
-"""Initialise the REMAP head from an off-the-shelf network: KL region weights and whitening.
+"""Initialise the REMAP head from an off-the-shelf network: KL region weights and whitening, fitted from
+region descriptors.
 
     init, summary = initialise_head(extractor, train_set, layers, HeadInitOptions(), workdir="/tmp/init")
     variables = init_variables(model, key, shape, backbone_variables, head_params=head_param_tree(init))
 
 Steps: (1) pick matching pairs from the training set's pair lists and sample as many non-matching pairs
 among the same images (different landmarks) (`select_pairs`); (2) describe those images with the extractor's
-network and keep the L2-normalised region descriptors of every tapped layer (`describe_regions`, cached in
-`region_cache/` chunk by chunk, so an interrupted run resumes where it stopped); (3) KL(P_match ||
-P_nonmatch) of the region distances gives the per-(layer, region) alphas (`remap_jax.fit.kl`); (4) the
-alpha-weighted descriptors, pooled exactly as `REMAPHead` pools them, train the whitening
-(`remap_jax.fit.whitening`, Lw by default, or PCA) (`compute_head_init`).
+network and keep the L2-normalised region descriptors of every tapped layer
+(`remap_jax.fit.head_regions.describe_regions`, cached chunk by chunk); (3) KL(P_match || P_nonmatch) of the
+region distances gives the per-(layer, region) alphas (`remap_jax.fit.kl`); (4) the alpha-weighted
+descriptors, pooled exactly as `REMAPHead` pools them, train the whitening (`remap_jax.fit.whitening`, Lw by
+default, or PCA) (`compute_head_init`).
 
-Files (`write_outputs`):
-  head_init.npz        alpha/<layer> (R,), whitening_W (d, D), whitening_b (d,), and for the record layers,
-                       kl (L, R) raw KL in nats, regions (R, 4), feature_shape (h, w): what a training
-                       config's `head_init` points at (`load_head_init` reads it back).
-  head_params.msgpack  the head's parameter tree ({"stream_<layer>": {"alpha"}, "whiten": {"kernel",
-                       "bias"}}) in flax msgpack, ready to drop into `variables["params"]["head"]`.
-  region_weights.png   the alphas laid out on the feature-map grid, one row per layer, one column per scale.
-  init_head.json       a summary (pairs, images, timings, KL statistics).
+This module holds the options, the result and the fitting (steps 1, 3, 4); `remap_jax.fit.head_regions`
+collects the region descriptors (step 2), `remap_jax.fit.head_init_files` reads and writes the init folder,
+and `remap_jax.fit.initialise.initialise_head` runs the whole job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from remap_jax.data.images import ImageList
 from remap_jax.fit import kl, whitening
-from remap_jax.runtime import atomic
-from remap_jax.runtime.extras import require
 
 __all__ = [
     "HeadInit",
     "HeadInitOptions",
     "compute_head_init",
-    "describe_regions",
-    "head_param_tree",
-    "initialise_head",
-    "load_head_init",
     "pool_descriptors",
-    "region_cache_key",
-    "save_head_init",
-    "save_region_weight_png",
     "select_pairs",
-    "write_outputs",
 ]
 
 
@@ -167,79 +149,6 @@ def select_pairs(labels: np.ndarray, qidx: np.ndarray, pidx: np.ndarray, num_pos
     return images, np.searchsorted(images, pos), np.searchsorted(images, neg)
 
 
-def _chunk_path(cache_dir: str, k: int) -> str:
-    return os.path.join(cache_dir, f"chunk_{k:05d}.npz")
-
-
-def _read_chunk(path: str, cache_key: str, chunk: np.ndarray, layers: Sequence[str]):
-    """A cached chunk's descriptors, or None if it is for other images / another setting, or unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["cache_key"]) != cache_key or not np.array_equal(f["images"], chunk):
-                return None
-            return {layer: f[f"layer/{layer}"] for layer in layers}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        print(f"region cache: ignoring unreadable {path} ({type(e).__name__}: {e}); recomputing it")
-        return None
-
-
-def describe_regions(extractor, read, images: np.ndarray, layers: Sequence[str], *,
-                     cache_dir: str | None = None, cache_chunk: int = 256, cache_key: str = "",
-                     cache_dtype: str = "float32", progress: bool = True) -> dict[str, np.ndarray]:
-    """Region descriptors of dataset images, cached chunk by chunk so an interrupted run resumes.
-
-    Args:
-      extractor: a `remap_jax.Extractor` (anything with `.regions(images, progress=...)` returning layer ->
-        (n, R, C)); its resizing decides the input size.
-      read: dataset index -> uint8 (H, W, 3) image (e.g. `TrainingSet.read`).
-      images: (M,) dataset indices.
-      layers: the tapped layers to keep.
-      cache_dir: where chunk files go (None = no cache).
-      cache_key: fingerprint of everything that changes the descriptors (network, size, dataset, ...); a
-        chunk written under another key or for other images is recomputed.
-
-    Returns:
-      layer -> (M, R, C) float32 descriptors, rows in the order of `images`.
-    """
-    images = np.asarray(images, np.int64)
-    chunks = [images[i:i + cache_chunk] for i in range(0, len(images), cache_chunk)]
-    if cache_dir:
-        os.makedirs(cache_dir, exist_ok=True)
-    parts: list[dict[str, np.ndarray]] = []
-    cached = computed = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(images), desc="region descriptors", unit="img", dynamic_ncols=True)
-    try:
-        for k, chunk in enumerate(chunks):
-            path = _chunk_path(cache_dir, k) if cache_dir else None
-            hit = _read_chunk(path, cache_key, chunk, layers) if path and os.path.exists(path) else None
-            if hit is not None:
-                parts.append(hit)
-                cached += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-                continue
-            result = extractor.regions(ImageList(read, chunk), progress=bar.update if bar else False)
-            missing = [layer for layer in layers if layer not in result]
-            if missing:
-                raise ValueError(f"region descriptors: got layers {sorted(result)}, expected {missing[0]!r}")
-            part = {layer: np.asarray(result[layer]).astype(cache_dtype) for layer in layers}
-            computed += len(chunk)
-            if path:
-                atomic.save_npz(path, cache_key=np.array(cache_key), images=chunk,
-                                **{f"layer/{layer}": v for layer, v in part.items()})
-            parts.append(part)
-    finally:
-        if bar is not None:
-            bar.close()
-    if progress and cached:
-        print(f"region descriptors: {cached} images read from the cache in {cache_dir}, {computed} computed")
-    return {layer: np.concatenate([p[layer] for p in parts]).astype(np.float32) for layer in layers}
-
-
 def pool_descriptors(region_descriptors: Mapping[str, np.ndarray], alpha: np.ndarray,
                      layers: Sequence[str]) -> np.ndarray:
     """The whitening layer's input, from region descriptors, exactly as `REMAPHead` computes it.
@@ -293,173 +202,3 @@ def compute_head_init(region_descriptors: Mapping[str, np.ndarray], positives: n
     return HeadInit(tuple(layers), alpha, raw.astype(np.float32), w, b, np.asarray(regions, np.int32),
                     (int(feature_shape[0]), int(feature_shape[1])))
 
-
-def head_param_tree(init: HeadInit) -> dict:
-    """The head's parameters in `REMAPHead`'s layout (the Dense kernel is W.T): `head_params` of
-    `remap_jax.model.init_variables`."""
-    from remap_jax.nn.heads import stream_name
-
-    tree: dict = {stream_name(layer): {"alpha": np.asarray(a, np.float32)} for layer, a in
-                  init.alpha_init.items()}
-    if init.w is not None:
-        tree["whiten"] = {"kernel": np.ascontiguousarray(init.w.T), "bias": init.b}
-    return tree
-
-
-def save_head_init(path: str, init: HeadInit) -> None:
-    """Write `init` as an .npz (atomically) in the layout `load_head_init` reads.
-
-    Keys: `alpha/<layer>` (R,) per layer, `whitening_W` (d, D) and `whitening_b` (d,) when whitening was
-    fitted, plus `layers`, `kl` (L, R) raw KL in nats, `regions` (R, 4) and `feature_shape` (2,) for the
-    record and the heatmap.
-    """
-    arrays = {f"alpha/{layer}": a for layer, a in init.alpha_init.items()}
-    arrays.update(layers=np.array(init.layers), kl=init.kl, regions=init.regions,
-                  feature_shape=np.array(init.feature_shape))
-    if init.w is not None:
-        arrays.update(whitening_W=init.w, whitening_b=init.b)
-    atomic.save_npz(path, **arrays)
-
-
-def load_head_init(path: str, layers: Sequence[str] | None = None) -> HeadInit:
-    """Read a `head_init.npz`; with `layers`, check it was computed for those layers (in that order)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"head_init: {path} does not exist; write it with "
-                                "`python -m train.init_head --config=... --workdir=DIR` (DIR/head_init.npz)")
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"layers", "kl", "regions", "feature_shape"} - set(f.files)
-        if missing:
-            raise ValueError(f"head_init: {path} lacks {sorted(missing)}; is it a train.init_head output?")
-        stored = tuple(str(s) for s in f["layers"])
-        alpha = np.stack([f[f"alpha/{layer}"] for layer in stored])
-        has_w = "whitening_W" in f.files
-        init = HeadInit(stored, alpha, f["kl"], f["whitening_W"] if has_w else None,
-                        f["whitening_b"] if has_w else None, f["regions"],
-                        tuple(int(v) for v in f["feature_shape"]))
-    if layers is not None and tuple(layers) != stored:
-        raise ValueError(f"head_init {path!r}: computed for layers {list(stored)}, but the model taps "
-                         f"{list(layers)}; rerun train.init_head with this config")
-    return init
-
-
-def save_region_weight_png(path: str, init: HeadInit, title: str = "KL region weights (alpha)") -> None:
-    """Heatmap of the alphas on the feature-map grid: one row per layer, one column per region scale.
-
-    Each cell shows the mean alpha of the regions of that scale covering it; the colour scale is shared,
-    region outlines are drawn and each region's alpha is printed at its centre.
-    """
-    matplotlib = require("matplotlib", "train", "the region-weight plot (region_weights.png)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    h, w = init.feature_shape
-    per_layer = [kl.region_weight_maps(init.alpha[i], init.regions, h, w) for i in range(len(init.layers))]
-    cols = max(len(m) for m in per_layer)
-    vmin, vmax = float(np.min(init.alpha)), float(np.max(init.alpha))
-    fig, axes = plt.subplots(len(init.layers), cols, squeeze=False,
-                             figsize=(3.2 * cols * max(w / h, 0.5), 3.0 * len(init.layers) + 0.6))
-    image = None
-    for i, (layer, maps) in enumerate(zip(init.layers, per_layer, strict=True)):
-        for j in range(cols):
-            ax = axes[i, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= len(maps):
-                ax.axis("off")
-                continue
-            size, grid = maps[j]
-            image = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-            for (y0, x0, rh, rw), a in zip(init.regions, init.alpha[i], strict=True):
-                if (int(rh), int(rw)) == size:
-                    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), rw, rh, fill=False, lw=0.6, ec="white"))
-                    ax.text(x0 + rw / 2 - 0.5, y0 + rh / 2 - 0.5, f"{a:.2f}", ha="center", va="center",
-                            fontsize=6, color="white")
-            ax.set_title(f"{layer}  regions {size[0]}x{size[1]}", fontsize=8)
-    fig.suptitle(f"{title}; map {h}x{w} cells", fontsize=9)
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="alpha")
-    with atomic.atomic_write(path) as f:
-        fig.savefig(f, dpi=110, format="png")
-    plt.close(fig)
-
-
-def write_outputs(workdir: str, init: HeadInit, summary: dict) -> dict[str, str]:
-    """Write head_init.npz, head_params.msgpack, region_weights.png and init_head.json into workdir."""
-    from flax import serialization
-
-    os.makedirs(workdir, exist_ok=True)
-    paths = {name: os.path.join(workdir, name) for name in
-             ("head_init.npz", "head_params.msgpack", "region_weights.png", "init_head.json")}
-    save_head_init(paths["head_init.npz"], init)
-    with atomic.atomic_write(paths["head_params.msgpack"]) as f:
-        f.write(serialization.msgpack_serialize(head_param_tree(init)))
-    save_region_weight_png(paths["region_weights.png"], init)
-    atomic.write_json(paths["init_head.json"], summary, indent=2)
-    return paths
-
-
-def feature_grid(extractor, layers: Sequence[str]) -> tuple[tuple[int, int], np.ndarray]:
-    """((h, w) of the deepest tapped layer's map, its R-MAC regions (R, 4)) at the extractor's image size."""
-    import jax
-    import jax.numpy as jnp
-
-    from remap_jax.describe.extractor import target_size
-    from remap_jax.model import RetrievalModel
-    from remap_jax.nn.regions import rmac_regions
-
-    model, head = extractor.model, extractor.model.head
-    size = target_size(*extractor.image_size, extractor.image_size, extractor.resize, extractor.bucket)
-    features = lambda v, x: model.apply(v, x, method=RetrievalModel.features)  # noqa: E731
-    shapes = jax.eval_shape(features, extractor.variables, jax.ShapeDtypeStruct((1, *size, 3), jnp.uint8))
-    h, w = shapes[layers[-1]].shape[1:3]
-    return (int(h), int(w)), rmac_regions(h, w, head.levels, head.overlap, head.include_global)
-
-
-def region_cache_key(extractor, train_set, name: str = "") -> str:
-    """The region cache's key for describing `train_set` with `extractor`: the extractor's fingerprint,
-    `name` (e.g. the dataset name) and a digest of the training set's labels and pairs, so that a rebuilt or
-    re-versioned dataset of the same name (e.g. synthetic_landmarks/hard 1.2.0 -> 1.3.0) is never answered
-    from descriptors of the old one."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for a in (train_set.labels, train_set.qidx, train_set.pidx):
-        h.update(np.ascontiguousarray(np.asarray(a, np.int64)).tobytes())
-    return f"{extractor.fingerprint()}|{name}|{h.hexdigest()[:12]}"
-
-
-def initialise_head(extractor, train_set, layers: Sequence[str], options: HeadInitOptions, *, workdir: str,
-                    out_dim: int = 0, seed: int = 0, cache_key: str = "",
-                    summary: Mapping | None = None) -> tuple[HeadInit, dict]:
-    """The whole job: pairs -> region descriptors (cached in workdir/region_cache) -> KL alphas + whitening
-    -> the files of `write_outputs` in `workdir`. Returns (HeadInit, the summary written to init_head.json).
-
-    extractor: describes training images as the model will see them (e.g. `resize="exact"` at the training
-    size); its fingerprint plus `cache_key` (e.g. the dataset name) keys the region cache.
-    """
-    t0 = time.perf_counter()
-    images, pos, neg = select_pairs(train_set.labels, train_set.qidx, train_set.pidx,
-                                    options.num_positive_pairs, options.negatives_per_positive, seed)
-    print(f"init_head: {len(pos)} matching and {len(neg)} non-matching pairs over {len(images)} images")
-    feature_shape, regions = feature_grid(extractor, layers)
-    key = region_cache_key(extractor, train_set, cache_key)
-    t1 = time.perf_counter()
-    desc = describe_regions(extractor, train_set.read, images, layers,
-                            cache_dir=os.path.join(workdir, "region_cache"), cache_chunk=options.cache_chunk,
-                            cache_key=key, cache_dtype=options.cache_dtype)
-    t2 = time.perf_counter()
-    init = compute_head_init(desc, pos, neg, layers, regions, feature_shape, out_dim=out_dim, options=options)
-    t3 = time.perf_counter()
-    record = {
-        **dict(summary or {}),
-        "layers": list(layers), "feature_shape": list(feature_shape), "num_regions": int(regions.shape[0]),
-        "num_images": int(len(images)), "num_positive_pairs": int(len(pos)),
-        "num_negative_pairs": int(len(neg)), "options": dataclasses.asdict(options),
-        "kl_nats": {layer: {"min": float(init.kl[i].min()), "mean": float(init.kl[i].mean()),
-                            "max": float(init.kl[i].max())} for i, layer in enumerate(layers)},
-        "whitening_shape": None if init.w is None else list(init.w.shape),
-        "seconds": {"setup": round(t1 - t0, 2), "describe": round(t2 - t1, 2), "fit": round(t3 - t2, 2)},
-    }
-    write_outputs(workdir, init, record)
-    return init, record

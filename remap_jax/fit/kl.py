@@ -140,6 +140,15 @@ def _check_distances(name: str, d: np.ndarray, min_pairs: int) -> np.ndarray:
     return np.clip(d, 0.0, MAX_DISTANCE)
 
 
+def _check_populations(d_match, d_nonmatch, min_pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both populations checked by `_check_distances`, as (P, K) and (Q, K) with the same K."""
+    dm = _check_distances("d_match", d_match, min_pairs)
+    dn = _check_distances("d_nonmatch", d_nonmatch, min_pairs)
+    if dm.shape[1] != dn.shape[1]:
+        raise ValueError(f"d_match / d_nonmatch: column counts differ ({dm.shape[1]} vs {dn.shape[1]})")
+    return dm, dn
+
+
 def _kl_of_densities(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """KL of discrete distributions along axis 0 (each column sums to 1, all entries > 0)."""
     kl = np.sum(p * (np.log(p) - np.log(q)), axis=0)
@@ -173,10 +182,7 @@ def kl_histogram(d_match: np.ndarray, d_nonmatch: np.ndarray, bins: int = 32, sm
     if not smoothing > 0:
         raise ValueError(f"smoothing: expected > 0 so that no bin is empty, got {smoothing}")
     squeeze = np.ndim(d_match) == 1
-    dm = _check_distances("d_match", d_match, min_pairs)
-    dn = _check_distances("d_nonmatch", d_nonmatch, min_pairs)
-    if dm.shape[1] != dn.shape[1]:
-        raise ValueError(f"d_match / d_nonmatch: column counts differ ({dm.shape[1]} vs {dn.shape[1]})")
+    dm, dn = _check_populations(d_match, d_nonmatch, min_pairs)
     p = _histogram(dm, bins) + smoothing
     q = _histogram(dn, bins) + smoothing
     kl = _kl_of_densities(p / p.sum(0), q / q.sum(0))
@@ -221,10 +227,7 @@ def kl_kde(d_match: np.ndarray, d_nonmatch: np.ndarray, grid_size: int = 256, ba
     if not 0 < smoothing_kde < 1:
         raise ValueError(f"smoothing_kde: expected a value in (0, 1), got {smoothing_kde}")
     squeeze = np.ndim(d_match) == 1
-    dm = _check_distances("d_match", d_match, min_pairs)
-    dn = _check_distances("d_nonmatch", d_nonmatch, min_pairs)
-    if dm.shape[1] != dn.shape[1]:
-        raise ValueError(f"d_match / d_nonmatch: column counts differ ({dm.shape[1]} vs {dn.shape[1]})")
+    dm, dn = _check_populations(d_match, d_nonmatch, min_pairs)
     grid = np.linspace(0.0, MAX_DISTANCE, grid_size)
 
     def density(d):

@@ -56,14 +56,10 @@ LITE_COEFFICIENTS = {
 }
 
 # Input normalisation, RGB for pixels in [0, 1]: (x - 127/255) / (128/255), i.e. (pixel - 127) / 128 on
-# 0..255 as TensorFlow trained EfficientNet-Lite, rather than ImageNet mean/std. Measured on the real
-# Lite0/1/2 weights with the reference implementation (tools/make_efficientnet_parity_fixture.py
-# --measure-normalization, 10 scikit-image photos): the stem BatchNorm's stored running statistics match
-# the statistics of the stem conv outputs about 10x better (median per-channel KL 0.045 vs 0.51 for Lite0,
-# 0.045 vs 0.48 Lite1, 0.044 vs 0.51 Lite2; every BN layer: 0.022 vs 0.068, 0.021 vs 0.057, 0.019 vs
-# 0.061). Class confidence on 6 labelled photos is mixed (mean probability of the expected classes, this
-# vs ImageNet: Lite0 0.69 vs 0.61, Lite1 0.46 vs 0.47, Lite2 0.48 vs 0.53; top-1 among them 5/6 vs 5/6
-# except Lite2 4/6 vs 5/6): too few photos to overrule the BatchNorm evidence.
+# 0..255 as TensorFlow trained EfficientNet-Lite, rather than ImageNet mean/std: with the real weights and
+# the reference implementation (tools/make_efficientnet_parity_fixture.py --measure-normalization), the
+# stem BatchNorm's stored running statistics match the statistics of the stem conv outputs far better under
+# this normalisation; class confidence on a few labelled photos is mixed, too few photos to overrule it.
 LITE_INPUT_MEAN = (127 / 255,) * 3
 LITE_INPUT_STD = (128 / 255,) * 3
 

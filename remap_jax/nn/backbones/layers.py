@@ -116,10 +116,10 @@ def _depthwise_by_shifts(x: jax.Array, kernel: jax.Array, stride: int, pad: int 
     """Depthwise convolution (kernel (kh, kw, 1, C)) as kh * kw strided slices of the padded map, each
     multiplied by its (C,) tap and summed: elementwise loops XLA fuses and vectorises.
 
-    XLA's CPU backend lowers a grouped convolution with one channel per group to slow generic code:
-    measured on 2 cores at EfficientNet-Lite0 shapes (batch 16), 6-34x slower than this forward and 7-44x
-    slower in the backward pass. Computed in float32 (16-bit float arithmetic is scalar on the CPU) and
-    returned in the kernel's dtype; the sum order differs from the convolution's (float rounding only).
+    XLA's CPU backend lowers a grouped convolution with one channel per group to slow generic code, many
+    times slower than this, forward and backward. Computed in float32 (16-bit float arithmetic is scalar on
+    the CPU) and returned in the kernel's dtype; the sum order differs from the convolution's (float rounding
+    only).
     """
     kh, kw, _, c = kernel.shape
     b, h, w, _ = x.shape

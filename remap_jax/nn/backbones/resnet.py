@@ -19,8 +19,8 @@ from remap_jax.nn.backbones.layers import ConvBN, TapRecorder, max_pool_torch
 STEM_TAPS = ("conv1", "bn1", "relu", "maxpool")
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs (ResNet-18/34). Submodules conv1, conv2, downsample mirror torchvision's names."""
+class _ResidualBlock(nn.Module):
+    """What the two residual blocks share: their fields and the shortcut."""
 
     planes: int
     stride: int = 1
@@ -28,6 +28,17 @@ class BasicBlock(nn.Module):
     width_per_group: int = 64
     fold_bn: bool = False
     dtype: Any = jnp.float32
+
+    def _add_shortcut(self, x: jax.Array, y: jax.Array, out: int, kw: dict) -> jax.Array:
+        """relu(y + shortcut): x itself, or a strided 1x1 ConvBN ("downsample") where the shape changes."""
+        shortcut = x.astype(self.dtype)
+        if self.stride != 1 or x.shape[-1] != out:
+            shortcut = ConvBN(out, 1, self.stride, relu=False, name="downsample", **kw)(x)
+        return nn.relu(y + shortcut)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (ResNet-18/34). Submodules conv1, conv2, downsample mirror torchvision's names."""
 
     expansion = 1
 
@@ -36,21 +47,11 @@ class BasicBlock(nn.Module):
         kw = dict(fold_bn=self.fold_bn, dtype=self.dtype)
         y = ConvBN(self.planes, 3, self.stride, name="conv1", **kw)(x)
         y = ConvBN(self.planes, 3, relu=False, name="conv2", **kw)(y)
-        shortcut = x.astype(self.dtype)
-        if self.stride != 1 or x.shape[-1] != self.planes:
-            shortcut = ConvBN(self.planes, 1, self.stride, relu=False, name="downsample", **kw)(x)
-        return nn.relu(y + shortcut)
+        return self._add_shortcut(x, y, self.planes, kw)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 -> 3x3 (grouped for ResNeXt, carries the stride) -> 1x1 with 4x expansion."""
-
-    planes: int
-    stride: int = 1
-    groups: int = 1
-    width_per_group: int = 64
-    fold_bn: bool = False
-    dtype: Any = jnp.float32
 
     expansion = 4
 
@@ -62,10 +63,7 @@ class Bottleneck(nn.Module):
         y = ConvBN(width, 1, name="conv1", **kw)(x)
         y = ConvBN(width, 3, self.stride, groups=self.groups, name="conv2", **kw)(y)
         y = ConvBN(out, 1, relu=False, name="conv3", **kw)(y)
-        shortcut = x.astype(self.dtype)
-        if self.stride != 1 or x.shape[-1] != out:
-            shortcut = ConvBN(out, 1, self.stride, relu=False, name="downsample", **kw)(x)
-        return nn.relu(y + shortcut)
+        return self._add_shortcut(x, y, out, kw)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -22,6 +22,9 @@ OrderedDict, the tensor/parameter rebuild functions, the storage classes and dty
 restricted to latin-1, which is how protocol 2 pickles `bytes`) to local numpy implementations; torch
 itself is never imported. Any other global is refused with `UnsafePickleError` naming it, before anything
 is called.
+
+One file for one job (a safe unpickler for .pth files): both formats go through the same restricted
+unpickler and tensor rebuilding, so splitting it would only scatter one reader.
 """
 
 from __future__ import annotations
