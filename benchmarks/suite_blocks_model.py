@@ -123,7 +123,8 @@ def measure_host(extractor, paths: list[str], batch: int, workers: int, draft: b
     device; nothing is described. Best of `repeats` passes."""
     import jax
 
-    from remap_jax.describe.extractor import Extractor, Failed
+    from remap_jax.describe.extractor import Extractor
+    from remap_jax.describe.pipeline import Failed
 
     pipeline = Extractor(extractor.model, extractor.variables, image_size=extractor.image_size,
                          batch_size=batch, workers=workers, draft=draft)

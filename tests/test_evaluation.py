@@ -217,7 +217,7 @@ def test_results_files_follow_the_umask(tiny_test_set, tmp_path):
 
 def test_eval_command_appends_distractor_feature_files(tiny_test_set, tmp_path, monkeypatch, capsys):
     import train.eval as cmd
-    from remap_jax.describe.extractor import feature_arrays
+    from remap_jax.describe.resumable import feature_arrays
 
     rng = np.random.default_rng(0)
     for part in range(2):

@@ -14,7 +14,9 @@ from PIL import Image
 from remap_jax import Extractor
 from remap_jax.cli.extract import list_images, main, partial_path
 from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb, resize_to
-from remap_jax.describe.extractor import Described, Failed, target_size
+from remap_jax.describe.extractor import Described
+from remap_jax.describe.pipeline import Failed, target_size
+from remap_jax.describe.programs import fit_alpha
 from remap_jax.model import combine_scales, save_exported
 from remap_jax.runtime import atomic
 
@@ -58,7 +60,9 @@ def _manual(extractor, img, size=None, scales=(1.0,), weights=None):
         scaled = (round(size[0] * s), round(size[1] * s))
         x = resize_to(img, scaled)[None]
         # region weights refitted to this map size where the extractor does so (constant alpha only)
-        descs.append(_jit_apply(extractor.model)(extractor._fit_alpha(scaled), x))
+        variables = fit_alpha(extractor.model, extractor.variables, scaled, extractor.image_size,
+                              extractor._replicated)
+        descs.append(_jit_apply(extractor.model)(variables, x))
     return np.asarray(combine_scales(descs, weights))[0]
 
 

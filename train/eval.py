@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from remap_jax.describe.extractor import RESIZE_MODES
+from remap_jax.describe.pipeline import RESIZE_MODES
 from remap_jax.runtime import distributed, host_memory
 from remap_jax.runtime.extras import require_for_command
 

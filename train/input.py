@@ -1,10 +1,12 @@
 """Training images: decoded, resized uint8 images of a dataset by index, loaded in threads, optionally cached.
 
 This feeds the train step's tuples (every image squashed to `config.image_size`, like the paper's training).
-Images are decoded by `remap_jax.data.images.decode_resized`, the Extractor's decode path: encoded JPEGs at
-least twice `size` are decoded at a reduced scale by the JPEG decoder (`draft=False`: every pixel).
-Describing images (mining, validation, evaluation) goes through `remap_jax.Extractor`, which reads through
-`ImageSource.read` so cached images are decoded once.
+Images come through the Extractor's input pipeline (`remap_jax.describe.pipeline`): the same
+`Resizing.prepare` decodes and resizes them (`resize="exact"`; encoded JPEGs at least twice `size` are
+decoded at a reduced scale by the JPEG decoder, `draft=False`: every pixel; grayscale, CMYK and palette
+images are converted to RGB) and the same `read_ahead` reads them in threads. Describing images (mining,
+validation, evaluation) goes through `remap_jax.Extractor`, which reads through `ImageSource.read` so cached
+images are decoded once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from remap_jax.data.images import decode_resized
+from remap_jax.describe.pipeline import Resizing, read_ahead
 
 
 class ImageSource:
@@ -36,8 +38,9 @@ class ImageSource:
         self.size = (int(size[0]), int(size[1]))
         self.draft = bool(draft)
         self.exif_transpose = bool(exif_transpose)
+        self.resizing = Resizing(self.size, "exact", draft=self.draft, exif_transpose=self.exif_transpose)
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
-        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remap-decode")
         # Prefetched batches run `get` on their own thread: on the decoding pool, `get` would wait for its
         # own per-image tasks queued behind it (a deadlock with workers=1).
         self._prefetcher = ThreadPoolExecutor(max_workers=1)
@@ -47,8 +50,7 @@ class ImageSource:
         i = int(i)
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        (img,) = decode_resized(self._read(i), [self.size], draft=self.draft,
-                                exif_transpose=self.exif_transpose).images
+        _, (img,) = self.resizing.prepare(self._read(i))
         if self._cache is not None:
             self._cache[i] = img
         return img
@@ -56,8 +58,9 @@ class ImageSource:
     def get(self, ids: np.ndarray) -> np.ndarray:
         """uint8 (*ids.shape, H, W, 3)."""
         ids = np.asarray(ids)
-        flat = list(self._pool.map(self.read, ids.ravel().tolist()))
-        return np.stack(flat).reshape(ids.shape + self.size + (3,))
+        flat = ids.ravel().tolist()
+        images = [future.result() for _, future in read_ahead(self._pool, self.read, flat, window=len(flat))]
+        return np.stack(images).reshape(ids.shape + self.size + (3,))
 
     def prefetch(self, ids: np.ndarray):
         """Start loading `ids` in the background; `.result()` gives `get(ids)`."""

@@ -23,7 +23,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from remap_jax.data.images import ImageList
-from remap_jax.describe.extractor import Extractor, local_mesh
+from remap_jax.describe.extractor import Extractor
+from remap_jax.describe.programs import local_mesh
 from remap_jax.evaluation.benchmark import run_eval, validation_map
 from remap_jax.evaluation.metrics import format_revisited_table, main_setup
 from remap_jax.fit import mining

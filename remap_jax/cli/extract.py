@@ -32,9 +32,9 @@ import jax
 import numpy as np
 
 from remap_jax.data.labelled import IMAGE_EXTENSIONS
-from remap_jax.describe.extractor import (
-    RESIZE_MODES,
-    Extractor,
+from remap_jax.describe.extractor import Extractor
+from remap_jax.describe.pipeline import RESIZE_MODES
+from remap_jax.describe.resumable import (
     ResumeMismatchError,
     describe_resumable,
     feature_arrays,

@@ -20,7 +20,8 @@ MS-REMAP the scales are resized from that input on the device (antialiased bilin
 
 The program is the Extractor's describe function unjitted (a jitted function with compiler options cannot
 be nested in an export); what runs on each platform (depthwise convolutions, the ROI cell pass) is chosen
-per lowering platform, so one artifact carries the CPU, CUDA and TPU programs.
+per lowering platform, so one artifact carries the CPU, CUDA and TPU programs
+(`remap_jax.describe.lowerings` tells which an exported module holds).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +40,8 @@ from remap_jax.model import combine_scales, scaled_size
 from remap_jax.runtime import atomic
 
 __all__ = ["ARTIFACT_FILE", "ExportError", "ExportedDescriber", "METADATA_FILE", "ONNX_FILE", "PLATFORMS",
-           "SAVED_MODEL_DIR", "describe_program", "export_describer", "load_artifact", "lowerings_in",
-           "onnx_available", "onnx_refusal", "op_inventory", "save_artifact", "save_onnx", "save_saved_model"]
+           "SAVED_MODEL_DIR", "describe_program", "export_describer", "load_artifact", "onnx_available",
+           "onnx_refusal", "save_artifact", "save_onnx", "save_saved_model"]
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 ARTIFACT_FILE = "descriptor.jax"
@@ -101,35 +101,6 @@ def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
     if not platforms or bad:
         raise ExportError(f"platforms: expected some of {', '.join(known)}, got {list(platforms)}")
     return platforms
-
-
-# Functions of the platform-specific lowerings, found by name in a module's locations (stack frames).
-CPU_LOWERINGS = ("_depthwise_by_shifts", "_pool_on_cpu", "_cpu_forward", "_pool_on_cpu_bwd",
-                 "_cells_by_slices", "_cells_by_rows_then_columns", "_order_key")
-ACCELERATOR_LOWERINGS = ("_pool_by_gather", "_cells_by_gather")
-
-
-def lowerings_in(mlir_text: str) -> set[str]:
-    """Which of CPU_LOWERINGS and ACCELERATOR_LOWERINGS a StableHLO module (with its locations, the
-    default of `Exported.mlir_module()`) was built from."""
-    names = set(re.findall(r'loc\("([^"/()]+)"', mlir_text))
-    return names & set(CPU_LOWERINGS + ACCELERATOR_LOWERINGS)
-
-
-def op_inventory(mlir_text: str) -> dict[str, int]:
-    """Counts in a StableHLO module's text: `conv` convolutions, `grouped_conv` those with
-    feature_group_count > 1, `slice`, `gather` and `case` ops, and `cpu_depthwise` functions (the CPU
-    lowering of depthwise convolutions, `_depthwise_by_shifts`). Ops of a function called several times
-    count once (the text's count)."""
-    groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", mlir_text)]
-    return {
-        "conv": len(groups),
-        "grouped_conv": sum(g > 1 for g in groups),
-        "slice": len(re.findall(r"stablehlo\.slice\b", mlir_text)),
-        "gather": len(re.findall(r"stablehlo\.(?:dynamic_)?gather\b", mlir_text)),
-        "case": len(re.findall(r"stablehlo\.case\b", mlir_text)),
-        "cpu_depthwise": len(re.findall(r"func\.func private @_depthwise_by_shifts", mlir_text)),
-    }
 
 
 # ------------------------------------------------------------------------------------- jax.export artifact

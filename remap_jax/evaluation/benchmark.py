@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from remap_jax.data.images import ImageList, resize_long_side
-from remap_jax.describe.extractor import Extractor, describe_resumable
+from remap_jax.describe.extractor import Extractor
+from remap_jax.describe.resumable import describe_resumable
 from remap_jax.evaluation import expansion, metrics
 from remap_jax.runtime import atomic
 from remap_jax.search import ranking

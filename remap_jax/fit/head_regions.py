@@ -99,7 +99,7 @@ def feature_grid(extractor, layers: Sequence[str]) -> tuple[tuple[int, int], np.
     import jax
     import jax.numpy as jnp
 
-    from remap_jax.describe.extractor import target_size
+    from remap_jax.describe.pipeline import target_size
     from remap_jax.model import RetrievalModel
     from remap_jax.nn.regions import rmac_regions
 

@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from remap_jax.data.images import crop_bbox, encode_jpeg, load_rgb, resize_long_side, resize_to
-from remap_jax.describe.extractor import Extractor, target_size
+from remap_jax.describe.extractor import Extractor
+from remap_jax.describe.pipeline import target_size
 from remap_jax.serve import heatmap
 from remap_jax.serve.batching import Batcher, BatchPolicy, default_policy
 from remap_jax.serve.stats import Stats
