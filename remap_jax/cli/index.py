@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (CommandError, ValueError, FileExistsError, MissingExtraError) as e:
+        if isinstance(e, OSError) and e.strerror is not None:
+            raise  # the operating system's, not Index.save's own message: one line with what was kept
         print(f"remap-index {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = ["atomic_write", "jsonable", "make_temp_dir", "read_json", "replace_dir", "save_npz", "to_json",
-           "write_json", "writing_dir"]
+           "destination_of", "write_json", "writing_dir"]
 
 
 def current_umask() -> int:
@@ -140,6 +141,14 @@ def read_json(path: str, error: type[Exception] = ValueError, label: str | None 
         return json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{label or path}: not valid JSON ({e})") from None
+
+
+_TEMP_DIR = re.compile(r"(^|/)\.([^/]+)\.tmp-[A-Za-z0-9_]{8}(?=/|$)")
+
+
+def destination_of(path: str) -> str:
+    """`path` with any folder `make_temp_dir` made (`.NAME.tmp-XXXXXXXX`) read as the NAME it becomes."""
+    return _TEMP_DIR.sub(r"\1\2", path) if isinstance(path, str) else path
 
 
 def make_temp_dir(destination: str) -> str:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
+
+from remap_jax.runtime.atomic import destination_of
 
 __all__ = ["NOTHING_WRITTEN", "STATUS", "describe_os_error", "keeping", "reports_os_errors"]
 
@@ -41,11 +44,12 @@ def keeping(kept: Callable[[], str | None]):
 
 
 def describe_os_error(prog: str, error: OSError) -> str:
-    """``PROG: FILE: CAUSE; KEPT`` on one line (no file when the error names none)."""
+    """``PROG: FILE: CAUSE; KEPT`` on one line (no file when the error names none). A file in a folder being
+    written under a temporary name is named by where it was going."""
     cause = error.strerror or str(error) or type(error).__name__
-    where = error.filename
+    where = error.filename if error.filename is None else destination_of(os.fsdecode(error.filename))
     if where is not None and error.filename2 is not None:
-        where = f"{where} -> {error.filename2}"
+        where = f"{where} -> {destination_of(os.fsdecode(error.filename2))}"
     if where is None or error.strerror is None:  # a message of our own already says where
         text = f"{prog}: {cause}"
     else:
