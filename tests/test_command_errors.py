@@ -5,7 +5,8 @@ half-written output (`remap_jax.runtime.command_errors`, `remap_jax.runtime.atom
 Tests run as root here, where chmod does not stop writes: a read-only folder is then simulated by making
 the os-level calls that create files and folders under it fail with EROFS (`read_only`). A full disk is
 simulated by a file whose writes fail with ENOSPC once the temporary exists (`full_disk`). Models are the
-tiny ones tests/test_extract.py and tests/test_export.py use.
+tiny ones tests/test_extract.py and tests/test_export.py use. One file for all eight commands (longer than
+400 lines) so that they share the fault simulators and are checked by the same rule.
 """
 
 from __future__ import annotations
