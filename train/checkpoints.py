@@ -2,11 +2,19 @@
 
 A checkpoint holds the train state, the epoch's mined tuples and the loop position (epoch, step in epoch,
 best validation mAP), so a killed run resumes to the same parameters as an uninterrupted one.
+
+Orbax reports a full disk from its writer (tensorstore) as a ValueError carrying `os_error_code='28'`, and a
+read-only folder as an OSError without a file name; `Checkpoints` raises both as an OSError naming the
+checkpoint folder, after removing the unfinished `STEP.orbax-checkpoint-tmp*` folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import re
+import shutil
 import time
 from collections.abc import Mapping
 
@@ -28,10 +36,29 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        )
+        self.directory = os.path.abspath(directory)
+        with self._os_errors():
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            )
+
+    @contextlib.contextmanager
+    def _os_errors(self):
+        """Orbax's file-system failures as an OSError naming the folder; unfinished checkpoints removed."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            code = re.search(r"os_error_code='?(\d+)", str(e)) if isinstance(e, ValueError) else None
+            if isinstance(e, ValueError) and code is None:
+                raise
+            for tmp in glob.glob(os.path.join(glob.escape(self.directory), "*.orbax-checkpoint-tmp*")):
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                if e.filename is None:
+                    e.filename = self.directory
+                raise
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number) if number else "write failed", self.directory) from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -39,8 +66,9 @@ class Checkpoints:
     def save(self, step: int, state: TrainState, tuples: np.ndarray, meta: dict) -> None:
         ocp = self._ocp
         tree = {"state": serialization.to_state_dict(state), "tuples": np.asarray(tuples)}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        with self._os_errors():
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                            meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, step: int, template: TrainState, tuples_shape: tuple[int, int]):
         """(state, tuples, meta) of checkpoint `step`; raises CheckpointMismatchError if it does not fit."""
@@ -59,11 +87,23 @@ class Checkpoints:
         return state, np.asarray(out["state"]["tuples"]), dict(out["meta"])
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._os_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with self._os_errors():
+            self.manager.wait_until_finished()
         self.manager.close()
+
+
+def kept_checkpoints(workdir: str) -> str:
+    """What a failed training run leaves to resume from, in words: its finished checkpoints, if any."""
+    directory = os.path.join(workdir, "checkpoints")
+    steps = sorted(int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else ()) if n.isdigit())
+    if not steps:
+        return "no checkpoint was written: a rerun starts from the beginning"
+    return (f"kept the checkpoints in {directory} (latest step {steps[-1]}): rerun the same command to "
+            "resume")
 
 
 class MetricWriter:

@@ -17,11 +17,13 @@ several processes (`--coordinator_address` ...) each describes its share of the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from remap_jax.describe.pipeline import RESIZE_MODES
 from remap_jax.runtime import distributed, host_memory
+from remap_jax.runtime.command_errors import keeping, reports_os_errors
 from remap_jax.runtime.extras import require_for_command
 
 
@@ -121,6 +123,15 @@ def rerank_from_args(args):
         raise SystemExit(f"--rerank {args.rerank}: {e}") from None
 
 
+def kept_partial(out: str) -> str | None:
+    """The database description kept in `out` as it goes (`run_eval`), in words."""
+    partial = os.path.join(out, "index.partial.npz")
+    if not os.path.exists(partial):
+        return None
+    return f"kept {partial}: rerun the same command to resume describing the database"
+
+
+@reports_os_errors("python -m train.eval", exit=True)
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     index_options = index_options_from_args(args)
@@ -142,10 +153,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     test_set = load_test_set(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
                              distractors=args.distractors)
     main_process = distributed.is_main_process()
-    results = run_eval(make_extractor(args), test_set, out_dir=args.out if main_process else None,
-                       max_side=args.max_side, grid_queries=args.grid_queries, progress=main_process,
-                       distractors=extra, qe=args.qe, qe_k=args.qe_k, qe_alpha=args.qe_alpha, dba=args.dba,
-                       dba_k=args.dba_k, index=args.index, index_options=index_options, rerank=rerank)
+    with keeping(lambda: kept_partial(args.out)):
+        results = run_eval(make_extractor(args), test_set, out_dir=args.out if main_process else None,
+                           max_side=args.max_side, grid_queries=args.grid_queries, progress=main_process,
+                           distractors=extra, qe=args.qe, qe_k=args.qe_k, qe_alpha=args.qe_alpha,
+                           dba=args.dba, dba_k=args.dba_k, index=args.index, index_options=index_options,
+                           rerank=rerank)
     if not main_process:
         return results
     extras = [s for s, on in (("alpha-QE", args.qe), ("alpha-DBA", args.dba)) if on]

@@ -17,9 +17,12 @@ if __name__ == "__main__":
     require_for_command("python -m train.init_head", {"train": ("absl", "ml_collections", "matplotlib"),
                                                       "data": ("tensorflow_datasets",)})
 
+import os  # noqa: E402
+
 import ml_collections  # noqa: E402
 
 from remap_jax.fit.head_init import HeadInit  # noqa: E402
+from remap_jax.runtime.command_errors import keeping, reports_os_errors  # noqa: E402
 from train.build import init_options  # noqa: E402
 
 
@@ -30,7 +33,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:
     init_options(config)  # a bad value fails here, before anything is loaded
     if config.model.head != "remap":
         print(f"note: config.model.head is {config.model.head!r}; the alphas only apply to the 'remap' head")
-    init = initialise_head_from_config(config, workdir)
+    with keeping(lambda: kept_region_cache(workdir)):
+        init = initialise_head_from_config(config, workdir)
     for i, layer in enumerate(init.layers):
         k = init.kl[i]
         print(f"{layer}: KL min {k.min():.4f} mean {k.mean():.4f} max {k.max():.4f} nats, {k.size} regions")
@@ -39,6 +43,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> HeadInit:
     return init
 
 
+def kept_region_cache(workdir: str) -> str | None:
+    """The region descriptors already cached in `workdir` (a rerun reuses them), in words."""
+    cache = os.path.join(workdir, "region_cache")
+    chunks = [n for n in os.listdir(cache) if n.endswith(".npz")] if os.path.isdir(cache) else []
+    if not chunks:
+        return None
+    return f"kept {len(chunks)} cached region-descriptor chunks in {cache}: a rerun reuses them"
+
+
+@reports_os_errors("python -m train.init_head", exit=True)
 def main(argv):
     del argv
     from absl import flags

@@ -12,6 +12,7 @@ The mesh then spans every device of every process; process 0 writes the shared o
 
 import sys
 
+from remap_jax.runtime.command_errors import keeping, reports_os_errors
 from remap_jax.runtime.extras import require_for_command
 
 require_for_command("python -m train.main", {"train": ("absl", "ml_collections", "optax", "matplotlib"),
@@ -32,6 +33,13 @@ flags.DEFINE_integer("cpu_devices", 0, "JAX devices on a CPU host: 0 = one per c
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _kept(workdir: str) -> str:
+    from train.checkpoints import kept_checkpoints
+
+    return kept_checkpoints(workdir)
+
+
+@reports_os_errors("python -m train.main", exit=True)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -55,7 +63,8 @@ def main(argv):
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{jax.process_count()} process(es); workdir {FLAGS.workdir}", flush=True)
     try:
-        loop.train_and_evaluate(config, FLAGS.workdir)
+        with keeping(lambda: _kept(FLAGS.workdir)):
+            loop.train_and_evaluate(config, FLAGS.workdir)
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

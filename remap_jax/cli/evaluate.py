@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from remap_jax.runtime.command_errors import reports_os_errors
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remap-eval", description=__doc__.split("\n\n")[0])
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports_os_errors("remap-eval")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from remap_jax.data.labelled import DataReport
@@ -59,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extras = [s for s, on in (("alpha-QE", args.qe), ("alpha-DBA", args.dba)) if on]
     print(metrics.format_revisited_table(results, title=f"{args.labels}" + (f", {' + '.join(extras)}"
                                                                              if extras else "")))
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
+    if args.out:  # written atomically; the folder is made as it is written
         write_results(os.path.join(args.out, "results.json"), {**results, "data_report": report},
                       name=args.labels)
         print(f"results in {os.path.join(args.out, 'results.json')}")

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from remap_jax.cli.model_flags import ModelFlagsError, add_model_flags, extractor_from_flags
 from remap_jax.data.labelled import IMAGE_EXTENSIONS
 from remap_jax.describe.extractor import Extractor
 from remap_jax.describe.pipeline import RESIZE_MODES
@@ -42,6 +43,7 @@ from remap_jax.describe.resumable import (
 )
 from remap_jax.model import DTYPES
 from remap_jax.runtime import atomic, distributed, host_memory
+from remap_jax.runtime.command_errors import keeping, reports_os_errors
 from remap_jax.runtime.extras import MissingExtraError
 
 
@@ -101,16 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract global REMAP descriptors for a folder or list of images into an .npz file.",
     )
     src = p.add_argument_group("model (either --arch [--weights], --checkpoint or --exported)")
-    src.add_argument(
-        "--arch", help="backbone: resnet18/34/50/101/152, resnext101_32x8d, resnext101_64x4d, vgg16, ..."
-    )
-    src.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch, or "
-                     "'installed' (the arch's pip weights package)")
-    src.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
+    add_model_flags(src)
     src.add_argument("--exported", help="a remap-export artifact (its directory or descriptor.jax); input "
                      "size and resize rule come from it")
-    src.add_argument("--taps", help="comma-separated tap names for --arch (default: last two blocks)")
-    src.add_argument("--head", default="remap", help="pooling head for --arch: remap, rmac, gem, mac, spoc")
     src.add_argument("--levels", type=int, default=4, help="R-MAC levels of the remap/rmac head")
     src.add_argument("--whitening", help=".npz with W (out, in) and b (out,) whitening for --arch")
     p.add_argument("--images", required=True, help="image directory (recursive) or list file")
@@ -185,31 +180,14 @@ def make_extractor(args) -> tuple[Extractor, dict]:
                              f"{args.exported}")
         extractor = Extractor.from_exported(args.exported, batch_size=args.batch_size, workers=args.workers)
         source = {"exported": os.path.abspath(args.exported), "sha256": extractor.model.digest}
-    elif args.checkpoint:
-        if args.arch or args.weights:
-            raise SystemExit("remap-extract: give either --checkpoint or --arch/--weights, not both")
-        extractor = Extractor.from_checkpoint(args.checkpoint, dtype=args.dtype, **options)
-        source = {"checkpoint": os.path.abspath(args.checkpoint)}
-    elif args.arch:
-        whitening = None
-        if args.whitening:
-            with np.load(args.whitening) as f:
-                whitening = (f["W"], f["b"])
-        taps = tuple(t for t in (args.taps or "").split(",") if t) or None
-        extractor = Extractor.from_pretrained(
-            args.arch, args.weights, taps=taps, head=args.head, levels=args.levels, whitening=whitening,
-            dtype=args.dtype or "float32", **options,
-        )
-        source = {
-            "arch": args.arch,
-            "weights": args.weights and os.path.abspath(args.weights),
-            "taps": list(extractor.model.taps),
-            "head": args.head,
-            "levels": args.levels,
-            "whitening": args.whitening and os.path.abspath(args.whitening),
-        }
     else:
-        raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint (or --exported)")
+        try:
+            chosen = extractor_from_flags(args, **options)
+        except ModelFlagsError as e:
+            raise SystemExit(f"remap-extract: {e}") from None
+        if chosen is None:
+            raise SystemExit("remap-extract: give --arch [--weights] or --checkpoint (or --exported)")
+        extractor, source = chosen
     meta = {
         **source,
         "dtype": args.dtype,
@@ -245,14 +223,17 @@ def run(args) -> dict:
         print(f"resuming from {own_partial}: {done} described, {failed} failed", file=sys.stderr)
     start = time.perf_counter()
     try:
-        desc, done_ids, failed, described_now = describe_resumable(
-            extractor, paths, ids, bboxes=bboxes, partial=partial, meta=meta, save_every=args.save_every,
-            progress=not args.quiet,
-            on_failed=lambda i, reason: print(f"failed: {i}: {reason}", file=sys.stderr),
-        )
+        with keeping(lambda: kept_progress(own_partial)):
+            desc, done_ids, failed, described_now = describe_resumable(
+                extractor, paths, ids, bboxes=bboxes, partial=partial, meta=meta, save_every=args.save_every,
+                progress=not args.quiet,
+                on_failed=lambda i, reason: print(f"failed: {i}: {reason}", file=sys.stderr),
+            )
     except ResumeMismatchError as e:
         raise SystemExit(f"remap-extract: {e}; rerun with the same arguments, or pass --no-resume to start "
                          "over") from None
+    except OSError:
+        raise  # main's one line says what was kept
     except BaseException:
         if os.path.exists(own_partial):
             print(f"interrupted: progress saved to {own_partial}; rerun the same command to resume",
@@ -260,7 +241,8 @@ def run(args) -> dict:
         raise
     elapsed = time.perf_counter() - start
     if distributed.is_main_process():
-        atomic.save_npz(args.out, **feature_arrays(desc, done_ids, failed, meta))
+        with keeping(lambda: kept_progress(own_partial)):
+            atomic.save_npz(args.out, **feature_arrays(desc, done_ids, failed, meta))
     distributed.sync_processes("remap-extract output written")
     if os.path.exists(own_partial):
         os.remove(own_partial)
@@ -277,13 +259,23 @@ def run(args) -> dict:
     return summary
 
 
+def kept_progress(partial: str) -> str | None:
+    """What an interrupted run leaves to resume from: `partial` and its count (None: nothing)."""
+    if not os.path.exists(partial):
+        return None
+    with np.load(partial) as f:
+        done, failed = len(f["ids"]), len(f["failed"])
+    return f"kept {partial} ({done} described, {failed} failed): rerun the same command to resume"
+
+
+@reports_os_errors("remap-extract")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     host_memory.apply_requested()  # REMAP_JAX_RETAIN_MEMORY=1: before JAX starts its threads
     distributed.initialize_from_args(args)
     try:
         run(args)
-    except (ValueError, FileNotFoundError, MissingExtraError) as e:
+    except (ValueError, MissingExtraError) as e:
         print(f"remap-extract: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ import time
 
 from remap_jax.describe.descriptor_files import feature_files, load_features
 from remap_jax.runtime import atomic
+from remap_jax.runtime.command_errors import reports_os_errors
 from remap_jax.runtime.extras import MissingExtraError
 
 
@@ -190,11 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(argv: list[str]) -> None:
+    """The command without its error handling: errors propagate (`remap-serve --demo` builds its index so)."""
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+@reports_os_errors("remap-index")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (CommandError, ValueError, FileExistsError, MissingExtraError) as e:
+        if isinstance(e, OSError) and e.strerror is not None:
+            raise  # the operating system's, not Index.save's own message: one line with what was kept
         print(f"remap-index {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from remap_jax.runtime.command_errors import keeping, reports_os_errors
 from remap_jax.runtime.extras import require_for_command
 from remap_jax.serve.batching import default_policy
 
@@ -133,12 +134,22 @@ def build_service(args):
     return service, f"{what}: {len(index)} images, {index.dim}-d, batch sizes {list(policy.sizes)}"
 
 
+def _kept_demo_files(args) -> str | None:
+    """--demo: what stays in --workdir after an error (each file there is finished: written atomically)."""
+    if args.demo and os.path.isdir(args.workdir) and os.listdir(args.workdir):
+        return f"kept the finished files in {args.workdir}: a rerun reuses them"
+    return None
+
+
+@reports_os_errors("remap-serve")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_for_command("remap-serve", {"serve": ("starlette", "uvicorn", "multipart")})
     try:
-        service, what = build_service(args)
-    except (ValueError, FileNotFoundError) as e:
+        # --demo writes images, features and an index into --workdir; each file is finished or absent
+        with keeping(lambda: _kept_demo_files(args)):
+            service, what = build_service(args)
+    except ValueError as e:
         print(f"remap-serve: error: {e}", file=sys.stderr)
         return 2
     import uvicorn

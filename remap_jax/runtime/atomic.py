@@ -5,6 +5,9 @@ Everything is written next to its destination under a temporary name and renamed
 is left as it was. Files and folders get the permissions `open()` / `os.makedirs()` would give them under
 the user's umask (the temporaries `tempfile` creates are private, 0600 / 0700, until they are renamed).
 
+An `OSError` from a write names the destination (not the temporary), so a command can report it in one
+line (`remap_jax.runtime.command_errors`).
+
 JSON goes through `write_json` / `to_json`: numpy scalars and arrays become numbers and lists, and NaN or
 infinite floats become `null`, so every file is valid JSON; `read_json` reads one back and names the file
 when it is not JSON.
@@ -16,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = ["atomic_write", "jsonable", "make_temp_dir", "read_json", "replace_dir", "save_npz", "to_json",
-           "write_json"]
+           "destination_of", "write_json", "writing_dir"]
 
 
 def current_umask() -> int:
@@ -44,20 +48,45 @@ def _chmod_as_created(path: str, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def _name_destination(error: OSError, path: str, tmp: str | None = None) -> None:
+    """Points `error.filename` at `path` where it names nothing, the temporary `tmp` (or a path in it), or a
+    temporary name `tempfile` tried for `path`."""
+    name = error.filename
+    if name is None:
+        error.filename = path
+        return
+    if not isinstance(name, str):
+        return
+    full = os.path.abspath(path)
+    if tmp is not None and (name == tmp or name.startswith(tmp + os.sep)):
+        error.filename = path + name[len(tmp):]
+    elif (os.path.dirname(name) == os.path.dirname(full)
+          and os.path.basename(name).startswith(f".{os.path.basename(full)}.")):
+        error.filename = path
+    else:
+        return
+    error.filename2 = None  # e.g. the rename of the temporary: the destination alone says it
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "wb"):
     """Context manager yielding a file opened in `mode` ("wb" or "w") that becomes `path` on success."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, mode) as f:
             yield f
         _chmod_as_created(tmp, directory=False)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        if isinstance(e, OSError):
+            _name_destination(e, path, tmp)
         raise
 
 
@@ -114,14 +143,55 @@ def read_json(path: str, error: type[Exception] = ValueError, label: str | None 
         raise error(f"{label or path}: not valid JSON ({e})") from None
 
 
+_TEMP_DIR = re.compile(r"(^|/)\.([^/]+)\.tmp-[A-Za-z0-9_]{8}(?=/|$)")
+
+
+def destination_of(path: str) -> str:
+    """`path` with any folder `make_temp_dir` made (`.NAME.tmp-XXXXXXXX`) read as the NAME it becomes."""
+    return _TEMP_DIR.sub(r"\1\2", path) if isinstance(path, str) else path
+
+
 def make_temp_dir(destination: str) -> str:
     """A new empty hidden folder next to `destination` (same file system), to be filled and then moved into
     place with `replace_dir`. Its permissions are those `os.makedirs` gives under the umask."""
     parent = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(destination))}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(destination))}.tmp-", dir=parent)
+    except OSError as e:
+        _name_destination(e, os.fspath(destination))
+        raise
     _chmod_as_created(tmp, directory=True)
     return tmp
+
+
+@contextlib.contextmanager
+def writing_dir(directory: str, merge: bool = False):
+    """Context manager yielding a new temporary folder next to `directory`; what is written into it becomes
+    `directory` on success (`replace_dir`), or with `merge=True` replaces the same-named entries of an
+    existing `directory` and keeps its others. On any error the temporary folder is removed and `directory`
+    is as it was; an `OSError` about a path inside the temporary names the path in `directory` instead."""
+    directory = os.path.abspath(os.fspath(directory))
+    tmp = None
+    try:
+        tmp = make_temp_dir(directory)
+        yield tmp
+        if merge and os.path.isdir(directory):
+            for name in sorted(os.listdir(tmp)):
+                source, target = os.path.join(tmp, name), os.path.join(directory, name)
+                if os.path.isdir(source) and not os.path.islink(source):
+                    replace_dir(source, target)
+                else:
+                    os.replace(source, target)
+            os.rmdir(tmp)
+        else:
+            replace_dir(tmp, directory)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            _name_destination(e, directory, tmp)
+        raise
 
 
 def replace_dir(tmp: str, directory: str) -> None:

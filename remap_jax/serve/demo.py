@@ -79,6 +79,5 @@ def prepare_demo(workdir: str, model_flags: list[str], fingerprint: str, dataset
         args = extract_cli.build_parser().parse_args(
             [*model_flags, "--images", images, "--out", features, "--batch-size", "4", "--workers", "2"])
         extract_cli.run(args)
-    if index_cli.main(["build", "--features", features, "--out", index]) != 0:
-        raise RuntimeError(f"remap-serve --demo: building the index from {features} failed (see above)")
+    index_cli.run(["build", "--features", features, "--out", index])
     return index, images
