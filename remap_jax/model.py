@@ -116,8 +116,7 @@ def init_variables(
     The backbone gets `backbone_variables` (e.g. `load_pretrained(...)`) or a seeded random init
     (`remap_jax.nn.backbones.init_like`); the head is initialised by its own `init` (alpha ones, identity
     whitening, ...) on zero maps of the right shapes, then `head_params` (a subtree of the head's parameters,
-    e.g. KL region weights and whitening from `remap_jax.fit.head_init.head_param_tree`) replaces what it
-    names.
+    e.g. KL region weights and whitening from `head_param_tree` in `remap_jax.fit`) replaces what it names.
     Much cheaper than `jax.jit(model.init)`, which compiles the random initialiser of every backbone layer.
     """
     from remap_jax.nn.backbones import init_like
