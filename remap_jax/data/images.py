@@ -218,7 +218,7 @@ def decode_resized(
 
     With draft scaling the crop box is divided by the scale and the resize reads that sub-pixel box of the
     reduced image (PIL's `resize(box=...)`), so the same region of the scene is kept. The descriptor change
-    draft scaling causes is measured in the README (Extraction from Python).
+    draft scaling causes is measured in docs/decoding.md.
 
     Raises:
       ImageDecodeError: the source cannot be decoded. ValueError: the crop is empty or a size is invalid.

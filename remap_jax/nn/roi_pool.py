@@ -19,7 +19,7 @@ of the same plan, all exact (a max returns one of its inputs):
   fusions that read the map once and write only the cell grid (a gather materialises a padded copy of the
   map on CPU, and large intermediate writes dominate there).
 - CPU, bfloat16/float16: XLA's CPU backend has no 16-bit float arithmetic; it converts every bf16 element
-  to float32 and back, slices included, in scalar code (~25x the cost of reading it). So the map is viewed
+  to float32 and back, slices included, in scalar code (far slower than reading it). So the map is viewed
   as int16 (a free bitcast of the whole map, before any slicing) and mapped to order-preserving integer
   keys pixel row by pixel row; both steps are int16 maxima, which LLVM vectorises, and only the (B, R, C)
   result is decoded. Step 1 runs as row intervals over whole rows, then column intervals, each written in
@@ -135,9 +135,9 @@ def _cells_by_rows_then_columns(x: jnp.ndarray, row_cuts, col_cuts, load, combin
     Pass 1 reads every map row once as long contiguous runs and writes (B, n_row_cells, W, C); pass 2 reads
     that and writes the cell grid. Each interval's result goes into its buffer by `dynamic_update_slice`,
     which XLA performs in place (a `stack` would add a copy of the buffer). On int16 keys this beats
-    `_cells_by_slices`, whose per-cell fusions read many short (C,) runs (whole bf16 pool: 2.5x against
-    3.7x the full-map max at stage 5, 0.9x against 5.4x at stage 4, CPU time on 2 cores); on float32 the
-    same two passes ran ~4x slower than the per-cell fusions, so the float lowering keeps those.
+    `_cells_by_slices`, whose per-cell fusions read many short (C,) runs; on float32 the same two passes
+    are slower than the per-cell fusions, so the float lowering keeps those (docs/performance.md, "ROI
+    pooling on the CPU").
 
     In-place updates of one buffer make one chain of dependent ops, which XLA:CPU runs on one thread.
     `chains` > 1 splits the row intervals into that many contiguous groups, each with its own two passes
@@ -163,10 +163,9 @@ def _cells_by_rows_then_columns(x: jnp.ndarray, row_cuts, col_cuts, load, combin
     return cells
 
 
-# Independent chains of the 16-bit cell pass (`_cells_by_rows_then_columns`). Side by side on the 2-core
-# CPU (bf16, batch 8, two runs): stage 5 4.2-4.5 ms with one chain, 2.9-3.6 ms with 2, 3.4-3.6 ms with 4;
-# stage 4 3.9-4.3, 3.0-3.4, 3.1 ms; batch 1 (stage 5) 0.6 ms with any. More chains than cores costs little
-# and leaves room on larger CPUs.
+# Independent chains of the 16-bit cell pass (`_cells_by_rows_then_columns`): one chain runs on one thread,
+# several let XLA:CPU use its threads (docs/performance.md, "ROI pooling on the CPU"). More chains than
+# cores costs little and leaves room on larger CPUs.
 _CPU_CHAINS = 4
 
 _KEY_MAGNITUDE = np.int16(0x7FFF)  # every bit of a 16-bit float but the sign
@@ -217,7 +216,7 @@ def _cpu_forward(features: jnp.ndarray, plan: _Plan):
     the maxima are taken in (int16 order keys for 16-bit floats, float32 or wider otherwise).
 
     XLA's CPU backend has no 16-bit float arithmetic: it converts each bf16/f16 element to float32 and back
-    (slices included) in scalar code, ~25x the cost of reading it. Viewed as int16 (a free bitcast of the
+    (slices included) in scalar code, far slower than reading it. Viewed as int16 (a free bitcast of the
     whole map, taken before any slicing), the cell pass and the region steps of a 16-bit map are integer
     loops that LLVM vectorises, and only the (B, R, C) result is decoded. Exact: a max picks an input.
     """

@@ -29,10 +29,10 @@ def use_cpu_cores(count: int = 0) -> int:
     """Gives JAX's CPU backend `count` devices (0: one per core this process may run on), unless XLA_FLAGS
     already sets --xla_force_host_platform_device_count; returns the device count set (0: left alone).
 
-    XLA:CPU runs a device's program on one thread (measured on a 2-core machine: EfficientNet-Lite0 describes
-    7.4 img/s on one device, 14.8 img/s on two), so on a CPU host the commands' data parallelism over devices
-    is what uses the cores. Accelerator backends are unaffected. Must run before anything touches a device
-    (the commands call it first); afterwards it raises RuntimeError.
+    XLA:CPU runs a device's program on one thread, so on a CPU host the commands' data parallelism over
+    devices is what uses the cores (docs/performance.md, "The CPU backend"). Accelerator backends are
+    unaffected. Must run before anything touches a device (the commands call it first); afterwards it
+    raises RuntimeError.
     """
     if count < 0:
         raise ValueError(f"cpu devices: expected >= 0 (0 = one per core), got {count}")

@@ -1,21 +1,19 @@
 """Keeping freed host memory in the process, so that XLA:CPU's per-call buffers stop page-faulting (opt-in).
 
 XLA:CPU allocates a program's buffers with malloc on its worker threads at every call and frees them at
-the end (a ResNet-50 description at 1024x768: 330 MB per image). glibc serves each thread from its own
-arena, whose heaps hold at most 64 MB, so every large buffer is mmapped and unmapped per call, and the
-kernel hands the next call fresh zeroed pages: 84k page faults per ResNet-50 call. Three malloc settings
-keep that memory in the process instead: one arena (the main heap, which has no size cap), buffers below
-2 GiB from that heap rather than mmapped, and a freed heap top of up to 2 GiB kept rather than returned.
+the end (hundreds of MB per image for a ResNet-50 description at 1024x768). glibc serves each thread from
+its own arena, whose heaps hold at most 64 MB, so every large buffer is mmapped and unmapped per call, and
+the kernel hands the next call fresh zeroed pages: tens of thousands of page faults per call. Three malloc
+settings keep that memory in the process instead: one arena (the main heap, which has no size cap),
+buffers below 2 GiB from that heap rather than mmapped, and a freed heap top of up to 2 GiB kept rather
+than returned.
 
-What that is worth depends on what a page fault costs, which on the project's 2-core VM fell as the VM's
-memory got touched (`benchmarks/host_memory_bench.py`, side by side): ResNet-50 at 1024x768, batch 1,
-0 faults per call instead of 84k and 1.03-1.26x faster in four runs over two hours after boot (1.04x in
-the last); EfficientNet-Lite0 1.12x, later 1.00x. The costs: every thread allocates under one lock (the
-ResNet-50 train step at 128x160 took 4.45 s instead of 3.61 s, its compilation 15 s instead of 11 s; a
-48-image `remap-extract` took 39.0 s instead of 37.7 s once faults were cheap), a buffer above 2 GiB (one
-device describing 8 such images at once) is still mapped per call and that case ran 0.86-0.95x as fast,
-and the process keeps its peak heap until it exits. PyTorch's CPU inference pays the same faults
-(`benchmarks/compare_torch.py --retain-memory`).
+What that is worth depends on what a page fault costs on the machine (`benchmarks/host_memory_bench.py`
+measures it side by side). The costs: every thread allocates under one lock (training steps and
+multi-threaded decoding slow down), a buffer above 2 GiB is still mapped per call, and the process keeps
+its peak heap until it exits. PyTorch's CPU inference pays the same faults
+(`benchmarks/compare_torch.py --retain-memory`). The measurements are in docs/performance.md ("Page faults
+and the host-memory switch").
 
 So it is opt-in: `REMAP_JAX_RETAIN_MEMORY=1` makes the describing commands (`remap-extract`, `train.eval`,
 `train.init_head`) apply the settings first (`apply_requested`), and a script calls

@@ -1,14 +1,12 @@
 """The XLA compiler options remap-jax compiles its programs with, per platform, and a `jit` that applies them.
 
 CPU: convolutions and dots go to XLA's own Eigen kernels instead of the YNNPACK library fusions that jaxlib
-0.10 uses by default on x86 (`xla_cpu_experimental_ynn_fusion_type` emptied). Measured on a 2-core
-x86-64 Xeon with AVX-512 (float32, 2 threads): ResNet-50 at 1024x768, batch 1, 0.86 -> 0.64 s per
-image; EfficientNet-Lite0 4.4 -> 6.7 images/s; per ResNet-50 convolution shape 0.9x-4.3x (the 1x1
-convolutions of the first stage gain most; one 3x3 shape is 10% slower). Description uses them (the
-`Extractor`'s programs). Training steps keep jaxlib's defaults: with these options the backward pass is
-slower where it matters here, the EfficientNet-Lite0 demo step took 6 s instead of 1.1 s (the ResNet-50 step
-at 128x160 gained 7%). So does the exact index (`remap_jax.search.exact`): its scoring matmul ran 1.8x slower
-with Eigen's dot. GPU and TPU: no options.
+0.10 uses by default on x86 (`xla_cpu_experimental_ynn_fusion_type` emptied), because the forward
+descriptor programs run faster with them. Description uses them (the `Extractor`'s programs). Training
+steps keep jaxlib's defaults, because with these options the backward pass of the EfficientNet-Lite demo
+step is several times slower; so does the exact index (`remap_jax.search.exact`), whose scoring matmul is
+slower with Eigen's dot. GPU and TPU: no options. The measurements behind each choice are in
+docs/performance.md ("The CPU backend").
 
 An option the user sets in XLA_FLAGS wins: it is left out here, so
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...` still chooses the library.
@@ -35,7 +33,7 @@ def compiler_options(platform: str | None = None, xla_flags: str | None = None) 
     plain `jax.jit` compiles), without those named in `xla_flags` (default: the XLA_FLAGS environment
     variable). Options are per compile: they never enter the traced program, so an export or a lowering
     for another platform carries none of them (what runs in the program is chosen per lowering platform
-    by `jax.lax.platform_dependent`, see `backbones.layers` and `ops.roi_pool`)."""
+    by `jax.lax.platform_dependent`, see `nn.backbones.layers` and `nn.roi_pool`)."""
     platform = platform or jax.default_backend()
     flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
     named = {f.lstrip("-").split("=", 1)[0] for f in flags.split()}

@@ -9,9 +9,9 @@ already holds `max_queue` items a new request is refused at once (`Overloaded`, 
 up.
 
 Which sizes to use is a per-platform measurement (`DEFAULT_SIZES`; `measure_rates` and
-`benchmarks/serve_load.py --sweep` re-measure it): on the project's 2-core CPU, quiet, one JAX CPU device
-described the demo model fastest at batch 2 and slower from batch 4 on, and serving with sizes 1 and 2 gave
-1.25x the requests/s of batch 1 alone (README, "Serving"); on a GPU batching is what makes throughput.
+`benchmarks/serve_load.py --sweep` re-measure it): on a small CPU one JAX CPU device describes the demo
+model fastest at batch 2 and slower from batch 4 on, so sizes 1 and 2 serve more requests/s than batch 1
+alone (docs/performance.md, "Serving: batch sizes"); on a GPU batching is what makes throughput.
 """
 
 from __future__ import annotations
