@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -23,6 +24,15 @@ def json_default(value):
 def echo_row(row: dict) -> None:
     """One finished row as a JSON line on stderr (its per-call `*_times` lists left out)."""
     print(json.dumps({k: v for k, v in row.items() if not k.endswith("_times")}), file=sys.stderr, flush=True)
+
+
+def markdown_table(columns: Sequence[str], align: str, rows: Iterable[Sequence]) -> str:
+    """A Markdown table: `columns` (titles), `align` (one letter a column: "l" left, "r" right), `rows`
+    (cells, already formatted)."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    lines = ["| " + " | ".join(columns) + " |", rule]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def print_and_save(table: str, json_path: str | None, rows: list[dict], setup: dict) -> None:

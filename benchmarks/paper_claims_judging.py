@@ -14,6 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_report import markdown_table  # noqa: E402
 from benchmarks.kl_ablation import paired_se  # noqa: E402
 
 Z = 2.0  # a claim holds when its paired difference exceeds Z standard errors
@@ -63,22 +64,19 @@ def claim_rows(claims: Sequence[Claim], scored: Mapping[str, dict], z: float = Z
 
 def format_claims_table(rows: Sequence[dict]) -> str:
     """Markdown table of `claim_rows`."""
-    lines = ["| group | claim | Medium (variant) | Medium (baseline) | difference ± s.e. | Hard (variant / "
-             "baseline) | holds? |", "|---|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['group']} | {r['claim']} | {r['medium_variant']:.2f} | "
-                     f"{r['medium_baseline']:.2f} | {r['diff_medium']:+.2f} ± {r['se_medium']:.2f} | "
-                     f"{r['hard_variant']:.2f} / {r['hard_baseline']:.2f} | {r['holds']} |")
-    return "\n".join(lines)
+    columns = ["group", "claim", "Medium (variant)", "Medium (baseline)", "difference ± s.e.",
+               "Hard (variant / baseline)", "holds?"]
+    return markdown_table(columns, "llrrrrl", (
+        [r["group"], r["claim"], f"{r['medium_variant']:.2f}", f"{r['medium_baseline']:.2f}",
+         f"{r['diff_medium']:+.2f} ± {r['se_medium']:.2f}",
+         f"{r['hard_variant']:.2f} / {r['hard_baseline']:.2f}", r["holds"]] for r in rows))
 
 
 def format_variants_table(scored: Mapping[str, dict]) -> str:
     """Markdown table: every scored variant with its Easy / Medium / Hard mAP (and bytes when compact)."""
-    lines = ["| descriptor | dim | bytes/image | Easy | Medium | Hard |", "|---|---:|---:|---:|---:|---:|"]
-    for name, s in scored.items():
-        lines.append(f"| {name} | {s['dim']} | {s['bytes']} | {s['easy']:.2f} | {s['medium']:.2f} | "
-                     f"{s['hard']:.2f} |")
-    return "\n".join(lines)
+    return markdown_table(["descriptor", "dim", "bytes/image", "Easy", "Medium", "Hard"], "lrrrrr", (
+        [name, s["dim"], s["bytes"], f"{s['easy']:.2f}", f"{s['medium']:.2f}", f"{s['hard']:.2f}"]
+        for name, s in scored.items()))
 
 
 def claims_for(last: str, taps: Sequence[str], fine_tuned: bool) -> list[Claim]:

@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench_report import json_default  # noqa: E402  (benchmarks/, this script's folder, is on the path)
+from bench_report import json_default, markdown_table  # noqa: E402  (benchmarks/, this script's folder, is on the path)
 
 DEMO_MODELS = {"fine-tuned": "eval_after", "off-the-shelf": "eval_off_the_shelf"}
 SWEEP = {"m": (25, 50, 100, 200, 400), "k": (3, 5, 9, 15), "beta": (0.05, 0.15, 0.3, 1.0, 2.0)}
@@ -113,13 +113,11 @@ def format_quality(rows: list[dict]) -> str:
             return ""
         return f"{r[key]:+.2f} ± {r[key + '_se']:.2f}"
 
-    lines = ["| model | ranking | Medium | Hard | Medium vs plain | Hard vs plain | Medium vs DBA+aQE | "
-             "Hard vs DBA+aQE |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['ranking']} | {r['medium']:.2f} | {r['hard']:.2f} | "
-                     f"{cell(r, 'medium_vs_plain')} | {cell(r, 'hard_vs_plain')} | "
-                     f"{cell(r, 'medium_vs_dba_qe')} | {cell(r, 'hard_vs_dba_qe')} |")
-    return "\n".join(lines)
+    columns = ["model", "ranking", "Medium", "Hard", "Medium vs plain", "Hard vs plain", "Medium vs DBA+aQE",
+               "Hard vs DBA+aQE"]
+    return markdown_table(columns, "llrrrrrr", (
+        [r["model"], r["ranking"], f"{r['medium']:.2f}", f"{r['hard']:.2f}", cell(r, "medium_vs_plain"),
+         cell(r, "hard_vs_plain"), cell(r, "medium_vs_dba_qe"), cell(r, "hard_vs_dba_qe")] for r in rows))
 
 
 def sweep(q, db, gnd, grid=SWEEP) -> list[dict]:

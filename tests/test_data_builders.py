@@ -109,97 +109,52 @@ _ROOT = Path(tempfile.mkdtemp(prefix="remap_fake_tfds_"))  # fake inputs of the 
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
-def _example_dir(name, writer):
-    d = _ROOT / name
-    if not d.exists():
-        d.mkdir(parents=True)
-        writer(d)
-    return str(d)
+class _FakeFilesTest(tfds.testing.DatasetBuilderTestCase):
+    """TFDS's builder test over fake source files: ``EXAMPLE`` = (folder name, writer of the files); the
+    files are written once per session under ``_ROOT``. Not collected itself (``__test__``)."""
 
-
-class Roxford5kTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = Roxford5k
-    SPLITS = {"index": 6, "query": 2}
+    __test__ = False
     SKIP_CHECKSUMS = True
+    EXAMPLE = ("", None)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__test__ = True
 
     @classmethod
     def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("roxford5k", write_fake_roxford)
+        name, writer = cls.EXAMPLE
+        folder = _ROOT / name
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            if writer is not None:
+                writer(folder)
+        cls.EXAMPLE_DIR = str(folder)
         super().setUpClass()
 
 
-class Rparis6kTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = Rparis6k
-    SPLITS = {"index": 7, "query": 2}
-    SKIP_CHECKSUMS = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("rparis6k", write_fake_rparis)
-        super().setUpClass()
+def _builder_test(dataset_class, splits, example, config=None, name=None):
+    """A `_FakeFilesTest` of `dataset_class` (its `config` only, when given) expecting `splits` sizes."""
+    attrs = {"DATASET_CLASS": dataset_class, "SPLITS": splits, "EXAMPLE": example}
+    if config:
+        attrs["BUILDER_CONFIG_NAMES_TO_TEST"] = [config]
+    return type(name or f"{dataset_class.__name__}Test", (_FakeFilesTest,), attrs)
 
 
-class Revisitop1mTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = Revisitop1m
-    BUILDER_CONFIG_NAMES_TO_TEST = ["tars_1"]
-    SPLITS = {"index": 3}
-    SKIP_CHECKSUMS = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("revisitop1m", write_fake_revisitop1m)
-        super().setUpClass()
-
-
-class Sfm120kTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = Sfm120k
-    SPLITS = {"train": 5, "val": 3}
-    SKIP_CHECKSUMS = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("sfm120k", write_fake_sfm120k)
-        super().setUpClass()
-
-
-class Gldv2CleanTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = Gldv2Clean
-    BUILDER_CONFIG_NAMES_TO_TEST = ["tars_1"]
-    SPLITS = {"train": 4}
-    SKIP_CHECKSUMS = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("gldv2_clean", write_fake_gldv2)
-        super().setUpClass()
-
-
-class SyntheticLandmarksTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = SyntheticLandmarks
-    BUILDER_CONFIG_NAMES_TO_TEST = ["tiny"]
-    # tiny: 14 train landmarks x 3 views + 3 collages x 2, 1 val landmark x 2, 2 test landmarks x 4 views
-    # + 4 distractors, 2 x 2 queries
-    SPLITS = {"train": 48, "val": 2, "index": 12, "query": 4}
-    SKIP_CHECKSUMS = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("synthetic_landmarks", lambda d: None)
-        super().setUpClass()
-
-
-class SyntheticLandmarksHardTest(tfds.testing.DatasetBuilderTestCase):
-    DATASET_CLASS = SyntheticLandmarks
-    BUILDER_CONFIG_NAMES_TO_TEST = ["hard_tiny"]
-    # hard_tiny: 23 training cells x 2 views + 3 collages x 2, 2 val cells x 2, 4 test cells x 3 views
-    # + 4 distractors, 4 x 1 queries
-    SPLITS = {"train": 52, "val": 4, "index": 16, "query": 4}
-    SKIP_CHECKSUMS = True
-
-    @classmethod
-    def setUpClass(cls):
-        cls.EXAMPLE_DIR = _example_dir("synthetic_landmarks", lambda d: None)
-        super().setUpClass()
+Roxford5kTest = _builder_test(Roxford5k, {"index": 6, "query": 2}, ("roxford5k", write_fake_roxford))
+Rparis6kTest = _builder_test(Rparis6k, {"index": 7, "query": 2}, ("rparis6k", write_fake_rparis))
+Revisitop1mTest = _builder_test(Revisitop1m, {"index": 3}, ("revisitop1m", write_fake_revisitop1m), "tars_1")
+Sfm120kTest = _builder_test(Sfm120k, {"train": 5, "val": 3}, ("sfm120k", write_fake_sfm120k))
+Gldv2CleanTest = _builder_test(Gldv2Clean, {"train": 4}, ("gldv2_clean", write_fake_gldv2), "tars_1")
+# tiny: 14 train landmarks x 3 views + 3 collages x 2, 1 val landmark x 2, 2 test landmarks x 4 views
+# + 4 distractors, 2 x 2 queries (generated: no source files)
+SyntheticLandmarksTest = _builder_test(SyntheticLandmarks, {"train": 48, "val": 2, "index": 12, "query": 4},
+                                       ("synthetic_landmarks", None), "tiny")
+# hard_tiny: 23 training cells x 2 views + 3 collages x 2, 2 val cells x 2, 4 test cells x 3 views
+# + 4 distractors, 4 x 1 queries
+SyntheticLandmarksHardTest = _builder_test(
+    SyntheticLandmarks, {"train": 52, "val": 4, "index": 16, "query": 4}, ("synthetic_landmarks", None),
+    "hard_tiny", name="SyntheticLandmarksHardTest")
 
 
 # --------------------------------------------------------------------- array_record builds and contents

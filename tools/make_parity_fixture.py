@@ -15,9 +15,6 @@ Run in a separate virtualenv with torch (never a library dependency):
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import zlib
 
 import numpy as np
@@ -94,12 +91,9 @@ def compute_arch(arch: str, taps) -> tuple[dict[str, np.ndarray], dict[str, list
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    here = os.path.dirname(os.path.abspath(__file__))
-    default_out = os.path.join(here, "..", "tests", "fixtures", "torchvision_parity.npz")
-    parser.add_argument("--out", default=default_out)
+    from fixture_npz import fixture_parser, write_fixture_npz  # beside this script (on the path when it runs)
+
+    parser = fixture_parser(__doc__, "torchvision_parity.npz")
     parser.add_argument("--archs", default=",".join(FIXTURE_TAPS))
     args = parser.parse_args(argv)
 
@@ -118,12 +112,7 @@ def main(argv=None):
         meta["taps"][arch] = list(taps)
         meta["keys"][arch] = shapes
         print(arch, {t: v.shape for t, v in outputs.items()}, flush=True)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")
+    write_fixture_npz(args.out, arrays, meta)
 
 
 if __name__ == "__main__":

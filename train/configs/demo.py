@@ -20,7 +20,7 @@ def get_config():
     c.dataset = "synthetic_landmarks/hard"
     c.test_dataset = "synthetic_landmarks/hard"
     # the stored views are 192 px on the long side; at 192x256 the head's map is 6x8 (levels 3:
-    # 20 regions per tap). Measured: off-the-shelf Medium 65.85 here vs 65.60 at 256x320, 1.6x faster.
+    # 20 regions per tap), as good off the shelf as 256x320 and faster (docs/experiments.md).
     c.image_size = (192, 256)
     c.test_image_size = (192, 256)
     c.cache_images = True
@@ -32,9 +32,9 @@ def get_config():
     c.model.levels = 3
     c.initialise_head = True
     c.init_head.num_positive_pairs = 1300  # of the training split's 1605 matching pairs (over 1507 images)
-    # Lw from 1270 pairs in 1600 dimensions: the default ridge (1e-3) fits the training pairs almost exactly
-    # (median matching distance 0.15, no triplet active, test Medium 68.65 at 256x320); ridge 1.0 gave the
-    # best start measured at 256x320 (71.99; 1e-2: 69.49, 0.1: 71.37) and leaves the loss something to do.
+    # Lw from 1270 pairs in 1600 dimensions: the default ridge (1e-3) fits the training pairs almost exactly,
+    # so no triplet is active; ridge 1.0 gave the best start of the sweep (docs/experiments.md) and leaves the
+    # loss something to do.
     c.init_head.whitening_ridge = 1.0
 
     c.num_negatives = 3
@@ -43,9 +43,8 @@ def get_config():
     c.mining_candidates = 30
 
     # triplet, margin 0.5 (squared distances): the mined negatives are sibling cells of the query's photo;
-    # measured on this split (docs/experiments.md): +5.8 Medium over the start, against +4.1 for the
-    # contrastive loss (margin 1.2 or 1.5), whose positive term contracts the whole space; Adam 3e-4 (1.5e-4:
-    # +3.8 with the contrastive loss, 6e-4: -3.6)
+    # on this split it gained more over the start than the contrastive loss, whose positive term contracts
+    # the whole space; Adam 3e-4 beat half and double that (docs/experiments.md)
     c.loss = "triplet"
     c.margin = 0.5
     c.num_epochs = 2

@@ -92,3 +92,11 @@ class TarPrefixConfig(tfds.core.BuilderConfig):
     """Build from the first ``num_tars`` image archives only (quick runs)."""
 
     num_tars: int = 0
+
+
+def tar_prefix_configs(total: int, full: str, ten: str, one: str) -> list[TarPrefixConfig]:
+    """The configs of a dataset shipped as ``total`` numbered tars: ``full``, ``tars_10`` and ``tars_1``, each
+    with its description (any other ``tars_N`` is made on demand by ``records.get_builder``)."""
+    return [TarPrefixConfig(name="full", num_tars=total, description=full),
+            TarPrefixConfig(name="tars_10", num_tars=10, description=ten),
+            TarPrefixConfig(name="tars_1", num_tars=1, description=one)]

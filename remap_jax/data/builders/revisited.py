@@ -8,11 +8,11 @@ from etils import epath
 
 from remap_jax.data.builders.base import (
     IMAGE_FEATURE,
-    TarPrefixConfig,
     as_int_list,
     iter_tar_images,
     load_pickle,
     resolve_inputs,
+    tar_prefix_configs,
     tfds,
 )
 from remap_jax.data.images import ImageDecodeError, crop_bbox, load_rgb
@@ -164,11 +164,8 @@ class Revisitop1m(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
-        TarPrefixConfig(name="full", num_tars=100, description="all 100 tars (1,001,001 images)"),
-        TarPrefixConfig(name="tars_10", num_tars=10, description="first 10 tars (~100k images)"),
-        TarPrefixConfig(name="tars_1", num_tars=1, description="first tar (~10k images)"),
-    ]
+    BUILDER_CONFIGS = tar_prefix_configs(
+        100, "all 100 tars (1,001,001 images)", "first 10 tars (~100k images)", "first tar (~10k images)")
     DEFAULT_CONFIG_NAME = "full"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put revisitop1m.1.tar.gz ... revisitop1m.N.tar.gz (N = the config's num_tars) in manual_dir. "

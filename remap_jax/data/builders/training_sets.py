@@ -11,11 +11,11 @@ from etils import epath
 
 from remap_jax.data.builders.base import (
     IMAGE_FEATURE,
-    TarPrefixConfig,
     as_int_list,
     iter_tar_images,
     load_pickle,
     resolve_inputs,
+    tar_prefix_configs,
     tfds,
 )
 from remap_jax.data.labelled import DatasetFileError
@@ -136,11 +136,7 @@ class Gldv2Clean(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [
-        TarPrefixConfig(name="full", num_tars=500, description="all 500 image tars"),
-        TarPrefixConfig(name="tars_10", num_tars=10, description="first 10 tars"),
-        TarPrefixConfig(name="tars_1", num_tars=1, description="first tar"),
-    ]
+    BUILDER_CONFIGS = tar_prefix_configs(500, "all 500 image tars", "first 10 tars", "first tar")
     DEFAULT_CONFIG_NAME = "full"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         f"Put train_clean.csv ({GLDV2_CSV_URL}) and images_000.tar ... ({GLDV2_TAR_URL.format(i=0)} ...) "

@@ -92,8 +92,8 @@ TORCH_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class _StorageType:
-    """Stands for a torch storage class (`torch.FloatStorage`, ...) inside the pickle."""
+class _TorchName:
+    """Stands for a named torch object inside the pickle, with the numpy dtype it means."""
 
     __slots__ = ("name", "dtype")
 
@@ -104,16 +104,16 @@ class _StorageType:
         return f"torch.{self.name}"
 
 
-class _DType:
-    """Stands for a `torch.<dtype>` object inside the pickle."""
+class _StorageType(_TorchName):
+    """A torch storage class (`torch.FloatStorage`, ...)."""
 
-    __slots__ = ("name", "dtype")
+    __slots__ = ()
 
-    def __init__(self, name: str, dtype: np.dtype):
-        self.name, self.dtype = name, dtype
 
-    def __repr__(self):
-        return f"torch.{self.name}"
+class _DType(_TorchName):
+    """A `torch.<dtype>` object."""
+
+    __slots__ = ()
 
 
 class _StorageRef:
@@ -417,7 +417,7 @@ def _materialise(obj, buffers, byteorder: str, source: str, cache=None):
         return [again(v) for v in obj]
     if isinstance(obj, tuple):
         return tuple(again(v) for v in obj)
-    if isinstance(obj, (_StorageRef, _StorageType, _DType)):
+    if isinstance(obj, (_StorageRef, _TorchName)):
         raise TorchPickleError(f"{source}: a bare torch storage or dtype ({obj!r}) is not supported")
     return obj
 
