@@ -52,9 +52,9 @@ def _free_port() -> int:
 
 def bare_model(workdir: str, sizes, seconds: float) -> dict[int, float]:
     """The demo model's images/s at each batch size (describe_batch on prepared uint8 batches)."""
+    from remap_jax.cli import serve_demo as demo
     from remap_jax.cli.extract import make_extractor
     from remap_jax.cli.serve import _model_args, build_parser
-    from remap_jax.serve import demo
     from remap_jax.serve.batching import measure_rates
 
     args = build_parser().parse_args(["--demo", "--workdir", workdir])

@@ -105,7 +105,7 @@ def build_service(args):
     from remap_jax.serve.service import SearchService
 
     if args.demo:
-        from remap_jax.serve import demo
+        from remap_jax.cli import serve_demo as demo
 
         if args.index or args.images:
             raise ValueError("--demo: builds its own index and images; leave out --index and --images")

@@ -1,4 +1,5 @@
-"""The demo collection for `remap-serve --demo`: the demo's test split as image files, and its index.
+"""The demo collection for `remap-serve --demo`: the demo's test split as image files, and its index (made
+by running `remap-extract` and `remap-index`, hence among the commands).
 
 `prepare_demo(workdir)` writes the `synthetic_landmarks/hard` test split (built into TFDS on first use) as
 `WORKDIR/images/db_NNNN.jpg` (the 756 database images, what is indexed) and `WORKDIR/queries/q_NN.jpg`
