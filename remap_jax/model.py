@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -310,15 +309,10 @@ def save_exported(path: str | os.PathLike, config: Mapping[str, Any], variables:
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **dict(config)}
     normalise_config(config)  # fail before writing anything
     state = jax.tree.map(lambda x: np.asarray(x, np.float32), _plain(variables))
-    tmp = atomic.make_temp_dir(path)
-    try:
+    with atomic.writing_dir(path) as tmp:
         with atomic.atomic_write(os.path.join(tmp, PARAMS_FILE)) as f:
             f.write(serialization.msgpack_serialize(state))
         atomic.write_json(os.path.join(tmp, CONFIG_FILE), config, indent=2)
-        atomic.replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_exported(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from remap_jax.describe.extractor import Extractor
+if TYPE_CHECKING:
+    from remap_jax.describe.extractor import Extractor
 
 
 class ModelFlagsError(ValueError):
@@ -29,6 +31,8 @@ def extractor_from_flags(args, **options) -> tuple[Extractor, dict] | None:
     """(Extractor, the settings to record as its source) for --checkpoint or --arch, or None when neither
     is given. `args.levels` and `args.whitening` (a .npz of W (out, in) and b (out,)) are used and recorded
     where the command has them. Raises ModelFlagsError when both a checkpoint and an arch are given."""
+    from remap_jax.describe.extractor import Extractor  # jax: not needed to parse the flags
+
     if args.checkpoint and (args.arch or args.weights):
         raise ModelFlagsError("give either --checkpoint or --arch/--weights, not both")
     if args.checkpoint:

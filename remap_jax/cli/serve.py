@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from remap_jax.cli.model_flags import add_model_flags
 from remap_jax.runtime.command_errors import keeping, reports_os_errors
 from remap_jax.runtime.extras import require_for_command
 from remap_jax.serve.batching import default_policy
@@ -51,11 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--demo: a trained export to use (default: the main job's /tmp/remap_demo/export "
                           "when present, else ImageNet EfficientNet-Lite0)")
     model = p.add_argument_group("model (remap-extract's flags: the ones the index was described with)")
-    model.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
-    model.add_argument("--arch", help="backbone of an off-the-shelf model")
-    model.add_argument("--weights", help="weights for --arch, or 'installed'")
-    model.add_argument("--taps", help="comma-separated tap names for --arch")
-    model.add_argument("--head", default="remap", help="pooling head for --arch")
+    add_model_flags(model)
     model.add_argument("--levels", type=int, default=4, help="R-MAC levels for --arch")
     model.add_argument("--whitening", help=".npz with W and b for --arch")
     model.add_argument("--image-size", help="HEIGHT,WIDTH of landscape inputs")

@@ -11,7 +11,6 @@ raises ``IndexFormatError`` naming what is wrong.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +59,7 @@ def write_index(directory: str | os.PathLike, metadata: dict[str, Any], ids: np.
                 f"index directory {directory}: exists, is not empty and is not a remap-jax index; "
                 "expected a new path, an empty folder or an index to replace"
             )
-    tmp = atomic.make_temp_dir(directory)  # permissions as the umask says (mkdtemp's are private)
-    try:
+    with atomic.writing_dir(directory) as tmp:  # removed on any error; an OSError names `directory`
         np.save(os.path.join(tmp, "ids.npy"), ids, allow_pickle=False)
         if database is not None:
             np.save(os.path.join(tmp, "database.npy"), database, allow_pickle=False)
@@ -70,10 +68,6 @@ def write_index(directory: str | os.PathLike, metadata: dict[str, Any], ids: np.
             save_scann(searcher, os.path.join(tmp, "scann"))
         # index.json last: a folder without it is never taken for an index.
         atomic.write_json(os.path.join(tmp, "index.json"), metadata, indent=2)
-        atomic.replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
