@@ -416,6 +416,40 @@ def test_serve_index_unreadable(tmp_path, monkeypatch, capsys):
     one_line(capsys.readouterr().err, "remap-serve: ", idx, "Permission denied", "nothing was written")
 
 
+def test_serve_demo_workdir_cannot_be_made_or_fills_up(checkpoint, tmp_path, monkeypatch, capsys):
+    """`remap-serve --demo`: a --workdir that cannot be made; a disk that fills while the demo collection is
+    written keeps the finished files (each written atomically) for the rerun."""
+    pytest.importorskip("starlette")
+    from remap_jax.cli import serve as serve_cli
+    from remap_jax.cli import serve_demo
+
+    (tmp_path / "file").write_text("")
+    argv = ["--demo", "--demo-export", checkpoint]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = serve_cli.main([*argv, "--workdir", str(tmp_path / "file" / "w")])
+    assert code == 2
+    one_line(capsys.readouterr().err, "remap-serve: ", str(tmp_path / "file"), "Not a directory",
+             "nothing was written")
+
+    workdir = tmp_path / "w"
+
+    def fills_up(workdir, dataset, data_dir=None):
+        finished = os.path.join(workdir, "images", "db_0000.jpg")
+        with atomic.atomic_write(finished) as f:
+            f.write(b"\xff\xd8")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(workdir, "images", "db_0001.jpg"))
+
+    monkeypatch.setattr(serve_demo, "write_demo_images", fills_up)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = serve_cli.main([*argv, "--workdir", str(workdir)])
+    assert code == 2
+    one_line(capsys.readouterr().err, "remap-serve: ", str(workdir / "images" / "db_0001.jpg"),
+             "No space left on device", f"kept the finished files in {workdir}")
+    assert sorted(os.listdir(workdir / "images")) == ["db_0000.jpg"]
+
+
 # ------------------------------------------------------------------ python -m train.main / eval / init_head
 
 WRAPPER = textwrap.dedent("""
