@@ -4,7 +4,8 @@ test_train_input.py).
 
 A tiny stand-in model (two convs + a 4-region alpha-weighted head with a whitening layer, the same parameter
 layout as `RetrievalModel`) and tiny random data keep this fast; the real backbones and heads are covered by
-their own tests and by the demo job.
+their own tests and by the demo job. About 430 lines: the stand-in model and fake sets live here because
+test_train_model, test_train_input and tests/train_worker.py import them.
 """
 
 import glob
