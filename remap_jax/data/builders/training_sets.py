@@ -31,10 +31,23 @@ def sfm_cid_path(cid: str) -> str:
     return f"{cid[-2:]}/{cid[-4:-2]}/{cid[-6:-4]}/{cid}"
 
 
-def _training_features():
-    return tfds.features.FeaturesDict(
-        {"image": IMAGE_FEATURE, "filename": tfds.features.Text(), "label": np.int64, "id": np.int64}
-    )
+class _TrainingSetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared schema of sfm120k and gldv2_clean: image, filename, label, id; examples kept in order (pairs
+    refer to positions)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    HOMEPAGE = ""
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {"image": IMAGE_FEATURE, "filename": tfds.features.Text(), "label": np.int64, "id": np.int64}
+            ),
+            homepage=self.HOMEPAGE,
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,
+        )
 
 
 def _check_pairs(path, split, n, qidx, pidx):
@@ -47,23 +60,14 @@ def _check_pairs(path, split, n, qidx, pidx):
             raise DatasetFileError(f"{path}: {split}: {name} has indices outside 0..{n - 1}")
 
 
-class Sfm120k(tfds.core.GeneratorBasedBuilder):
+class Sfm120k(_TrainingSetBuilder):
     """retrieval-SfM-120k (Radenovic et al.): train/val images with 3D-model cluster labels and
     query/positive pairs, from ``ims.tar.gz`` and ``retrieval-SfM-120k.pkl``."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    HOMEPAGE = "http://cmp.felk.cvut.cz/cnnimageretrieval/"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         f"Put ims.tar.gz ({SFM120K_IMAGES_URL}) and retrieval-SfM-120k.pkl ({SFM120K_DB_URL}) in manual_dir."
     )
-
-    def _info(self):
-        return self.dataset_info_from_configs(
-            features=_training_features(),
-            homepage="http://cmp.felk.cvut.cz/cnnimageretrieval/",
-            metadata=tfds.core.MetadataDict(),
-            disable_shuffling=True,
-        )
 
     def _split_generators(self, dl_manager):
         paths = resolve_inputs(
@@ -130,26 +134,17 @@ def parse_gldv2_csv(path: epath.Path) -> dict[str, int]:
     return out
 
 
-class Gldv2Clean(tfds.core.GeneratorBasedBuilder):
+class Gldv2Clean(_TrainingSetBuilder):
     """Google Landmarks v2, cleaned training set (train_clean.csv + images_NNN.tar). Positive pairs join
     each image with the next image (cyclically) of the same landmark; landmarks with one image are dropped."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    HOMEPAGE = "https://github.com/cvdfoundation/google-landmark"
     BUILDER_CONFIGS = tar_prefix_configs(500, "all 500 image tars", "first 10 tars", "first tar")
     DEFAULT_CONFIG_NAME = "full"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         f"Put train_clean.csv ({GLDV2_CSV_URL}) and images_000.tar ... ({GLDV2_TAR_URL.format(i=0)} ...) "
         "in manual_dir."
     )
-
-    def _info(self):
-        return self.dataset_info_from_configs(
-            features=_training_features(),
-            homepage="https://github.com/cvdfoundation/google-landmark",
-            metadata=tfds.core.MetadataDict(),
-            disable_shuffling=True,
-        )
 
     def _split_generators(self, dl_manager):
         n = self.builder_config.num_tars
