@@ -36,9 +36,7 @@ class ImageSource:
                  cache: bool = False, workers: int = 4, draft: bool = True, exif_transpose: bool = True):
         self._read = read
         self.size = (int(size[0]), int(size[1]))
-        self.draft = bool(draft)
-        self.exif_transpose = bool(exif_transpose)
-        self.resizing = Resizing(self.size, "exact", draft=self.draft, exif_transpose=self.exif_transpose)
+        self.resizing = Resizing(self.size, "exact", draft=bool(draft), exif_transpose=bool(exif_transpose))
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="remap-decode")
         # Prefetched batches run `get` on their own thread: on the decoding pool, `get` would wait for its

@@ -34,6 +34,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _kept(workdir: str) -> str:
+    """`kept_checkpoints`, imported late: train.checkpoints imports jax, which `main` starts only after it
+    has set the CPU device count."""
     from train.checkpoints import kept_checkpoints
 
     return kept_checkpoints(workdir)

@@ -103,11 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract global REMAP descriptors for a folder or list of images into an .npz file.",
     )
     src = p.add_argument_group("model (either --arch [--weights], --checkpoint or --exported)")
-    add_model_flags(src)
+    add_model_flags(src, pooling=True)
     src.add_argument("--exported", help="a remap-export artifact (its directory or descriptor.jax); input "
                      "size and resize rule come from it")
-    src.add_argument("--levels", type=int, default=4, help="R-MAC levels of the remap/rmac head")
-    src.add_argument("--whitening", help=".npz with W (out, in) and b (out,) whitening for --arch")
     p.add_argument("--images", required=True, help="image directory (recursive) or list file")
     p.add_argument(
         "--out", required=True, help="output .npz (descriptors, ids, failed, failed_reasons, meta)"
@@ -218,9 +216,7 @@ def run(args) -> dict:
     if os.path.exists(own_partial) and args.no_resume:
         os.remove(own_partial)
     elif os.path.exists(own_partial):
-        with np.load(own_partial) as f:
-            done, failed = len(f["ids"]), len(f["failed"])
-        print(f"resuming from {own_partial}: {done} described, {failed} failed", file=sys.stderr)
+        print(f"resuming from {own_partial}: {_progress_counts(own_partial)}", file=sys.stderr)
     start = time.perf_counter()
     try:
         with keeping(lambda: kept_progress(own_partial)):
@@ -259,13 +255,17 @@ def run(args) -> dict:
     return summary
 
 
+def _progress_counts(partial: str) -> str:
+    """The counts a progress file holds, in words."""
+    with np.load(partial) as f:
+        return f"{len(f['ids'])} described, {len(f['failed'])} failed"
+
+
 def kept_progress(partial: str) -> str | None:
     """What an interrupted run leaves to resume from: `partial` and its count (None: nothing)."""
     if not os.path.exists(partial):
         return None
-    with np.load(partial) as f:
-        done, failed = len(f["ids"]), len(f["failed"])
-    return f"kept {partial} ({done} described, {failed} failed): rerun the same command to resume"
+    return f"kept {partial} ({_progress_counts(partial)}): rerun the same command to resume"
 
 
 @reports_os_errors("remap-extract")

@@ -1,5 +1,5 @@
-"""The model flags `remap-extract` and `remap-export` share (--checkpoint, or --arch [--weights --taps
---head]), and the `Extractor` they name."""
+"""The model flags `remap-extract`, `remap-export` and `remap-serve` share (--checkpoint, or --arch
+[--weights --taps --head], and for extract and serve --levels --whitening), and the `Extractor` they name."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ class ModelFlagsError(ValueError):
     """The model flags contradict each other."""
 
 
-def add_model_flags(group) -> None:
-    """--checkpoint, --arch, --weights, --taps and --head on an argparse parser or argument group."""
+def add_model_flags(group, pooling: bool = False) -> None:
+    """--checkpoint, --arch, --weights, --taps and --head on an argparse parser or argument group; with
+    `pooling`, also --levels and --whitening (used by `extractor_from_flags` where the parser has them)."""
     group.add_argument("--arch", help="backbone: resnet18/34/50/101/152, resnext101_32x8d, resnext101_64x4d, "
                        "vgg16, efficientnet_lite0, ...")
     group.add_argument("--weights", help="torchvision/timm weights (.safetensors, .npz, .pth) for --arch, or "
@@ -25,6 +26,9 @@ def add_model_flags(group) -> None:
     group.add_argument("--checkpoint", help="export directory of a trained model (or its training workdir)")
     group.add_argument("--taps", help="comma-separated tap names for --arch (default: last two blocks)")
     group.add_argument("--head", default="remap", help="pooling head for --arch: remap, rmac, gem, mac, spoc")
+    if pooling:
+        group.add_argument("--levels", type=int, default=4, help="R-MAC levels of the remap/rmac head")
+        group.add_argument("--whitening", help=".npz with W (out, in) and b (out,) whitening for --arch")
 
 
 def extractor_from_flags(args, **options) -> tuple[Extractor, dict] | None:

@@ -52,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--demo: a trained export to use (default: the main job's /tmp/remap_demo/export "
                           "when present, else ImageNet EfficientNet-Lite0)")
     model = p.add_argument_group("model (remap-extract's flags: the ones the index was described with)")
-    add_model_flags(model)
-    model.add_argument("--levels", type=int, default=4, help="R-MAC levels for --arch")
-    model.add_argument("--whitening", help=".npz with W and b for --arch")
+    add_model_flags(model, pooling=True)
     model.add_argument("--image-size", help="HEIGHT,WIDTH of landscape inputs")
     model.add_argument("--resize", choices=("fixed", "long_side", "exact"), default="fixed")
     model.add_argument("--bucket", type=int, default=64)
